@@ -1,0 +1,289 @@
+"""Recipes: one dataclass per concern, loaded from YAML plus CLI overrides, validated once.
+
+A recipe is data. Every field has a type; an unknown field or a value of the
+wrong type is refused at start with the field's dotted name, so a typo never
+turns into a silent default halfway through a GPU-day.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinyae.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass
+class TeacherConfig:
+    name: str = "sd"  # preset (sd, sdxl, sd3, flux, tiny), Hub repo id or local diffusers folder
+    subfolder: str | None = None
+    revision: str | None = None
+    scaling_factor: float | None = None  # None: preset, else the VAE config's value
+    shift_factor: float | None = None
+    dtype: str = "fp32"  # fp32 | fp16 | bf16
+    sample: bool = False  # sample the posterior instead of taking its mean
+    estimate_factors: bool = False  # estimate scale/shift from the data when none is configured
+
+
+@dataclass
+class StudentConfig:
+    latent_channels: int | None = None  # None: the teacher's
+    encoder_width: int = 64
+    decoder_width: int = 64
+    encoder_blocks: list[int] = field(default_factory=lambda: [1, 3, 3, 3])
+    decoder_blocks: list[int] = field(default_factory=lambda: [3, 3, 3, 1])
+    act_fn: str = "relu"
+    upsample_fn: str = "nearest"
+    init: str | None = None  # start from these student weights (AutoencoderTiny folder or TAESD pair)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # image folder; None with the smoke recipe: scikit-image's photos
+    resolution: int = 256
+    final_resolution: int | None = None  # crop size of the closing fine-tune phase
+    final_steps: int = 0  # steps at final_resolution at the end of training
+    max_zoom_out: float = 2.0  # downscale images by up to this factor before cropping
+    hflip: bool = True
+    holdout: int = 8  # images kept out of training for evaluation
+    num_workers: int = 0
+    cache: str | None = None  # teacher latent cache folder (scripts/cache_latents.py)
+
+
+@dataclass
+class LossConfig:
+    latent: str = "mse"  # mse | l1, encoder vs teacher latents
+    latent_weight: float = 1.0
+    target: str = "image"  # decoder target: the real image or the teacher's reconstruction
+    pixel: str = "mse"  # mse | l1
+    pixel_weight: float = 1.0
+    lpips_weight: float = 0.1
+    lpips_net: str = "alex"
+    adv_weight: float = 0.0
+    adv_start: int = 0  # step at which the discriminator starts to train and to count
+    disc_width: int = 64
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.9])
+    weight_decay: float = 0.0
+    disc_lr: float = 3e-4
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100_000
+    batch_size: int = 16
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    seed: int = 0
+    ema_decay: float = 0.999
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 5000
+    checkpoints_total_limit: int = 3
+    log_with: str | None = "tensorboard"
+    output_dir: str = "runs/tinyae"
+    resume: str | None = None  # None | latest | path to a checkpoint folder
+    eval_images: int = 8  # held-out images evaluated at the end
+    push_to_hub: str | None = None
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Recipe":
+        """Checks that need more than one field's type."""
+        checks = [
+            (self.teacher.dtype in ("fp32", "fp16", "bf16"), "teacher.dtype must be fp32, fp16 or bf16"),
+            (self.loss.latent in ("mse", "l1"), "loss.latent must be mse or l1"),
+            (self.loss.pixel in ("mse", "l1"), "loss.pixel must be mse or l1"),
+            (self.loss.target in ("image", "teacher"), "loss.target must be image or teacher"),
+            (self.loss.lpips_net in ("alex", "vgg"), "loss.lpips_net must be alex or vgg"),
+            (self.train.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be no, fp16 or bf16"),
+            (self.train.steps > 0, "train.steps must be positive"),
+            (self.train.batch_size > 0, "train.batch_size must be positive"),
+            (self.train.grad_accum > 0, "train.grad_accum must be positive"),
+            (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
+            (self.data.resolution % 8 == 0 and self.data.resolution >= 16, "data.resolution must be a multiple of 8, at least 16"),
+            (0 <= self.data.final_steps <= self.train.steps, "data.final_steps must be between 0 and train.steps"),
+            (self.data.final_resolution is None or self.data.final_resolution % 8 == 0, "data.final_resolution must be a multiple of 8"),
+            (self.data.max_zoom_out >= 1.0, "data.max_zoom_out must be >= 1"),
+            (len(self.optim.betas) == 2, "optim.betas must have two values"),
+            (len(self.student.encoder_blocks) >= 2, "student.encoder_blocks needs at least two stages"),
+            (len(self.student.encoder_blocks) == len(self.student.decoder_blocks), "student.encoder_blocks and student.decoder_blocks must have the same number of stages"),
+            (self.student.encoder_width > 0 and self.student.decoder_width > 0, "student widths must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"Invalid recipe '{self.name}': {message}.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# CLI spellings that read better than the dotted names.
+ALIASES = {
+    "teacher": "teacher.name",
+    "data": "data.path",
+    "output": "train.output_dir",
+    "output_dir": "train.output_dir",
+    "resume": "train.resume",
+    "steps": "train.steps",
+    "batch_size": "train.batch_size",
+    "resolution": "data.resolution",
+    "mixed_precision": "train.mixed_precision",
+    "seed": "train.seed",
+    "push_to_hub": "train.push_to_hub",
+    "estimate_factors": "teacher.estimate_factors",
+}
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """Coerce `value` to `hint` where lossless (int -> float), else raise naming `where`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"Recipe field '{where}' must be {_describe(hint)}, got {value!r}.")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"Recipe field '{where}' must be a list of {item.__name__}, got {value!r}.")
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 3e-4 as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"Recipe field '{where}' must be {_describe(hint)}, got {value!r}.")
+
+
+def _describe(hint: Any) -> str:
+    names = [getattr(a, "__name__", str(a)) for a in typing.get_args(hint)] or [getattr(hint, "__name__", str(hint))]
+    return " or ".join("null" if n == "NoneType" else n for n in names)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"Recipe section '{prefix.rstrip('.') or 'root'}' must be a mapping, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"Unknown recipe field '{prefix}{unknown[0]}'; known fields of '{prefix.rstrip('.') or 'recipe'}': "
+            f"{', '.join(sorted(names))}."
+        )
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_type(value, hint, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise ConfigError(f"No recipe '{name_or_path}': pass one of {known} or a path to a .yaml file.")
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """Turn `--section.field value` / `--alias value` pairs into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"Unexpected argument '{arg}': overrides are written --section.field value.")
+        key = arg[2:].replace("-", "_")
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            raw = args[i + 1]
+            i += 2
+        else:  # a bare flag means true
+            raw = "true"
+            i += 1
+        key = ALIASES.get(key, key)
+        if "." not in key:
+            raise ConfigError(
+                f"Unknown option '--{key}': write recipe fields as --section.field (e.g. --train.steps 100)."
+            )
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(name_or_path: str = "sd", overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """Read a recipe file, apply overrides (a nested dict or CLI tokens), type-check and validate."""
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Recipe file {path} is not valid YAML: {exc}") from None
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    data = _merge(data, overrides or {})
+    data.setdefault("name", path.stem)
+    return _build(Recipe, data, "").validate()
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    return _build(Recipe, data, "").validate()

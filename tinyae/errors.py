@@ -1,0 +1,21 @@
+"""One exception family, so scripts can print a single clear sentence instead of a traceback."""
+
+
+class TinyaeError(Exception):
+    """A user-facing error: the message says what was wrong and what to do."""
+
+
+class ConfigError(TinyaeError, ValueError):
+    """A recipe or CLI value is unknown or of the wrong type."""
+
+
+class TeacherLoadError(TinyaeError, OSError):
+    """The teacher VAE could not be found or loaded."""
+
+
+class DataError(TinyaeError, ValueError):
+    """The training or evaluation data is missing, empty or unusable."""
+
+
+class ExportError(TinyaeError, OSError):
+    """An export target exists, or weights are in a layout tinyae does not know."""
