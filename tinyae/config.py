@@ -98,8 +98,10 @@ class TrainConfig:
     log_with: str | None = "tensorboard"
     output_dir: str = "runs/tinyae"
     resume: str | None = None  # None | latest | path to a checkpoint folder
-    eval_images: int = 8  # held-out images evaluated at the end
-    push_to_hub: str | None = None
+    push_to_hub: str | None = None  # Hub repo id to publish the student to at the end
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the student (opt-in: slow to start, faster on GPUs)
+    sample_images: int = 4  # held-out images in the sample grid
 
 
 @dataclass
@@ -287,3 +289,13 @@ def load_recipe(name_or_path: str = "sd", overrides: dict[str, Any] | list[str] 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return _build(Recipe, data, "").validate()
+
+
+def choose_recipe(recipe: str | None, overrides: list[str]) -> str:
+    """An explicit --recipe wins; else the recipe named after --teacher, else the generic `sd` one."""
+    if recipe:
+        return recipe
+    for flag, value in zip(overrides, overrides[1:]):
+        if flag in ("--teacher", "--teacher.name") and (RECIPES_DIR / f"{value}.yaml").exists():
+            return value
+    return "sd"

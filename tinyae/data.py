@@ -175,22 +175,34 @@ def load_eval_images(files: list[Path], size: int) -> torch.Tensor:
     return torch.stack(crops)
 
 
-SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right",
-                 "hubble_deep_field")
+SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                 "motorcycle_right.png", "hubble_deep_field.jpg")
 
 
 def sample_photos(dest: str | Path) -> Path:
-    """Write the colour photos that ship with scikit-image as PNGs.
+    """Copy the colour photos that ship inside scikit-image's wheel into `dest` as PNGs.
 
-    These install with the project, so the smoke recipe and the tests have real photos offline.
+    They install with the project, so the smoke recipe and the tests have real photos offline.
     """
-    import skimage.data
+    import skimage
 
+    source = Path(skimage.__file__).parent / "data"
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    arrays = {name: getattr(skimage.data, name)() for name in SAMPLE_PHOTOS}
-    for name, arr in arrays.items():
-        path = dest / f"{name}.png"
+    for name in SAMPLE_PHOTOS:
+        path = dest / f"{Path(name).stem}.png"
         if not path.exists():
-            Image.fromarray(np.asarray(arr, dtype=np.uint8)).convert("RGB").save(path)
+            load_rgb(source / name).save(path)
     return dest
+
+def make_train_loader(files: list[Path], resolution: int, batch_size: int, seed: int, start_step: int = 0,
+                      num_steps: int | None = None, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                      max_zoom_out: float = 2.0, hflip: bool = True) -> torch.utils.data.DataLoader:
+    """Batches {"images": (B, 3, R, R)} for steps [start_step, start_step + num_steps) of this rank."""
+    dataset = RandomCrops(files, resolution, seed=seed, max_zoom_out=max_zoom_out, hflip=hflip)
+    sampler = StepSampler(batch_size, start_step, rank, world_size, num_steps)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        collate_fn=lambda crops: {"images": torch.stack(crops)},
+        persistent_workers=False,
+    )
