@@ -8,7 +8,6 @@ convention); latents are what the diffusion model sees (already scaled).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -173,13 +172,8 @@ class Student(nn.Module):
         return export_diffusers(self, directory, overwrite=overwrite, dtype=dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "Student":
-        """Load an AutoencoderTiny folder (config.json + diffusion_pytorch_model.safetensors)."""
-        from safetensors.torch import load_file
+    def from_pretrained(cls, path: str | Path, family: str | None = None) -> "Student":
+        """Load an AutoencoderTiny folder, a TAESD pair, a checkpoint or a Hub repo (tinyae.formats.load_student)."""
+        from tinyae.formats import load_student
 
-        directory = Path(directory)
-        cfg = json.loads((directory / "config.json").read_text())
-        student = cls(cls.config_from_diffusers(cfg))
-        state = load_file(directory / "diffusion_pytorch_model.safetensors")
-        student.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        return student
+        return load_student(path, family)

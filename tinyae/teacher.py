@@ -11,8 +11,12 @@ pipeline's latents need no extra scaling. Presets live in a registry
 from __future__ import annotations
 
 import json
+import socket
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -154,6 +158,20 @@ def _vae_class(class_name: str):
     return getattr(diffusers, class_name)
 
 
+def hub_unreachable() -> bool:
+    """True when the Hub's host does not even resolve: then only the local cache can answer, at once."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+        return False
+    except OSError:
+        return True
+
+
 def _read_config(source: str, subfolder: str | None, revision: str | None) -> dict:
     local = Path(source)
     if local.exists():
@@ -166,7 +184,23 @@ def _read_config(source: str, subfolder: str | None, revision: str | None) -> di
         return json.loads(cfg_path.read_text())
     from diffusers import AutoencoderKL
 
-    return dict(AutoencoderKL.load_config(source, subfolder=subfolder, revision=revision))
+    return dict(AutoencoderKL.load_config(source, subfolder=subfolder, revision=revision,
+                                          local_files_only=hub_unreachable()))
+
+
+@contextmanager
+def _quiet_hub():
+    """Hub retries and deprecation chatter would bury the one sentence that matters."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    level = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub_logging.set_verbosity(level)
 
 
 def _offline_message(source: str, subfolder: str | None) -> str:
@@ -193,11 +227,13 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
     if config.name == "tiny" and not Path(source).exists():
         raise TeacherLoadError(f"The shipped tiny teacher is missing at {source}; restore weights/ from the repository.")
     try:
-        cfg = _read_config(source, subfolder, config.revision)
-        cls = _vae_class(cfg.get("_class_name", "AutoencoderKL"))
-        vae = cls.from_pretrained(
-            source, subfolder=subfolder, revision=config.revision, torch_dtype=DTYPES[config.dtype]
-        )
+        with _quiet_hub():
+            cfg = _read_config(source, subfolder, config.revision)
+            cls = _vae_class(cfg.get("_class_name", "AutoencoderKL"))
+            vae = cls.from_pretrained(
+                source, subfolder=subfolder, revision=config.revision, torch_dtype=DTYPES[config.dtype],
+                local_files_only=not Path(source).exists() and hub_unreachable(),
+            )
     except TeacherLoadError:
         raise
     except Exception as exc:  # diffusers/huggingface_hub raise many types for "not reachable"
@@ -205,7 +241,7 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
             raise TeacherLoadError(f"Could not load the teacher VAE from '{source}': {exc}") from None
         raise TeacherLoadError(_offline_message(source, subfolder)) from None
     scaling, shift = resolve_factors(config, preset, cfg)
-    family = preset.family if preset else ("sd3" if cfg.get("latent_channels") == 16 else "sd")
+    family = preset.family if preset else guess_family(cfg, shift)
     return Teacher(vae, scaling, shift, name=config.name, sample=config.sample, family=family).to(device)
 
 
@@ -224,6 +260,13 @@ def resolve_factors(config: TeacherConfig, preset: TeacherPreset | None, vae_con
     if config.shift_factor is not None:
         shift = config.shift_factor
     return float(scaling), float(shift)
+
+
+def guess_family(vae_config: dict, shift_factor: float) -> str:
+    """Export file names for a VAE outside the presets: FLUX.1 and SD3 differ by their shift."""
+    if vae_config.get("latent_channels", 4) != 16:
+        return "sd"
+    return "flux" if abs(shift_factor - TEACHERS["flux"].shift_factor) < 1e-3 else "sd3"
 
 
 def build_teacher(name: str, device: str | torch.device = "cpu", dtype: str = "fp32", seed: int = 0) -> Teacher:

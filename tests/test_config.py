@@ -1,0 +1,73 @@
+"""Recipes are data: typed, validated once, overridable from the command line."""
+
+import pytest
+
+from tinyae.config import choose_recipe, load_recipe, parse_overrides
+from tinyae.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux", "smoke"])
+def test_every_shipped_recipe_loads_and_validates(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert recipe.train.steps > 0
+
+
+def test_gpu_recipes_follow_the_public_taesd_recipe():
+    for name in ["sd", "sdxl", "sd3", "flux"]:
+        r = load_recipe(name)
+        assert r.teacher.name == name
+        assert r.optim.lr == 3e-4 and r.optim.betas == [0.9, 0.9]
+        assert r.data.resolution < r.data.final_resolution == 256  # small crops, then a 256 px phase
+        assert 0 < r.data.final_steps < r.train.steps
+        assert r.loss.lpips_weight < r.loss.adv_weight  # LPIPS below the adversarial term
+        assert r.train.ema_decay > 0
+
+
+def test_cli_overrides_use_dotted_names_and_aliases():
+    r = load_recipe("smoke", ["--train.steps", "70", "--teacher", "sdxl", "--optim.lr=1e-3", "--output", "x/y",
+                              "--data.hflip", "false"])
+    assert r.train.steps == 70
+    assert r.teacher.name == "sdxl"
+    assert r.optim.lr == pytest.approx(1e-3)
+    assert r.train.output_dir == "x/y"
+    assert r.data.hflip is False
+
+
+def test_an_int_is_accepted_where_a_float_is_expected():
+    assert load_recipe("smoke", {"loss": {"adv_weight": 1}}).loss.adv_weight == 1.0
+
+
+def test_unknown_field_is_refused_naming_it():
+    with pytest.raises(ConfigError, match=r"train\.stepz"):
+        load_recipe("smoke", ["--train.stepz", "3"])
+
+
+def test_wrong_type_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match=r"train\.batch_size.*int"):
+        load_recipe("smoke", ["--train.batch_size", "eight"])
+    with pytest.raises(ConfigError, match=r"student\.encoder_blocks\[1\]"):
+        load_recipe("smoke", {"student": {"encoder_blocks": [1, "x", 3, 3]}})
+
+
+def test_invalid_values_are_refused_with_the_rule():
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        load_recipe("smoke", ["--train.mixed_precision", "fp8"])
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        load_recipe("smoke", ["--data.resolution", "100"])
+
+
+def test_an_option_without_section_is_refused():
+    with pytest.raises(ConfigError, match="--section.field"):
+        parse_overrides(["--stepz", "3"])
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="smoke"):
+        load_recipe("nope")
+
+
+def test_the_teacher_picks_its_recipe_unless_one_is_named():
+    assert choose_recipe(None, ["--teacher", "sdxl"]) == "sdxl"
+    assert choose_recipe(None, ["--teacher", "me/my-vae"]) == "sd"
+    assert choose_recipe("smoke", ["--teacher", "sdxl"]) == "smoke"

@@ -1,0 +1,342 @@
+"""Export formats and importing them back: keys, dtypes, file names, exact round trips, clear refusals."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderTiny
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tinyae.cli import run
+from tinyae.config import StudentConfig
+from tinyae.data import center_crop, load_rgb
+from tinyae.errors import ExportError
+from tinyae.export import export_all, export_diffusers, export_student, export_taesd
+from tinyae.formats import FAMILIES, load_student
+from tinyae.student import Student
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_student(config: StudentConfig, seed: int = 0) -> Student:
+    """Random weights, perturbed so every tensor (biases too) carries information."""
+    torch.manual_seed(seed)
+    student = Student(config)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return student
+
+
+def assert_same_weights(a: Student, b: Student) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype == torch.float32, key
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str, argv: list[str]) -> None:
+    """A script's main() in this process: its command line minus interpreter start-up."""
+    load_script(name).main(argv)
+
+
+@pytest.fixture
+def student(small_student_config):
+    return make_student(small_student_config)
+
+
+@pytest.fixture
+def student16(small_student_config):
+    return make_student(StudentConfig(**{**small_student_config.__dict__, "latent_channels": 16}), seed=1)
+
+
+# ---------------------------------------------------------------- formats on disk
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_taesd_pair_has_the_family_names_and_bare_sequential_keys(family, student, student16, tmp_path):
+    model = student16 if FAMILIES[family].latent_channels == 16 else student
+    paths = export_taesd(model, tmp_path, family)
+    prefix = {"sd": "taesd", "sdxl": "taesdxl", "sd3": "taesd3", "flux": "taef1"}[family]
+    assert sorted(p.name for p in paths) == sorted(
+        f"{prefix}_{role}.{ext}" for role in ("encoder", "decoder") for ext in ("pth", "safetensors"))
+
+    state = model.state_dict()
+    encoder = load_file(tmp_path / f"{prefix}_encoder.safetensors")
+    decoder = load_file(tmp_path / f"{prefix}_decoder.safetensors")
+    assert set(encoder) == {k.removeprefix("encoder.layers.") for k in state if k.startswith("encoder.")}
+    # The original decoder starts with a Clamp: every index is the diffusers one plus one.
+    assert "0.weight" not in decoder and decoder["1.weight"].shape[1] == model.latent_channels
+    for key in (k for k in state if k.startswith("decoder.")):
+        index, rest = key.removeprefix("decoder.layers.").split(".", 1)
+        assert torch.equal(decoder[f"{int(index) + 1}.{rest}"], state[key])
+    # The .pth twins hold the same tensors and load without unpickling code.
+    assert torch.load(tmp_path / f"{prefix}_encoder.pth", weights_only=True).keys() == encoder.keys()
+    pth_decoder = torch.load(tmp_path / f"{prefix}_decoder.pth", weights_only=True)
+    assert all(torch.equal(pth_decoder[k], decoder[k]) for k in decoder)
+
+
+def test_fp16_exports_store_half_precision(student, tmp_path):
+    export_taesd(student, tmp_path / "vae_approx", "sdxl", dtype=torch.float16)
+    assert {v.dtype for v in load_file(tmp_path / "vae_approx" / "taesdxl_decoder.safetensors").values()} == {
+        torch.float16}
+    assert {v.dtype for v in torch.load(tmp_path / "vae_approx" / "taesdxl_encoder.pth").values()} == {torch.float16}
+
+    export_diffusers(student, tmp_path / "diffusers", fp16_variant=True)
+    main = load_file(tmp_path / "diffusers" / "diffusion_pytorch_model.safetensors")
+    half = load_file(tmp_path / "diffusers" / "diffusion_pytorch_model.fp16.safetensors")
+    assert {v.dtype for v in main.values()} == {torch.float32} and {v.dtype for v in half.values()} == {torch.float16}
+    model = AutoencoderTiny.from_pretrained(tmp_path / "diffusers", variant="fp16", torch_dtype=torch.float16)
+    for key, value in model.state_dict().items():
+        assert value.dtype == torch.float16 and torch.equal(value, student.state_dict()[key].half()), key
+
+
+def test_export_all_writes_one_folder_for_every_consumer(student, tmp_path):
+    export_all(student, tmp_path / "out", "sd", dtype=torch.float16)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors",
+        "taesd_decoder.pth", "taesd_decoder.safetensors", "taesd_encoder.pth", "taesd_encoder.safetensors"]
+    assert_same_weights(load_student(tmp_path / "out"), student)  # the fp32 diffusers weights win
+
+
+def test_fp16_overflow_is_refused_not_written_as_inf(student, tmp_path):
+    with torch.no_grad():
+        student.decoder.layers[0].bias[0] = 1e6
+    with pytest.raises(ExportError, match="overflows"):
+        export_taesd(student, tmp_path / "out", "sd", dtype=torch.float16)
+    assert not any((tmp_path / "out").glob("taesd_*"))
+
+
+# ---------------------------------------------------------------- round trips
+
+
+def test_student_to_taesd_pair_to_student_is_exact(student, tmp_path):
+    export_taesd(student, tmp_path, "sd")
+    for path in (tmp_path, tmp_path / "taesd_encoder.pth", tmp_path / "taesd_decoder.safetensors", tmp_path / "taesd"):
+        loaded = load_student(path)
+        assert loaded.config.encoder_blocks == [1, 1, 1, 1] and loaded.config.encoder_width == 16
+        assert_same_weights(loaded, student)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student(x))
+
+
+def test_student_to_diffusers_to_student_is_exact(student, tmp_path):
+    student.save_pretrained(tmp_path / "student")
+    assert_same_weights(Student.from_pretrained(tmp_path / "student"), student)
+    assert_same_weights(load_student(tmp_path / "student"), student)
+
+
+def test_student_from_pretrained_takes_a_taesd_pair_and_a_checkpoint(student, tmp_path):
+    export_taesd(student, tmp_path / "comfy", "sdxl")
+    assert_same_weights(Student.from_pretrained(tmp_path / "comfy", family="sdxl"), student)
+    student.save_pretrained(tmp_path / "checkpoint-10" / "student_ema")
+    assert_same_weights(load_student(tmp_path / "checkpoint-10"), student)
+
+
+def test_default_taesd_architecture_guessed_from_the_tensors(tmp_path):
+    """Published TAESD widths and blocks (64, [1,3,3,3] / [3,3,3,1]); 16 latent channels as taef1."""
+    model = make_student(StudentConfig(latent_channels=16))
+    export_taesd(model, tmp_path, "flux")
+    loaded = load_student(tmp_path)
+    assert (loaded.latent_channels, loaded.config.encoder_width, loaded.config.decoder_width) == (16, 64, 64)
+    assert (loaded.config.encoder_blocks, loaded.config.decoder_blocks) == ([1, 3, 3, 3], [3, 3, 3, 1])
+    assert_same_weights(loaded, model)
+
+
+# ---------------------------------------------------------------- the documented TAESD layout, rebuilt here
+
+
+def conv(n_in, n_out, **kwargs):
+    return nn.Conv2d(n_in, n_out, 3, padding=1, **kwargs)
+
+
+class Clamp(nn.Module):
+    def forward(self, x):
+        return torch.tanh(x / 3) * 3
+
+
+class Block(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.conv = nn.Sequential(conv(n, n), nn.ReLU(), conv(n, n), nn.ReLU(), conv(n, n))
+        self.skip = nn.Identity()
+        self.fuse = nn.ReLU()
+
+    def forward(self, x):
+        return self.fuse(self.conv(x) + self.skip(x))
+
+
+def reference_encoder(latent_channels):
+    return nn.Sequential(
+        conv(3, 64), Block(64),
+        conv(64, 64, stride=2, bias=False), Block(64), Block(64), Block(64),
+        conv(64, 64, stride=2, bias=False), Block(64), Block(64), Block(64),
+        conv(64, 64, stride=2, bias=False), Block(64), Block(64), Block(64),
+        conv(64, latent_channels),
+    )
+
+
+def reference_decoder(latent_channels):
+    return nn.Sequential(
+        Clamp(), conv(latent_channels, 64), nn.ReLU(),
+        Block(64), Block(64), Block(64), nn.Upsample(scale_factor=2), conv(64, 64, bias=False),
+        Block(64), Block(64), Block(64), nn.Upsample(scale_factor=2), conv(64, 64, bias=False),
+        Block(64), Block(64), Block(64), nn.Upsample(scale_factor=2), conv(64, 64, bias=False),
+        Block(64), conv(64, 3),
+    )
+
+
+def test_taesd_pair_runs_in_a_plain_sequential_like_autoencoder_tiny(photos, tmp_path):
+    model = make_student(StudentConfig(latent_channels=4))
+    export_all(model, tmp_path / "out", "sd")
+    encoder, decoder = reference_encoder(4).eval(), reference_decoder(4).eval()
+    encoder.load_state_dict(torch.load(tmp_path / "out" / "taesd_encoder.pth", weights_only=True), strict=True)
+    decoder.load_state_dict(load_file(tmp_path / "out" / "taesd_decoder.safetensors"), strict=True)
+    tiny = AutoencoderTiny.from_pretrained(tmp_path / "out").eval()
+
+    image = center_crop(load_rgb(photos / "astronaut.png"), 64)[None]  # [-1, 1]
+    with torch.no_grad():
+        latents = tiny.encode(image).latents
+        reference_latents = encoder(image.add(1).div(2))  # the original works in [0, 1]
+        decoded = tiny.decode(latents).sample
+        reference_decoded = decoder(latents)
+    assert latents.shape == (1, 4, 8, 8) and latents.std() > 1e-3
+    assert torch.allclose(reference_latents, latents, atol=1e-5)
+    assert torch.allclose(reference_decoded, decoded.add(1).div(2), atol=1e-5)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_existing_targets_are_refused_and_left_untouched(student, tmp_path):
+    target = tmp_path / "student"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists"):
+        export_diffusers(student, target)
+    with pytest.raises(ExportError, match="already exists"):
+        export_all(student, target, "sd")
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+    comfy = tmp_path / "vae_approx"
+    comfy.mkdir()
+    (comfy / "taesd_decoder.pth").write_bytes(b"someone else's")
+    (comfy / "taef1_decoder.pth").write_bytes(b"another model")
+    with pytest.raises(ExportError, match="taesd_decoder.pth' already exists"):
+        export_taesd(student, comfy, "sd")
+    assert sorted(p.name for p in comfy.iterdir()) == ["taef1_decoder.pth", "taesd_decoder.pth"]
+    assert (comfy / "taesd_decoder.pth").read_bytes() == b"someone else's"
+
+    export_taesd(student, comfy, "sd", overwrite=True)  # asked: replaced, neighbours kept
+    assert (comfy / "taef1_decoder.pth").read_bytes() == b"another model"
+    assert_same_weights(load_student(comfy, family="sd"), student)
+    export_diffusers(student, target, overwrite=True)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_family_must_match_the_latent_channels(student, tmp_path):
+    with pytest.raises(ExportError, match="4 latent channels but family 'flux' uses 16"):
+        export_taesd(student, tmp_path, "flux")
+    with pytest.raises(ExportError, match="Unknown family 'sd2'"):
+        export_taesd(student, tmp_path, "sd2")
+    assert not any(tmp_path.iterdir())
+
+
+def flux2_style_pair(folder: Path) -> Path:
+    """The FLUX.2 TAESD variant: blocks with a GroupNorm 'pool' branch (written here from its documented layout)."""
+    class PoolBlock(Block):
+        def __init__(self, n):
+            super().__init__(n)
+            self.pool = nn.Sequential(nn.Conv2d(n, 4 * n, 1, bias=False), nn.GroupNorm(4, 4 * n), nn.ReLU(),
+                                      nn.Conv2d(4 * n, n, 1, bias=False))
+
+    encoder = nn.Sequential(conv(3, 8), Block(8), conv(8, 8, stride=2, bias=False), PoolBlock(8), conv(8, 32))
+    decoder = nn.Sequential(Clamp(), conv(32, 8), nn.ReLU(), PoolBlock(8), nn.Upsample(scale_factor=2),
+                            conv(8, 8, bias=False), Block(8), conv(8, 3))
+    torch.save(encoder.state_dict(), folder / "taef2_encoder.pth")
+    torch.save(decoder.state_dict(), folder / "taef2_decoder.pth")
+    return folder / "taef2_encoder.pth"
+
+
+def test_unknown_layouts_fail_with_a_sentence(student, tmp_path):
+    with pytest.raises(ExportError, match="FLUX.2 TAESD variant.*not supported yet"):
+        load_student(flux2_style_pair(tmp_path))
+
+    vae_keys = {"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}
+    save_file(vae_keys, tmp_path / "big_encoder.safetensors")
+    save_file(vae_keys, tmp_path / "big_decoder.safetensors")
+    with pytest.raises(ExportError, match="is not a TAESD file: key 'encoder.conv_in.weight'"):
+        load_student(tmp_path / "big_encoder.safetensors")
+
+    export_taesd(student, tmp_path / "swapped", "sd")
+    (tmp_path / "swapped" / "taesd_encoder.pth").unlink()
+    (tmp_path / "swapped" / "taesd_encoder.safetensors").rename(tmp_path / "swapped" / "x.safetensors")
+    (tmp_path / "swapped" / "taesd_decoder.safetensors").rename(tmp_path / "swapped" / "taesd_encoder.safetensors")
+    (tmp_path / "swapped" / "x.safetensors").rename(tmp_path / "swapped" / "taesd_decoder.safetensors")
+    with pytest.raises(ExportError, match="not 3 \\(RGB\\): is it a decoder"):
+        load_student(tmp_path / "swapped")
+
+
+def test_pickles_that_need_code_are_refused(tmp_path):
+    torch.save(reference_encoder(4), tmp_path / "taesd_encoder.pth")  # a whole pickled module, not a state dict
+    torch.save(reference_decoder(4).state_dict(), tmp_path / "taesd_decoder.pth")
+    with pytest.raises(ExportError, match="weights_only=True so they cannot run code"):
+        load_student(tmp_path)
+
+
+def test_missing_or_ambiguous_pairs_say_what_to_pass(student, student16, tmp_path):
+    export_taesd(student, tmp_path, "sd")
+    export_taesd(student16, tmp_path, "flux")
+    with pytest.raises(ExportError, match="several TAESD pairs \\(taef1, taesd\\); pass a family"):
+        load_student(tmp_path)
+    assert load_student(tmp_path, family="flux").latent_channels == 16
+    for path in tmp_path.glob("taesd_decoder.*"):
+        path.unlink()
+    with pytest.raises(ExportError, match="No taesd_decoder.safetensors or .pth"):
+        load_student(tmp_path, family="sd")
+    with pytest.raises(ExportError, match="No student weights at"):
+        load_student(tmp_path / "nothing" / "here")
+    with pytest.raises(ExportError, match="'madebyollin/taesdxl' from the Hugging Face Hub.*--local-dir DIR"):
+        load_student("madebyollin/taesdxl")  # a published TAESD to fine-tune from; the Hub is offline here
+    with pytest.raises(ExportError, match="no student_ema/ folder"):
+        run_script("export", ["--checkpoint", str(tmp_path), "--to", "taesd", "--family", "sd"])
+
+
+# ---------------------------------------------------------------- the command line (README "Use it in ComfyUI / Forge")
+
+
+def test_export_script_drops_a_pair_into_comfyui(student, tmp_path):
+    student.save_pretrained(tmp_path / "runs" / "sd" / "student")
+    (tmp_path / "runs" / "sd" / "run.json").write_text('{"teacher": "sd", "family": "sdxl"}')
+    comfy = tmp_path / "ComfyUI" / "models" / "vae_approx"
+    run_script("export", ["--student", str(tmp_path / "runs" / "sd" / "student"), "--to", "taesd",
+                          "--dtype", "fp16", "--out", str(comfy)])  # family from run.json
+    assert sorted(p.name for p in comfy.iterdir()) == [
+        "taesdxl_decoder.pth", "taesdxl_decoder.safetensors", "taesdxl_encoder.pth", "taesdxl_encoder.safetensors"]
+
+    out = export_student(tmp_path / "runs" / "sd" / "student", to="diffusers", dtype="fp16")
+    assert out == (tmp_path / "runs" / "sd" / "student-diffusers").resolve()
+    assert (out / "diffusion_pytorch_model.fp16.safetensors").is_file()
+
+
+def test_export_script_errors_are_one_line_and_exit_2(student, tmp_path, capsys):
+    student.save_pretrained(tmp_path / "student")
+    (tmp_path / "student-all").mkdir()
+    with pytest.raises(SystemExit) as exit_info:  # what `python scripts/export.py ...` does on a user error
+        run(load_script("export").main, ["--student", str(tmp_path / "student"), "--family", "sd"])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and stderr.strip().count("\n") == 0
+    assert "student-all' already exists; pass overwrite=True" in stderr
+    assert not any((tmp_path / "student-all").iterdir())

@@ -1,0 +1,136 @@
+"""Publishing: the exact folder a push would upload, its model card, and clear failures that keep it."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+from diffusers import AutoencoderTiny
+from huggingface_hub import ModelCard
+
+from tinyae.data import center_crop, load_rgb, to_pil
+from tinyae.errors import ExportError
+from tinyae.formats import load_student
+from tinyae.hub import build_upload_folder, push_to_hub
+from tinyae.student import Student
+
+ROOT = Path(__file__).resolve().parent.parent
+METRICS = {"steps": 200, "heldout_images": 2, "psnr": 24.125, "ssim": 0.7125, "ms_ssim": None, "lpips": 0.1875}
+
+
+@pytest.fixture
+def run_dir(tmp_path, photos, small_student_config):
+    """What scripts/distill.py leaves behind: student/, metrics.json, samples/, run.json."""
+    out = tmp_path / "runs" / "sd"
+    torch.manual_seed(0)
+    student = Student(small_student_config)
+    student.save_pretrained(out / "student")
+    (out / "metrics.json").write_text(json.dumps(METRICS))
+    (out / "run.json").write_text(json.dumps({
+        "teacher": "sd", "teacher_repo": "stabilityai/sd-vae-ft-mse", "family": "sd", "steps": 200,
+        "recipe": {"name": "smoke", "train": {"steps": 200}}}))
+    (out / "samples").mkdir()
+    for step, name in ((100, "astronaut"), (200, "coffee")):
+        to_pil(center_crop(load_rgb(photos / f"{name}.png"), 64)).save(out / "samples" / f"step-{step:07d}.png")
+    return out
+
+
+def test_dry_run_writes_and_lists_the_exact_upload_folder(run_dir, capsys):
+    folder = push_to_hub(run_dir, "someone/tinyae-sd", dry_run=True)
+
+    assert folder == run_dir.parent / "sd-hub"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["README.md", "config.json", "diffusion_pytorch_model.fp16.safetensors",
+                     "diffusion_pytorch_model.safetensors", "metrics.json", "run.json", "samples.png",
+                     "taesd_decoder.pth", "taesd_decoder.safetensors", "taesd_encoder.pth", "taesd_encoder.safetensors"]
+    printed = capsys.readouterr().out
+    assert "Would upload" in printed and "https://huggingface.co/someone/tinyae-sd" in printed
+    assert all(name in printed for name in files)
+    # The newest sample grid is the one shown; every weight file loads and holds the trained student.
+    assert (folder / "samples.png").read_bytes() == (run_dir / "samples" / "step-0000200.png").read_bytes()
+    student = Student.from_pretrained(run_dir / "student")
+    assert torch.equal(AutoencoderTiny.from_pretrained(folder).state_dict()["decoder.layers.0.weight"],
+                       student.state_dict()["decoder.layers.0.weight"])
+    from_pair = load_student(folder / "taesd_decoder.pth")
+    assert {v.dtype for v in torch.load(folder / "taesd_decoder.pth", weights_only=True).values()} == {torch.float16}
+    for key, value in student.state_dict().items():
+        assert torch.equal(from_pair.state_dict()[key], value.half().float()), key
+
+
+def test_model_card_fields_metrics_and_usage(run_dir):
+    folder = build_upload_folder(run_dir, run_dir.parent / "upload", repo_id="someone/tinyae-sd")
+    card = ModelCard.load(folder / "README.md")
+
+    assert card.data.library_name == "diffusers"
+    assert card.data.base_model == "stabilityai/sd-vae-ft-mse"
+    assert {"tinyae", "taesd", "stable-diffusion"} <= set(card.data.tags)
+    assert "| psnr | 24.12 |" in card.text and "| lpips | 0.1875 |" in card.text and "| ms_ssim | n/a |" in card.text
+    assert "![samples](samples.png)" in card.text
+    assert 'AutoencoderTiny.from_pretrained("someone/tinyae-sd", torch_dtype=torch.float16)' in card.text
+    assert "StableDiffusionPipeline" in card.text
+    assert ("hf download someone/tinyae-sd taesd_encoder.safetensors taesd_decoder.safetensors "
+            "--local-dir ComfyUI/models/vae_approx") in card.text
+    assert "Trained for 200 steps with the `smoke` recipe" in card.text
+
+
+def test_a_bare_student_folder_needs_only_a_family(tmp_path, small_student_config):
+    torch.manual_seed(0)
+    Student(small_student_config).save_pretrained(tmp_path / "student")
+    with pytest.raises(ExportError, match="pass --family"):
+        build_upload_folder(tmp_path / "student", tmp_path / "upload")
+    folder = build_upload_folder(tmp_path / "student", tmp_path / "upload", "someone/tiny-xl", family="sdxl")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model is None and "stable-diffusion-xl" in card.data.tags
+    assert "## Held-out metrics" not in card.text and "StableDiffusionXLPipeline" in card.text
+    assert (folder / "taesdxl_decoder.safetensors").is_file() and not (folder / "samples.png").exists()
+    with pytest.raises(ExportError, match="already exists"):
+        build_upload_folder(tmp_path / "student", tmp_path / "upload", family="sdxl")
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_no_token_is_a_clear_error_and_the_folder_stays(run_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    before = snapshot(run_dir)
+    with pytest.raises(ExportError, match="No Hugging Face token: log in with `hf auth login`.*ready at .*sd-hub"):
+        push_to_hub(run_dir, "someone/tinyae-sd")
+    assert (run_dir.parent / "sd-hub" / "README.md").is_file() and snapshot(run_dir) == before
+
+
+def test_offline_is_a_clear_error_and_the_folder_stays(run_dir, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ExportError, match="Nothing was uploaded to someone/tinyae-sd because HF_HUB_OFFLINE is set"):
+        push_to_hub(run_dir, "someone/tinyae-sd", token="hf_not_a_real_token")
+    assert (run_dir.parent / "sd-hub" / "taesd_decoder.safetensors").is_file()
+
+
+def test_unreachable_hub_is_a_clear_error(run_dir, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ExportError, match=r"Could not upload to someone/tinyae-sd \(.*\); the upload folder is ready"):
+        push_to_hub(run_dir, "someone/tinyae-sd", token="hf_not_a_real_token")
+    assert (run_dir.parent / "sd-hub" / "config.json").is_file()
+
+
+def test_bad_repo_ids_are_refused_before_any_work(run_dir):
+    for repo_id in ("tinyae-sd", "some one/x"):
+        with pytest.raises(ExportError, match="USER/NAME"):
+            push_to_hub(run_dir, repo_id, dry_run=True)
+    assert not (run_dir.parent / "sd-hub").exists()
+
+
+def test_push_script_dry_run(run_dir, capsys):
+    """README "Publish to the Hub": python scripts/push.py --student runs/sd --repo-id you/tinyae-sd --dry-run"""
+    spec = importlib.util.spec_from_file_location("push_script", ROOT / "scripts" / "push.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--student", str(run_dir), "--repo-id", "you/tinyae-sd", "--dry-run"])
+    assert "Would upload" in capsys.readouterr().out
+    assert ModelCard.load(run_dir.parent / "sd-hub" / "README.md").data.base_model == "stabilityai/sd-vae-ft-mse"

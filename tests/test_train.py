@@ -1,0 +1,90 @@
+"""Distillation runs end to end, checkpoints atomically, and resumes exactly."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import small_vae
+from safetensors.torch import load_file
+
+from tinyae.config import load_recipe
+from tinyae.errors import ConfigError, DataError
+from tinyae.train import distill, list_checkpoints
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "vae"
+    small_vae().save_pretrained(path)
+    return path
+
+
+def tiny_recipe(teacher_dir, photos, out, **train):
+    overrides = {
+        "teacher": {"name": str(teacher_dir)},
+        "student": {"encoder_width": 8, "decoder_width": 8, "encoder_blocks": [1, 1, 1, 1],
+                    "decoder_blocks": [1, 1, 1, 1]},
+        "data": {"path": str(photos), "resolution": 32, "final_resolution": 48, "final_steps": 2, "holdout": 2},
+        "loss": {"lpips_weight": 0.1, "adv_weight": 0.1, "adv_start": 1, "disc_width": 8},
+        "train": {"steps": 6, "batch_size": 2, "log_every": 1, "sample_every": 3, "checkpoint_every": 2,
+                  "checkpoints_total_limit": 2, "output_dir": str(out), "log_with": "tensorboard", **train},
+    }
+    return load_recipe("smoke", overrides)
+
+
+def weights(folder):
+    return load_file(folder / "diffusion_pytorch_model.safetensors")
+
+
+def test_a_run_writes_student_metrics_samples_logs_and_limited_checkpoints(teacher_dir, photos, tmp_path):
+    out = distill(tiny_recipe(teacher_dir, photos, tmp_path / "run"))
+    assert (out / "student" / "config.json").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["heldout_images"] == 2
+    assert all(key in metrics for key in ("psnr_vs_teacher", "ssim_vs_teacher", "latent_mse"))
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["step-0000003.png", "step-0000006.png"]
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]  # total limit 2
+    assert (out / "checkpoints" / "checkpoint-6" / "student_ema" / "config.json").exists()
+    run = json.loads((out / "run.json").read_text())
+    assert run["teacher"] == str(teacher_dir) and run["scaling_factor"] == 0.5
+
+
+def test_resume_continues_at_the_same_step_with_identical_weights(teacher_dir, photos, tmp_path):
+    straight = distill(tiny_recipe(teacher_dir, photos, tmp_path / "straight", checkpoints_total_limit=0))
+    # The same run "crashes" after its checkpoint at step 2: later checkpoints and exports are lost ...
+    crashed = tmp_path / "crashed"
+    distill(tiny_recipe(teacher_dir, photos, crashed, checkpoints_total_limit=0))
+    for lost in list_checkpoints(crashed)[1:] + [crashed / "student"]:
+        shutil.rmtree(lost)
+    assert [p.name for p in list_checkpoints(crashed)] == ["checkpoint-2"]
+    # ... and --resume latest picks it up at step 2 and ends where the straight run ended.
+    distill(tiny_recipe(teacher_dir, photos, crashed, checkpoints_total_limit=0, resume="latest"))
+    assert json.loads((crashed / "metrics.json").read_text())["steps"] == 6
+    for name in ("student", "checkpoints/checkpoint-6/student_ema"):
+        a, b = weights(straight / name), weights(crashed / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a = load_file(straight / "checkpoints" / "checkpoint-6" / "model.safetensors")  # raw weights, not only EMA
+    b = load_file(crashed / "checkpoints" / "checkpoint-6" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(teacher_dir, photos, tmp_path):
+    recipe = tiny_recipe(teacher_dir, photos, tmp_path / "run", steps=2)
+    distill(recipe)
+    with pytest.raises(ConfigError, match="--resume latest"):
+        distill(recipe)
+
+
+def test_an_empty_data_folder_fails_before_training(teacher_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    recipe = tiny_recipe(teacher_dir, tmp_path / "empty", tmp_path / "run")
+    with pytest.raises(DataError, match="no jpg"):
+        distill(recipe)
+    assert not list_checkpoints(tmp_path / "run")
