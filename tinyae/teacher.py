@@ -240,6 +240,9 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
         if Path(source).exists():
             raise TeacherLoadError(f"Could not load the teacher VAE from '{source}': {exc}") from None
         raise TeacherLoadError(_offline_message(source, subfolder)) from None
+    if config.dtype == "fp16" and preset is not None and not preset.fp16_safe:
+        warnings.warn(f"Teacher '{config.name}' is not known to be fp16-safe (its activations can overflow to NaN); "
+                      "use --teacher.dtype bf16 or fp32 if losses turn NaN.", stacklevel=2)
     scaling, shift = resolve_factors(config, preset, cfg)
     family = preset.family if preset else guess_family(cfg, shift)
     return Teacher(vae, scaling, shift, name=config.name, sample=config.sample, family=family).to(device)
