@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 
 from tinyae.config import StudentConfig
 from tinyae.errors import ExportError
+from tinyae.offline import hub_unreachable, not_on_hub_message, quiet_hub
 from tinyae.student import Student
 
 ENCODER_PREFIX = "encoder.layers."
@@ -283,16 +284,12 @@ def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["config.json", "diffusion_pytorch_model*.safetensors",
-                                                               "*_encoder.*", "*_decoder.*"]))
+        with quiet_hub():
+            return Path(snapshot_download(
+                repo_id, allow_patterns=["config.json", "diffusion_pytorch_model*.safetensors", "*_encoder.*",
+                                         "*_decoder.*"], local_files_only=hub_unreachable()))
     except Exception:  # huggingface_hub raises many types for offline / unreachable / unknown
-        raise ExportError(hub_unreachable(repo_id)) from None
-
-
-def hub_unreachable(repo_id: str) -> str:
-    return (f"Could not fetch '{repo_id}' from the Hugging Face Hub (offline, unreachable, gated or no such repo); "
-            f"if you meant a local folder it does not exist, else download it where the Hub is reachable "
-            f"(`hf download {repo_id} --local-dir DIR`) and pass DIR instead.")
+        raise ExportError(not_on_hub_message(repo_id, "the student")) from None
 
 
 def looks_like_repo_id(text: str) -> bool:

@@ -21,7 +21,8 @@ from torch import nn
 
 from tinyae.data import to_pil
 from tinyae.errors import ExportError
-from tinyae.formats import family_info, hub_unreachable, load_student
+from tinyae.formats import family_info, load_student
+from tinyae.offline import hub_unreachable, not_on_hub_message, quiet_hub
 from tinyae.teacher import DTYPES
 
 
@@ -48,9 +49,11 @@ def load_preview_decoder(path_or_repo: str | Path | None = None, family: str | N
         nn.Module.to(model, dtype=dtype)
     else:
         try:
-            model = AutoencoderTiny.from_pretrained(str(path_or_repo), torch_dtype=dtype)
+            with quiet_hub():
+                model = AutoencoderTiny.from_pretrained(str(path_or_repo), torch_dtype=dtype,
+                                                        local_files_only=hub_unreachable())
         except Exception:  # diffusers/huggingface_hub raise many types for offline / unreachable / unknown
-            raise ExportError(hub_unreachable(str(path_or_repo))) from None
+            raise ExportError(not_on_hub_message(str(path_or_repo), "the decoder")) from None
         if family is not None and model.config.latent_channels != family_info(family).latent_channels:
             raise ExportError(f"'{path_or_repo}' decodes {model.config.latent_channels}-channel latents but family "
                               f"'{family}' uses {family_info(family).latent_channels}.")

@@ -11,18 +11,16 @@ pipeline's latents need no extra scaling. Presets live in a registry
 from __future__ import annotations
 
 import json
-import socket
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from tinyae.config import TeacherConfig
 from tinyae.errors import TeacherLoadError
+from tinyae.offline import hub_unreachable, not_on_hub_message, quiet_hub
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
@@ -158,20 +156,6 @@ def _vae_class(class_name: str):
     return getattr(diffusers, class_name)
 
 
-def hub_unreachable() -> bool:
-    """True when the Hub's host does not even resolve: then only the local cache can answer, at once."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return True
-    host = urlparse(constants.ENDPOINT).hostname or ""
-    try:
-        socket.getaddrinfo(host, 443)
-        return False
-    except OSError:
-        return True
-
-
 def _read_config(source: str, subfolder: str | None, revision: str | None) -> dict:
     local = Path(source)
     if local.exists():
@@ -186,30 +170,6 @@ def _read_config(source: str, subfolder: str | None, revision: str | None) -> di
 
     return dict(AutoencoderKL.load_config(source, subfolder=subfolder, revision=revision,
                                           local_files_only=hub_unreachable()))
-
-
-@contextmanager
-def _quiet_hub():
-    """Hub retries and deprecation chatter would bury the one sentence that matters."""
-    from huggingface_hub.utils import logging as hub_logging
-
-    level = hub_logging.get_verbosity()
-    hub_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hub_logging.set_verbosity(level)
-
-
-def _offline_message(source: str, subfolder: str | None) -> str:
-    where = f"{source}" + (f" (subfolder '{subfolder}')" if subfolder else "")
-    return (
-        f"Could not load the teacher VAE '{where}' from the Hugging Face Hub (offline, unreachable or gated): "
-        f"download it where the Hub is reachable (`hf download {source} --local-dir DIR`) and pass the folder "
-        f"with --teacher DIR{' --teacher.subfolder ' + subfolder if subfolder else ''}."
-    )
 
 
 def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu") -> Teacher:
@@ -227,7 +187,7 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
     if config.name == "tiny" and not Path(source).exists():
         raise TeacherLoadError(f"The shipped tiny teacher is missing at {source}; restore weights/ from the repository.")
     try:
-        with _quiet_hub():
+        with quiet_hub():
             cfg = _read_config(source, subfolder, config.revision)
             cls = _vae_class(cfg.get("_class_name", "AutoencoderKL"))
             vae = cls.from_pretrained(
@@ -239,7 +199,7 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
     except Exception as exc:  # diffusers/huggingface_hub raise many types for "not reachable"
         if Path(source).exists():
             raise TeacherLoadError(f"Could not load the teacher VAE from '{source}': {exc}") from None
-        raise TeacherLoadError(_offline_message(source, subfolder)) from None
+        raise TeacherLoadError(not_on_hub_message(source, "the teacher VAE", subfolder, "--teacher")) from None
     if config.dtype == "fp16" and preset is not None and not preset.fp16_safe:
         warnings.warn(f"Teacher '{config.name}' is not known to be fp16-safe (its activations can overflow to NaN); "
                       "use --teacher.dtype bf16 or fp32 if losses turn NaN.", stacklevel=2)
