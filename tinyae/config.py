@@ -57,6 +57,12 @@ class DataConfig:
     holdout: int = 8  # images kept out of training for evaluation
     num_workers: int = 0
     cache: str | None = None  # teacher latent cache folder (scripts/cache_latents.py)
+    final_cache: str | None = None  # teacher cache at final_resolution for the closing phase
+    format: str = "auto"  # auto | folder | tar (webdataset shards) | hf (save_to_disk folder) | hf-stream
+    image_column: str = "image"  # image column of a Hugging Face dataset
+    split: str = "train"  # split of a Hugging Face dataset
+    shuffle_buffer: int = 1000  # records shuffled in memory when streaming
+    eval_path: str | None = None  # folder of held-out images (replaces data.holdout; needed for streams)
 
 
 @dataclass
@@ -239,7 +245,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         arg = args[i]
         if not arg.startswith("--"):
             raise ConfigError(f"Unexpected argument '{arg}': overrides are written --section.field value.")
-        key = arg[2:].replace("-", "_")
+        key = arg[2:]
         if "=" in key:
             key, raw = key.split("=", 1)
             i += 1
@@ -249,6 +255,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         else:  # a bare flag means true
             raw = "true"
             i += 1
+        key = key.replace("-", "_")
         key = ALIASES.get(key, key)
         if "." not in key:
             raise ConfigError(

@@ -42,6 +42,9 @@ def atomic_folder(target: str | Path, overwrite: bool = False):
         raise ExportError(f"'{target}' already exists; pass overwrite=True (--overwrite) or choose another folder.")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make exports private to their writer
     try:
         yield tmp
         if target.exists():

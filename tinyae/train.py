@@ -26,8 +26,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tinyae.config import Recipe
-from tinyae.data import load_eval_images, make_train_loader, sample_photos, scan_images, split_holdout, to_pil
-from tinyae.errors import ConfigError, DataError
+from tinyae.data import TrainSource, load_eval_images, make_train_loader, make_train_source, to_pil
+from tinyae.errors import ConfigError
 from tinyae.export import export_diffusers
 from tinyae.losses import Discriminator, DistillLoss, discriminator_loss
 from tinyae.student import Student
@@ -35,7 +35,6 @@ from tinyae.teacher import TEACHERS, Teacher, load_teacher
 
 logger = logging.getLogger("tinyae")
 
-BUILTIN_PHOTOS = "builtin:skimage"  # data.path value: scikit-image's sample photos (offline smoke runs)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -90,21 +89,6 @@ def find_resume_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def prepare_files(recipe: Recipe, output_dir: Path) -> tuple[list[Path], list[Path], int]:
-    """Training and held-out image files, and how many files were unreadable."""
-    path = recipe.data.path
-    if path is None:
-        raise DataError("No training data: pass --data DIR (a folder of images), or --data builtin:skimage for "
-                        "scikit-image's sample photos.")
-    if path == BUILTIN_PHOTOS:
-        path = sample_photos(output_dir / "data" / "skimage")
-    good, bad = scan_images(path)
-    train_files, heldout = split_holdout(good, recipe.data.holdout)
-    if not train_files:
-        raise DataError(f"No training images left in '{path}' after holding out {len(heldout)}; add images.")
-    return train_files, heldout, len(bad)
-
-
 def phase_plan(recipe: Recipe) -> list[tuple[int, int, int]]:
     """[(first_step, end_step, resolution)]: long training at small crops, then a short fine-tune."""
     steps, final = recipe.train.steps, recipe.data.final_steps
@@ -113,7 +97,7 @@ def phase_plan(recipe: Recipe) -> list[tuple[int, int, int]]:
     return [(0, steps, recipe.data.resolution)]
 
 
-def batches(recipe: Recipe, files: list[Path], start_step: int, rank: int, world_size: int):
+def batches(recipe: Recipe, source: TrainSource, start_step: int, rank: int, world_size: int):
     """Yield (step, micro-batch) from `start_step` on, switching crop size at phase boundaries."""
     accum = recipe.train.grad_accum
     for first, end, resolution in phase_plan(recipe):
@@ -121,9 +105,10 @@ def batches(recipe: Recipe, files: list[Path], start_step: int, rank: int, world
             continue
         begin = max(first, start_step)
         loader = make_train_loader(
-            files, resolution, recipe.train.batch_size, recipe.train.seed, start_step=begin * accum,
+            source, resolution, recipe.train.batch_size, recipe.train.seed, start_step=begin * accum,
             num_steps=(end - begin) * accum, rank=rank, world_size=world_size,
             num_workers=recipe.data.num_workers, max_zoom_out=recipe.data.max_zoom_out, hflip=recipe.data.hflip,
+            pin_memory=torch.cuda.is_available(),
         )
         for i, batch in enumerate(loader):
             yield begin + i // accum, batch
@@ -184,6 +169,9 @@ def distill(recipe: Recipe) -> Path:
     """Train a student for `recipe`; returns the output folder (student/, metrics.json, samples/, logs/)."""
     cfg, out = recipe.train, Path(recipe.train.output_dir)
     accelerator = Accelerator(
+        # Without GPUs, `accelerate launch --num_processes N` must be told to use gloo on the CPU, or each
+        # process would silently train alone.
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=cfg.log_with,
@@ -194,18 +182,18 @@ def distill(recipe: Recipe) -> Path:
     set_seed(cfg.seed)
 
     teacher = load_teacher(recipe.teacher, device=accelerator.device)
-    train_files, heldout, n_bad = prepare_files(recipe, out)
+    source = make_train_source(recipe, teacher, out)  # also checks a teacher cache against this teacher
+    heldout, n_bad = source.heldout, source.n_bad
     if recipe.teacher.estimate_factors and recipe.teacher.scaling_factor is None:
         from tinyae.diagnose import estimate_factors
 
-        images = load_eval_images(train_files[:64], recipe.data.resolution)
+        images = source.preview_images(64, recipe.data.resolution)
         teacher.scaling_factor, teacher.shift_factor = 1.0, 0.0
         est = estimate_factors(teacher, images)
         teacher.scaling_factor, teacher.shift_factor = est.scaling_factor, est.shift_factor
         logger.info("Estimated factors: scaling_factor=%.5f shift_factor=%.5f", est.scaling_factor, est.shift_factor)
-    logger.info("Teacher %s: %d latent channels, scaling %.5f, shift %.5f. %d training images, %d held out, "
-                "%d unreadable skipped.", teacher.name, teacher.latent_channels, teacher.scaling_factor,
-                teacher.shift_factor, len(train_files), len(heldout), n_bad)
+    logger.info("Teacher %s: %d latent channels, scaling %.5f, shift %.5f. Data: %s.", teacher.name,
+                teacher.latent_channels, teacher.scaling_factor, teacher.shift_factor, source.describe())
 
     student = build_student(recipe, teacher)
     ema_student = Student(student.config).to(accelerator.device).requires_grad_(False)
@@ -239,7 +227,7 @@ def distill(recipe: Recipe) -> Path:
     progress = tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="distill")
     running: dict[str, float] = {}
-    for step, batch in batches(recipe, train_files, state.step, accelerator.process_index, accelerator.num_processes):
+    for step, batch in batches(recipe, source, state.step, accelerator.process_index, accelerator.num_processes):
         images = batch["images"].to(accelerator.device)
         latents = batch["latents"].to(accelerator.device) if "latents" in batch else teacher.encode(images)
         if recipe.loss.target == "teacher":
@@ -328,8 +316,9 @@ def finish_run(recipe: Recipe, out: Path, student: Student, teacher: Teacher, he
     metrics: dict = {"steps": step, "heldout_images": len(heldout)}
     if heldout:
         size = recipe.data.final_resolution or recipe.data.resolution
-        results = evaluate(student, teacher, load_eval_images(heldout, size))
-        write_report(results, out / "eval")
+        images = load_eval_images(heldout, size)
+        results = evaluate(student, teacher, images)
+        write_report(results, out / "eval", student=student, teacher=teacher, images=images)
         metrics |= summary(results)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.info("Student written to %s; metrics: %s", out / "student", json.dumps(metrics))
