@@ -1,0 +1,80 @@
+"""Benchmark: positive times and ratios in one run, memory growth that sees a real allocation, clear labels."""
+
+import json
+import time
+
+import pytest
+import torch
+
+from tinyae.bench import PeakRSS, bench, describe, format_table, load_models, measure, write_report
+from tinyae.errors import ConfigError, TinyaeError
+from tinyae.student import Student
+
+
+@pytest.mark.parametrize("use_kernel_peak", [True, False], ids=["high-water-mark", "sampled"])
+def test_peak_rss_sees_a_transient_allocation(use_kernel_peak):
+    with PeakRSS(use_kernel_peak=use_kernel_peak) as peak:
+        block = torch.ones(64 * 2**20)  # 256 MB, touched
+        time.sleep(0.05)  # give the sampler time to see it
+        del block
+    assert peak.growth > 200 * 2**20
+    assert peak.method
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A tiny benchmark: the small conftest VAE vs a small student at 16 and 32 px, two timed repeats."""
+    from conftest import small_vae
+    from tinyae.config import StudentConfig
+    from tinyae.teacher import Teacher
+
+    teacher = Teacher(small_vae(), scaling_factor=0.5, shift_factor=0.1, name="small")
+    student = Student(StudentConfig(latent_channels=4, encoder_width=16, decoder_width=16,
+                                    encoder_blocks=[1, 1, 1, 1], decoder_blocks=[1, 1, 1, 1])).eval()
+    return bench(("small student", student), {"small": teacher}, resolutions=[16, 32], batch_sizes=[1], repeats=2)
+
+
+def test_every_model_op_and_size_gets_positive_times(results):
+    assert len(results["measurements"]) == 2 * 2 * 2  # models x ops x resolutions
+    for m in results["measurements"]:
+        assert m["median_s"] > 0 and len(m["times_s"]) == 2 and m["peak_mem_mb"] >= 0
+        assert m["median_s"] == pytest.approx(sorted(m["times_s"])[0] / 2 + sorted(m["times_s"])[1] / 2)
+    assert {(m["model"], m["op"], m["resolution"]) for m in results["measurements"]} == {
+        (model, op, px) for model in ("student", "small") for op in ("encode", "decode") for px in (16, 32)}
+
+
+def test_ratios_are_teacher_over_student(results):
+    by_key = {(m["model"], m["op"], m["resolution"]): m for m in results["measurements"]}
+    assert len(results["ratios"]) == 4
+    for r in results["ratios"]:
+        t, s = by_key[("small", r["op"], r["resolution"])], by_key[("student", r["op"], r["resolution"])]
+        assert r["latency"] == pytest.approx(t["median_s"] / s["median_s"]) and r["latency"] > 0
+
+
+def test_report_files_and_table(results, tmp_path):
+    paths = write_report(results, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["format"] == "tinyae-bench/1"
+    assert data["environment"]["device"] == "cpu" and data["environment"]["threads"] == torch.get_num_threads()
+    assert paths["plot"].stat().st_size > 10_000
+    table = format_table(results)
+    assert "| 32 " in table and table.count("x ") >= 4  # a ratio on each teacher row
+    assert "| 32 " in paths["md"].read_text()
+
+
+def test_weights_free_teachers_are_labelled(tmp_path):
+    (label, student), teachers = load_models("default", ["sd"])
+    assert label == "default Student (random weights)" and student.latent_channels == 4
+    assert teachers["sd"].name == "sd (random weights)"
+    assert sum(p.numel() for p in teachers["sd"].vae.decoder.parameters()) > 40e6  # the real SD VAE architecture
+    info = bench((label, student), {}, resolutions=[16], repeats=1)
+    assert "random weights: speed only" in describe(info)
+
+
+def test_bad_arguments_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="repeats"):
+        measure({"f": lambda: None}, torch.device("cpu"), repeats=0)
+    with pytest.raises(TinyaeError):
+        load_models(str(tmp_path / "missing"), ["sd"])
+    with pytest.raises(ConfigError, match="dtype"):
+        load_models("default", ["sd"], dtype="int8")
