@@ -187,11 +187,12 @@ def distill(recipe: Recipe) -> Path:
     if recipe.teacher.estimate_factors and recipe.teacher.scaling_factor is None:
         from tinyae.diagnose import estimate_factors
 
-        images = source.preview_images(64, recipe.data.resolution)
-        teacher.scaling_factor, teacher.shift_factor = 1.0, 0.0
-        est = estimate_factors(teacher, images)
+        # The user's explicit --teacher.scaling_factor wins; otherwise 1/std and mean of the raw latents.
+        est = estimate_factors(teacher, source.preview_images(64, recipe.data.resolution))
         teacher.scaling_factor, teacher.shift_factor = est.scaling_factor, est.shift_factor
-        logger.info("Estimated factors: scaling_factor=%.5f shift_factor=%.5f", est.scaling_factor, est.shift_factor)
+        logger.info("Estimated scaling_factor %.5f %s, shift_factor %.5f %s (for pipelines that ignore the shift: "
+                    "scaling_factor %.5f).", est.scaling_factor, est.scaling_ci, est.shift_factor, est.shift_ci,
+                    est.scaling_factor_without_shift)
     logger.info("Teacher %s: %d latent channels, scaling %.5f, shift %.5f. Data: %s.", teacher.name,
                 teacher.latent_channels, teacher.scaling_factor, teacher.shift_factor, source.describe())
 
