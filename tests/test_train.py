@@ -11,8 +11,10 @@ import torch
 from conftest import small_vae
 from safetensors.torch import load_file
 
-from tinyae.config import load_recipe
+from tinyae.config import TeacherConfig, load_recipe
+from tinyae.data import list_images, load_eval_images
 from tinyae.errors import ConfigError, DataError
+from tinyae.teacher import load_teacher
 from tinyae.train import distill, list_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,3 +90,14 @@ def test_an_empty_data_folder_fails_before_training(teacher_dir, tmp_path):
     with pytest.raises(DataError, match="no jpg"):
         distill(recipe)
     assert not list_checkpoints(tmp_path / "run")
+
+
+def test_estimate_factors_trains_against_unit_variance_latents(teacher_dir, photos, tmp_path):
+    recipe = tiny_recipe(teacher_dir, photos, tmp_path / "run", steps=2)
+    recipe.teacher.estimate_factors = True
+    run = json.loads((distill(recipe) / "run.json").read_text())
+    assert run["scaling_factor"] != 0.5  # the folder's configured factor was replaced by the estimate
+    teacher = load_teacher(TeacherConfig(name=str(teacher_dir), scaling_factor=run["scaling_factor"],
+                                         shift_factor=run["shift_factor"]))
+    z = teacher.encode(load_eval_images(list_images(photos), 32))
+    assert 0.7 < z.std().item() < 1.4 and abs(z.mean().item()) < 0.3

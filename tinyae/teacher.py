@@ -241,6 +241,7 @@ def build_teacher(name: str, device: str | torch.device = "cpu", dtype: str = "f
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**preset.arch).to(DTYPES[dtype])
+    vae = AutoencoderKL(**preset.arch)
+    nn.Module.to(vae, DTYPES[dtype])  # diffusers' own .to() warns about fp32 modules on every cast
     return Teacher(vae, preset.scaling_factor, preset.shift_factor, name=f"{name} (random weights)",
                    family=preset.family).to(device)
