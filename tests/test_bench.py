@@ -25,6 +25,7 @@ def test_peak_rss_sees_a_transient_allocation(use_kernel_peak):
 def results(tmp_path_factory):
     """A tiny benchmark: the small conftest VAE vs a small student at 16 and 32 px, two timed repeats."""
     from conftest import small_vae
+
     from tinyae.config import StudentConfig
     from tinyae.teacher import Teacher
 

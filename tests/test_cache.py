@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_vae
 
 import tinyae.cache
-from conftest import small_vae
 from tinyae.cache import TeacherCache, cache_recipe, open_cache
 from tinyae.config import load_recipe
 from tinyae.data import make_train_loader, make_train_source

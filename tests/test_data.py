@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tinyae.data import (RandomCrops, StepSampler, list_images, make_train_loader, scan_images, split_holdout)
+from tinyae.data import RandomCrops, StepSampler, list_images, make_train_loader, scan_images, split_holdout
 from tinyae.errors import DataError
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from tinyae.data import list_images, load_eval_images
 from tinyae.diagnose import (
+    as_teacher,
     distance_map,
     encode_raw,
     estimate_factors,
@@ -24,7 +25,6 @@ from tinyae.diagnose import (
     posterior_stats,
     raw_decoder,
     replace_with_neighbour_median,
-    as_teacher,
 )
 from tinyae.errors import DataError
 from tinyae.student import Student

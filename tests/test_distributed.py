@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import small_vae
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DISTILL = ROOT / "scripts" / "distill.py"

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import small_vae
 from PIL import Image
 from torch import nn
 
@@ -14,7 +15,6 @@ from tinyae.evaluate import COMPARISONS, METRICS, evaluate, evaluate_folder, for
 from tinyae.metrics import psnr
 from tinyae.student import Student
 from tinyae.teacher import Teacher
-from conftest import small_vae
 
 SUMMARY_KEYS = {
     "resolution", "n_images", "psnr_vs_teacher", "ssim_vs_teacher", "ms_ssim_vs_teacher", "lpips_vs_teacher",

@@ -8,8 +8,17 @@ import torch.nn.functional as F
 from skimage.data import astronaut
 from skimage.metrics import structural_similarity
 
-from tinyae.metrics import (MS_SSIM_MIN_SIZE, LatentStats, image_metrics, latent_mse, latent_r2, lpips, ms_ssim,
-                            psnr, ssim)
+from tinyae.metrics import (
+    MS_SSIM_MIN_SIZE,
+    LatentStats,
+    image_metrics,
+    latent_mse,
+    latent_r2,
+    lpips,
+    ms_ssim,
+    psnr,
+    ssim,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import datasets
 import pytest
 import torch
 import webdataset as wds
+from conftest import small_vae
 from PIL import Image
 
-from conftest import small_vae
 from tinyae.cache import cache_recipe, open_cache
 from tinyae.config import load_recipe
 from tinyae.data import list_images, make_train_loader, make_train_source

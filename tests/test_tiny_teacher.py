@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_vae
 from diffusers import AutoencoderKL
 from kornia.metrics import psnr
 from safetensors import safe_open
 from skimage.data import astronaut
 
-from conftest import small_vae
-from tinyae.data import center_crop, load_eval_images, list_images
+from tinyae.data import center_crop, list_images, load_eval_images
 from tinyae.errors import ExportError
 from tinyae.teacher import TEACHERS, load_teacher
 from tinyae.tiny_teacher import TINY_TEACHER_ARCH, estimate_scaling_factor, train_small_vae

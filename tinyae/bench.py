@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tinyae.atomic import atomic_file
 from tinyae.config import StudentConfig, TeacherConfig
 from tinyae.errors import ConfigError
-from tinyae.evaluate import atomic_write, markdown_table
+from tinyae.evaluate import markdown_table
 from tinyae.formats import load_student
 from tinyae.student import Student
 from tinyae.teacher import DTYPES, TEACHERS, Teacher, build_teacher, load_teacher
@@ -358,7 +359,7 @@ def plot_latency(results: dict, path: str | Path) -> Path:
     fig.suptitle(f"{env['device_name']}, {env['dtype']}, {env['threads']} threads, batch as labelled (default 1)",
                  fontsize=9)
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -369,8 +370,8 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "bench.json", "md": out_dir / "bench.md", "plot": out_dir / "bench.png"}
     text = json.dumps(results, indent=2) + "\n"
-    atomic_write(paths["json"], lambda tmp: Path(tmp).write_text(text))
+    atomic_file(paths["json"], lambda tmp: Path(tmp).write_text(text))
     md = f"# Benchmark\n\n{describe(results)}\n\n{format_table(results)}\n\n![latency vs resolution](bench.png)\n"
-    atomic_write(paths["md"], lambda tmp: Path(tmp).write_text(md))
+    atomic_file(paths["md"], lambda tmp: Path(tmp).write_text(md))
     plot_latency(results, paths["plot"])
     return paths

