@@ -88,10 +88,10 @@ def test_two_ranks_step_together_stay_identical_and_write_one_export(teacher_dir
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(free_port())]
-    # Without a GPU, accelerate only joins the two processes into one gloo group when told to use the CPU;
-    # otherwise each would train alone (world size 1), which the probe below would catch.
+    # The README's launch line, with no extra environment: without a GPU, distill() must ask accelerate for
+    # CPU distribution itself, or each process would train alone (world size 1), which the probe would catch.
     cmd = launch + [str(tmp_path / "probe.py"), str(probe), str(DISTILL)] + tiny_run(teacher_dir, photos, out, 6, 3)
-    done = subprocess.run(cmd, env=environment(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
