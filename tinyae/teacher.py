@@ -39,9 +39,9 @@ _SD3_ARCH = dict(_SD_ARCH, latent_channels=16, use_quant_conv=False, use_post_qu
 
 @dataclass(frozen=True)
 class TeacherPreset:
-    repo_id: str
+    repo_id: str  # Hub repo id, or an absolute path for weights that ship with tinyae
     latent_channels: int
-    scaling_factor: float
+    scaling_factor: float | None  # None: read the factors from the VAE's own config
     shift_factor: float = 0.0
     subfolder: str | None = None
     family: str = "sd"  # file-name family for TAESD-format exports
@@ -77,7 +77,7 @@ register_teacher(
 register_teacher(
     "tiny",
     TeacherPreset(
-        str(WEIGHTS_DIR / "tiny-teacher"), 4, 1.0, family="sd",
+        str(WEIGHTS_DIR / "tiny-teacher"), 4, None, family="sd",
         note="small AutoencoderKL shipped with tinyae for offline runs; factors come from its config",
     ),
 )
@@ -184,8 +184,9 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
             f"Unknown teacher '{source}': pass a preset ({', '.join(TEACHERS)}), a Hub repo id (owner/name) "
             "or a local diffusers VAE folder."
         )
-    if config.name == "tiny" and not Path(source).exists():
-        raise TeacherLoadError(f"The shipped tiny teacher is missing at {source}; restore weights/ from the repository.")
+    if preset is not None and Path(preset.repo_id).is_absolute() and not Path(source).exists():
+        raise TeacherLoadError(f"The shipped teacher '{config.name}' is missing at {source}; restore weights/ from "
+                               "the repository.")
     try:
         with quiet_hub():
             cfg = _read_config(source, subfolder, config.revision)
@@ -211,7 +212,7 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
 def resolve_factors(config: TeacherConfig, preset: TeacherPreset | None, vae_config: dict) -> tuple[float, float]:
     """CLI/recipe override > preset > the VAE's own config (> 1/0 for an AutoencoderTiny)."""
     is_tiny = vae_config.get("_class_name") == "AutoencoderTiny"
-    if preset is not None and config.name != "tiny":
+    if preset is not None and preset.scaling_factor is not None:
         scaling, shift = preset.scaling_factor, preset.shift_factor
     elif is_tiny:
         scaling, shift = 1.0, 0.0
