@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinyae import metrics
+from tinyae.atomic import atomic_folder
 from tinyae.config import TeacherConfig
 from tinyae.data import list_images, load_eval_images, sample_photos
 from tinyae.errors import DataError, ExportError
-from tinyae.export import atomic_folder
 from tinyae.teacher import Teacher, build_teacher, load_teacher
 
 # Unit roundoff (half the relative spacing) of the formats students train in.
@@ -365,15 +366,12 @@ def replace_with_neighbour_median(latents: torch.Tensor, positions: list[tuple[i
 def replacement_effect(decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, image: torch.Tensor,
                        positions: list[tuple[int, int]], downscale: int, threshold: float = 1 / 255) -> dict:
     """Does the reconstruction change when values at `positions` are replaced by their neighbours' median?"""
-    import kornia
-
     base = decode(latents[None])[0]
     replaced = decode(replace_with_neighbour_median(latents, positions)[None])[0]
     diff = change_map(base, replaced)
-    target = image.float().add(1).div(2)[None]
 
     def psnr(x: torch.Tensor) -> float:
-        return float(kornia.metrics.psnr(x.clamp(-1, 1).add(1).div(2)[None], target, 1.0))
+        return float(metrics.psnr(x.clamp(-1, 1)[None], image.float()[None])[0])
 
     return {"positions": [list(p) for p in positions],
             "change": asdict(measure_change(diff, positions, downscale, threshold)),

@@ -31,9 +31,9 @@ from kornia.metrics import psnr as kornia_psnr
 from kornia.metrics import ssim as kornia_ssim
 from torch.utils.data import DataLoader
 
+from tinyae.atomic import atomic_folder
 from tinyae.data import RandomCrops, StepSampler, list_images, load_eval_images, scan_images, split_holdout
 from tinyae.errors import ConfigError, DataError, ExportError
-from tinyae.export import atomic_folder
 
 logger = logging.getLogger(__name__)
 
