@@ -276,12 +276,14 @@ def distill(recipe: Recipe) -> Path:
             accelerator.log({f"loss/{k}": v for k, v in running.items()} | {"lr": sched.get_last_lr()[0]},
                             step=state.step)
         running = {}
-        if (state.step % cfg.sample_every == 0 or state.step == cfg.steps) and sample_images is not None:
+        last = state.step == cfg.steps
+        do_sample = (state.step % cfg.sample_every == 0 or last) and sample_images is not None
+        do_checkpoint = state.step % cfg.checkpoint_every == 0 or last
+        if do_sample or do_checkpoint:
             ema.copy_to(ema_student.parameters())
-            if accelerator.is_main_process:
-                save_sample(accelerator, out, state.step, sample_grid(ema_student, teacher, sample_images))
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-            ema.copy_to(ema_student.parameters())
+        if do_sample and accelerator.is_main_process:
+            save_sample(accelerator, out, state.step, sample_grid(ema_student, teacher, sample_images))
+        if do_checkpoint:
             save_checkpoint(accelerator, out, state.step, ema_student, cfg.checkpoints_total_limit)
     progress.close()
 
