@@ -1,37 +1,11 @@
 """Encode training crops once with the teacher, so training reads latents from disk instead of running it.
 
-    python scripts/cache_latents.py --teacher sd --data DIR --out cache/sd-96 --resolution 96 --samples 1000000
-    accelerate launch scripts/cache_latents.py --recipe sd --data DIR --out cache/sd-256 --final --with-targets
-    python scripts/distill.py --recipe sd --data DIR --data.cache cache/sd-96 --data.final_cache cache/sd-256
-
-Re-running the same command resumes an interrupted build. Any recipe field can be
-overridden as --section.field value (seed, zoom, flips and holdout decide the crops).
+The same as `tinyae cache-latents`: see `tinyae cache-latents --help` (tinyae/cli/cache_latents.py).
 """
 
-import argparse
+import sys
 
-from tinyae.cache import cache_recipe, verify_cache
-from tinyae.cli import run
-from tinyae.config import choose_recipe, load_recipe
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", help="recipe name in recipes/ or a .yaml path (default: the teacher's)")
-    parser.add_argument("--out", required=True, help="cache folder (created, or resumed if it holds this cache)")
-    parser.add_argument("--samples", type=int, help="crops to cache (default: what one process draws in the phase)")
-    parser.add_argument("--shard-size", type=int, default=1024, help="crops per safetensors shard")
-    parser.add_argument("--with-targets", action="store_true", help="also store the teacher's reconstructions")
-    parser.add_argument("--final", action="store_true", help="cache the final_resolution phase")
-    parser.add_argument("--batch-size", type=int, default=8, help="crops per teacher call")
-    parser.add_argument("--verify", action="store_true", help="only check every shard against its sha256")
-    args, overrides = parser.parse_known_args(argv)
-    if args.verify:
-        print(f"{args.out}: {verify_cache(args.out)} samples, every shard matches its sha256")
-        return
-    recipe = load_recipe(choose_recipe(args.recipe, overrides), overrides)
-    cache_recipe(recipe, args.out, args.samples, args.shard_size, args.with_targets, args.final, args.batch_size)
-
+from tinyae.cli import main
 
 if __name__ == "__main__":
-    run(main)
+    main(["cache-latents", *sys.argv[1:]])

@@ -1,50 +1,11 @@
 """Measure a student against its teacher on a folder of images.
 
-    python scripts/evaluate.py --student runs/sd/student --teacher sd --data DIR --resolution 256 512 --out runs/sd/eval
-    python scripts/evaluate.py --student runs/smoke/student --teacher tiny --data /path/to/kodak
-
-Writes eval.json, eval.md and grid_<px>.png (original | teacher | student | |student - teacher|)
-to --out and prints the tables. Images are centre crops at each resolution; see tinyae/evaluate.py
-for what each comparison means.
+The same as `tinyae evaluate`: see `tinyae evaluate --help` (tinyae/cli/evaluate.py).
 """
 
-import argparse
+import sys
 
-import torch
-
-from tinyae.cli import run
-from tinyae.config import TeacherConfig
-from tinyae.evaluate import evaluate_folder, format_table, write_report
-from tinyae.formats import load_student
-from tinyae.teacher import DTYPES, load_teacher
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", required=True,
-                        help="AutoencoderTiny folder, TAESD pair, training output folder or Hub repo id")
-    parser.add_argument("--teacher", required=True, help="preset name, Hub repo id or local diffusers VAE folder")
-    parser.add_argument("--teacher-subfolder", help="subfolder of the teacher repo or folder (e.g. vae)")
-    parser.add_argument("--data", required=True, help="folder of evaluation images (searched recursively)")
-    parser.add_argument("--resolution", type=int, nargs="+", default=[256], help="centre-crop sizes in px")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N images")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lpips-net", choices=["alex", "vgg"], default="alex")
-    parser.add_argument("--grid-images", type=int, default=4, help="images shown in each comparison grid")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="teacher dtype")
-    parser.add_argument("--out", default="runs/eval", help="report folder (files in it are replaced)")
-    args = parser.parse_args(argv)
-
-    teacher = load_teacher(TeacherConfig(name=args.teacher, subfolder=args.teacher_subfolder, dtype=args.dtype),
-                           device=args.device)
-    student = load_student(args.student).to(args.device)
-    results, images = evaluate_folder(student, teacher, args.data, args.resolution, args.limit, args.batch_size,
-                                      args.lpips_net)
-    paths = write_report(results, args.out, student, teacher, images, args.grid_images)
-    print(format_table(results))
-    print(f"\nReport: {paths['md']} (+ eval.json, grids)")
-
+from tinyae.cli import main
 
 if __name__ == "__main__":
-    run(main)
+    main(["evaluate", *sys.argv[1:]])

@@ -1,38 +1,11 @@
 """Export a trained student for diffusers, ComfyUI / Forge, or both.
 
-    python scripts/export.py --student runs/sd/student --to taesd --dtype fp16 --out ComfyUI/models/vae_approx
-    python scripts/export.py --checkpoint runs/sd/checkpoints/checkpoint-5000 --to all
-
-diffusers: an AutoencoderTiny folder (fp16 adds the fp16 variant next to the fp32 weights).
-taesd: <prefix>_encoder/_decoder .pth + .safetensors (prefix taesd, taesdxl, taesd3 or taef1);
-the target folder may exist, existing files are kept unless --overwrite.
-all: both in one new folder. The default --out is <source>-<to> beside the source.
+The same as `tinyae export`: see `tinyae export --help` (tinyae/cli/export.py).
 """
 
-import argparse
+import sys
 
-from tinyae.cli import run
-from tinyae.export import TARGETS, checkpoint_student, export_student
-from tinyae.formats import FAMILIES
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint-N folder from training (its student_ema/ is exported)")
-    source.add_argument("--student", help="an AutoencoderTiny folder, a TAESD pair or a training output folder")
-    parser.add_argument("--to", choices=TARGETS, default="all")
-    parser.add_argument("--family", choices=list(FAMILIES), help="names the TAESD files (default: from run.json)")
-    parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
-    parser.add_argument("--out", help="target folder (default: <source>-<to>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing target")
-    args = parser.parse_args(argv)
-    src = args.student or args.checkpoint
-    if args.checkpoint:
-        checkpoint_student(args.checkpoint)
-    out = export_student(src, args.to, args.family, args.dtype, args.out, args.overwrite)
-    print(f"Exported {src} to {out}")
-
+from tinyae.cli import main
 
 if __name__ == "__main__":
-    run(main)
+    main(["export", *sys.argv[1:]])

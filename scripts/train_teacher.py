@@ -1,58 +1,11 @@
 """Train the small AutoencoderKL teacher that tinyae ships for offline runs (weights/tiny-teacher).
 
-    python scripts/train_teacher.py --data /work/teacher_photos/train --out weights/tiny-teacher \\
-        --eval-data /work/shared/datasets/kodak --max-minutes 32 --threads 1
-
-Writes a diffusers folder (config.json with the estimated scaling_factor, fp16
-diffusion_pytorch_model.safetensors, training.json with the metrics) atomically,
-and prints the metrics. See weights/tiny-teacher/README.md for how the shipped one was made.
+The same as `tinyae train-teacher`: see `tinyae train-teacher --help` (tinyae/cli/train_teacher.py).
 """
 
-import argparse
-import json
-import logging
+import sys
 
-import torch
-
-from tinyae.cli import run
-from tinyae.tiny_teacher import train_small_vae
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder of training photos (searched recursively)")
-    parser.add_argument("--out", required=True, help="output folder for the diffusers VAE")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--resolution", type=int, default=96, help="training crop size in px")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the per-element KL term")
-    parser.add_argument("--lpips-weight", type=float, default=0.0, help="LPIPS term (tinyae.perceptual); 0 = off")
-    parser.add_argument("--holdout", type=int, default=6, help="images of --data kept out for the PSNR")
-    parser.add_argument("--eval-data", action="append", default=[], help="extra evaluation folder (repeatable)")
-    parser.add_argument("--eval-resolution", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--max-zoom-out", type=float, default=4.0)
-    parser.add_argument("--max-minutes", type=float, help="wall-clock budget for training")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy CPU)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="bf16: autocast + channels_last, faster on CPUs with AVX512-bf16")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    args = parser.parse_args(argv)
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    metrics = train_small_vae(
-        args.data, args.out, steps=args.steps, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
-        kl_weight=args.kl_weight, lpips_weight=args.lpips_weight, holdout=args.holdout,
-        eval_resolutions=args.eval_resolution, eval_dirs=args.eval_data, max_zoom_out=args.max_zoom_out,
-        seed=args.seed, num_workers=args.workers, max_minutes=args.max_minutes, precision=args.precision,
-        overwrite=args.overwrite,
-    )
-    print(json.dumps({k: v for k, v in metrics.items() if k != "losses"}, indent=2))
-
+from tinyae.cli import main
 
 if __name__ == "__main__":
-    run(main)
+    main(["train-teacher", *sys.argv[1:]])

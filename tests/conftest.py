@@ -9,8 +9,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from tinyae.config import StudentConfig
-from tinyae.data import sample_photos
-from tinyae.teacher import Teacher
+from tinyae.data.images import sample_photos
+from tinyae.models.teacher import Teacher
 
 torch.set_num_threads(2)
 

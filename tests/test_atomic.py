@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import tinyae.export
-from tinyae.atomic import atomic_file, atomic_folder
+import tinyae.models.student
 from tinyae.errors import ExportError
-from tinyae.student import Student
+from tinyae.models.student import Student
+from tinyae.utils.atomic import atomic_file, atomic_folder
 
 
 class Interrupted(Exception):
@@ -18,7 +18,7 @@ def _interrupt(*args, **kwargs):
 
 
 def test_an_interrupted_export_leaves_no_folder_and_no_temporary_files(tmp_path, small_student_config, monkeypatch):
-    monkeypatch.setattr(tinyae.export, "save_file", _interrupt)
+    monkeypatch.setattr(tinyae.models.student, "save_file", _interrupt)
     with pytest.raises(Interrupted):
         Student(small_student_config).save_pretrained(tmp_path / "student")
     assert list(tmp_path.iterdir()) == []
@@ -27,7 +27,7 @@ def test_an_interrupted_export_leaves_no_folder_and_no_temporary_files(tmp_path,
 def test_an_interrupted_overwrite_keeps_the_previous_export(tmp_path, small_student_config, monkeypatch):
     first = Student(small_student_config)
     first.save_pretrained(tmp_path / "student")
-    monkeypatch.setattr(tinyae.export, "save_file", _interrupt)
+    monkeypatch.setattr(tinyae.models.student, "save_file", _interrupt)
     with pytest.raises(Interrupted):
         Student(small_student_config).save_pretrained(tmp_path / "student", overwrite=True)
     monkeypatch.undo()

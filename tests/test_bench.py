@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from tinyae.bench import PeakRSS, bench, describe, format_table, load_models, measure, write_report
 from tinyae.errors import ConfigError, TinyaeError
-from tinyae.student import Student
+from tinyae.evaluation.bench import PeakRSS, bench, describe, format_table, load_models, measure, write_report
+from tinyae.models.student import Student
 
 
 @pytest.mark.parametrize("use_kernel_peak", [True, False], ids=["high-water-mark", "sampled"])
@@ -27,7 +27,7 @@ def results(tmp_path_factory):
     from conftest import small_vae
 
     from tinyae.config import StudentConfig
-    from tinyae.teacher import Teacher
+    from tinyae.models.teacher import Teacher
 
     teacher = Teacher(small_vae(), scaling_factor=0.5, shift_factor=0.1, name="small")
     student = Student(StudentConfig(latent_channels=4, encoder_width=16, decoder_width=16,

@@ -1,20 +1,17 @@
 """Teacher cache: the crops and latents training would compute, stored once, refused when they no longer apply."""
 
-import runpy
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import small_vae
 
-import tinyae.cache
-from tinyae.cache import TeacherCache, cache_recipe, open_cache
+import tinyae.data.cache
+from tinyae.cli import main as tinyae_cli
 from tinyae.config import load_recipe
-from tinyae.data import make_train_loader, make_train_source
+from tinyae.data.cache import TeacherCache, open_cache
+from tinyae.data.source import cache_recipe, make_train_loader, make_train_source
 from tinyae.errors import DataError
-from tinyae.teacher import Teacher, load_teacher
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cache_latents.py"
+from tinyae.models.teacher import Teacher, load_teacher
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +81,7 @@ def test_a_recipe_refuses_a_cache_for_another_teacher_before_training(built, pho
     other = tmp_path / "other"
     small_vae(seed=3).save_pretrained(other)
     recipe = recipe_for(other, photos, **{"data.cache": built})
-    with pytest.raises(DataError, match="Rebuild it with scripts/cache_latents.py"):
+    with pytest.raises(DataError, match="Rebuild it with `tinyae cache-latents`"):
         make_train_source(recipe, load_teacher(str(other)))
 
 
@@ -92,7 +89,7 @@ def test_an_interrupted_build_resumes_and_ends_identical_to_an_uninterrupted_one
                                                                                   tmp_path, monkeypatch):
     recipe = recipe_for(teacher_dir, photos)
     out = tmp_path / "resumed"
-    real_build_shard, calls = tinyae.cache.build_shard, []
+    real_build_shard, calls = tinyae.data.cache.build_shard, []
 
     def killed_on_third_shard(*args, **kwargs):
         calls.append(args[1])
@@ -100,10 +97,10 @@ def test_an_interrupted_build_resumes_and_ends_identical_to_an_uninterrupted_one
             raise KeyboardInterrupt
         return real_build_shard(*args, **kwargs)
 
-    monkeypatch.setattr(tinyae.cache, "build_shard", killed_on_third_shard)
+    monkeypatch.setattr(tinyae.data.cache, "build_shard", killed_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         cache_recipe(recipe, out, samples=10, shard_size=4, with_targets=True, batch_size=3, show_progress=False)
-    monkeypatch.setattr(tinyae.cache, "build_shard", real_build_shard)
+    monkeypatch.setattr(tinyae.data.cache, "build_shard", real_build_shard)
     # What a kill can leave: a half-written temporary file, and a shard renamed into place whose receipt is missing.
     (out / ".shard-000002.safetensors.tmp-999").write_bytes(b"half a shard")
     (out / "shard-000001.json").unlink()
@@ -111,7 +108,7 @@ def test_an_interrupted_build_resumes_and_ends_identical_to_an_uninterrupted_one
         TeacherCache(out)
 
     rebuilt = []
-    monkeypatch.setattr(tinyae.cache, "build_shard", lambda *a, **k: rebuilt.append(a[1]) or real_build_shard(*a, **k))
+    monkeypatch.setattr(tinyae.data.cache, "build_shard", lambda *a, **k: rebuilt.append(a[1]) or real_build_shard(*a, **k))
     cache_recipe(recipe, out, samples=10, shard_size=4, with_targets=True, batch_size=3, show_progress=False)
     assert rebuilt == [1, 2]  # shard 0 was finished and is kept
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in built.iterdir())
@@ -138,22 +135,19 @@ def test_a_damaged_shard_never_reads_as_valid(built, tmp_path):
 
 
 def test_the_script_refuses_a_folder_holding_another_cache(built, teacher_dir, photos, capsys):
-    from tinyae.cli import run
-
-    script = runpy.run_path(str(SCRIPT), run_name="cache_latents")
-    args = ["--recipe", "smoke", "--teacher", str(teacher_dir), "--data", str(photos), "--resolution", "64",
+    args = ["cache-latents", "--recipe", "smoke", "--teacher", str(teacher_dir), "--data", str(photos), "--resolution", "64",
             "--data.final_steps", "0", "--out", str(built), "--samples", "10"]
     with pytest.raises(SystemExit) as exit_info:
-        run(script["main"], args)
+        tinyae_cli(args)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "other settings" in err and "resolution" in err
-    run(script["main"], ["--verify", "--out", str(built)])
+    tinyae_cli(["cache-latents", "--verify", "--out", str(built)])
     assert "10 samples, every shard matches its sha256" in capsys.readouterr().out
 
 
 def test_the_training_benchmark_times_both_sources_from_one_run(tmp_path, monkeypatch):
-    from tinyae.bench_train import bench_train, format_report
+    from tinyae.training.throughput import bench_train, format_report
 
     encoded = []
     real_encode = Teacher.encode

@@ -71,3 +71,25 @@ def test_the_teacher_picks_its_recipe_unless_one_is_named():
     assert choose_recipe(None, ["--teacher", "sdxl"]) == "sdxl"
     assert choose_recipe(None, ["--teacher", "me/my-vae"]) == "sd"
     assert choose_recipe("smoke", ["--teacher", "sdxl"]) == "smoke"
+
+
+def test_a_teacher_recipe_states_only_its_differences_from_the_base(tmp_path):
+    base, sdxl = load_recipe("base"), load_recipe("sdxl")
+    assert sdxl.teacher.name == "sdxl" and sdxl.teacher.dtype == "fp16"
+    assert sdxl.train == base.train and sdxl.loss == base.loss and sdxl.data == base.data
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: sdxl\ntrain:\n  steps: 70000\n")  # a user's recipe may extend a shipped one
+    assert load_recipe(str(mine)).train.steps == 70000 and load_recipe(str(mine)).teacher.name == "sdxl"
+
+
+def test_a_recipe_that_extends_itself_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_recipe(str(tmp_path / "a.yaml"))
+
+
+def test_enumerated_fields_name_their_choices():
+    with pytest.raises(ConfigError, match=r"loss\.latent' must be one of mse, l1, got 'l2'"):
+        load_recipe("smoke", ["--loss.latent", "l2"])
+    assert load_recipe("smoke", ["--train.mixed_precision", "no"]).train.mixed_precision == "no"  # YAML's no

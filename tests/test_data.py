@@ -6,7 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tinyae.data import RandomCrops, StepSampler, list_images, make_train_loader, scan_images, split_holdout
+from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
+from tinyae.data.images import list_images, scan_images
+from tinyae.data.source import make_train_loader
 from tinyae.errors import DataError
 
 

@@ -1,6 +1,5 @@
 """Latent-space diagnostics, checked on constructed VAEs whose truth is known."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,13 +10,12 @@ from conftest import small_vae
 from diffusers import AutoencoderTiny
 from torch import nn
 
-from tinyae.data import list_images, load_eval_images
-from tinyae.diagnose import (
-    as_teacher,
+from tinyae.cli import main as tinyae_cli
+from tinyae.data.images import list_images, load_eval_images
+from tinyae.errors import DataError
+from tinyae.evaluation.factors import as_teacher, encode_raw, estimate_factors, factors_from_latents
+from tinyae.evaluation.inspection import (
     distance_map,
-    encode_raw,
-    estimate_factors,
-    factors_from_latents,
     find_anomalies,
     inspect_vae,
     measure_change,
@@ -26,9 +24,8 @@ from tinyae.diagnose import (
     raw_decoder,
     replace_with_neighbour_median,
 )
-from tinyae.errors import DataError
-from tinyae.student import Student
-from tinyae.teacher import Teacher
+from tinyae.models.student import Student
+from tinyae.models.teacher import Teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -266,34 +263,28 @@ def test_replacing_an_outlier_takes_the_median_of_its_ordinary_neighbours():
 # ---------------------------------------------------------------- the script
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("inspect_vae", ROOT / "scripts" / "inspect_vae.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_script_inspects_a_student_folder_and_refuses_an_existing_report(photos, tmp_path, small_student_config,
                                                                           capsys):
     Student(small_student_config).save_pretrained(tmp_path / "student")
-    script = load_script()
-    args = ["--vae", str(tmp_path / "student"), "--data", str(photos), "--out", str(tmp_path / "report"),
+    args = ["inspect-vae", "--vae", str(tmp_path / "student"), "--data", str(photos), "--out", str(tmp_path / "report"),
             "--resolution", "64", "--locality-images", "1", "--positions", "2", "--bootstrap", "200"]
-    assert script.main(args) == 0
+    tinyae_cli(args)
     out = capsys.readouterr().out
     assert "recommended scaling_factor" in out and "deterministic VAE" in out
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["vae"]["class"] == "AutoencoderTiny"
-    assert report["command"].startswith("python scripts/inspect_vae.py --vae")
+    assert report["command"].startswith("tinyae inspect-vae --vae")
     assert not (tmp_path / "report" / "posterior.png").exists()
 
-    assert script.main(args) == 2  # the report is there: nothing is overwritten without --overwrite
+    with pytest.raises(SystemExit, match="2"):  # the report is there: nothing is overwritten without --overwrite
+        tinyae_cli(args)
     assert "already exists" in capsys.readouterr().err
     assert json.loads((tmp_path / "report" / "report.json").read_text()) == report
 
 
 def test_script_explains_a_missing_data_folder(tmp_path, capsys):
     small_vae().save_pretrained(tmp_path / "vae")
-    assert load_script().main(["--vae", str(tmp_path / "vae"), "--data", str(tmp_path / "nope")]) == 2
+    with pytest.raises(SystemExit, match="2"):
+        tinyae_cli(["inspect-vae", "--vae", str(tmp_path / "vae"), "--data", str(tmp_path / "nope")])
     assert "does not exist" in capsys.readouterr().err

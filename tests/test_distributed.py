@@ -27,10 +27,10 @@ RANK_PROBE = textwrap.dedent('''
     import json, runpy, sys
     import accelerate
     from safetensors.torch import save_file
-    import tinyae.train
+    import tinyae.training.loop
 
     probe_dir, script = sys.argv[1], sys.argv[2]
-    seen, real_loader, real_end = [], tinyae.train.make_train_loader, accelerate.Accelerator.end_training
+    seen, real_loader, real_end = [], tinyae.training.loop.make_train_loader, accelerate.Accelerator.end_training
 
     def recording_loader(*args, **kwargs):
         for batch in real_loader(*args, **kwargs):
@@ -42,11 +42,13 @@ RANK_PROBE = textwrap.dedent('''
         rank = self.process_index
         save_file({k: v.contiguous() for k, v in student.state_dict().items()}, f"{probe_dir}/rank{rank}.safetensors")
         adam_steps = sorted({int(s["step"]) for s in self._optimizers[0].optimizer.state.values()})
+        lr = self._optimizers[0].optimizer.param_groups[0]["lr"]
         with open(f"{probe_dir}/rank{rank}.json", "w") as f:
-            json.dump({"rank": rank, "world_size": self.num_processes, "adam_steps": adam_steps, "batches": seen}, f)
+            json.dump({"rank": rank, "world_size": self.num_processes, "adam_steps": adam_steps, "batches": seen,
+                       "lr": lr}, f)
         real_end(self)
 
-    tinyae.train.make_train_loader = recording_loader
+    tinyae.training.loop.make_train_loader = recording_loader
     accelerate.Accelerator.end_training = end_training
     sys.argv = [script] + sys.argv[3:]
     runpy.run_path(script, run_name="__main__")
@@ -91,12 +93,15 @@ def test_two_ranks_step_together_stay_identical_and_write_one_export(teacher_dir
     # The README's launch line, with no extra environment: without a GPU, distill() must ask accelerate for
     # CPU distribution itself, or each process would train alone (world size 1), which the probe would catch.
     cmd = launch + [str(tmp_path / "probe.py"), str(probe), str(DISTILL)] + tiny_run(teacher_dir, photos, out, 6, 3)
+    cmd += ["--optim.warmup_steps", "12"]
     done = subprocess.run(cmd, env=environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
     assert all(r["adam_steps"] == [6] and len(r["batches"]) == 6 for r in ranks)  # both ranks took every step
+    # A warm-up counts optimizer steps, not steps times processes: 6 of 12 done, lr = 3e-4 * (6 + 1) / 12.
+    assert all(r["lr"] == pytest.approx(3e-4 * 7 / 12) for r in ranks)
     assert not set(ranks[0]["batches"]) & set(ranks[1]["batches"])  # on different crops
     weights = [load_file(probe / f"rank{r}.safetensors") for r in (0, 1)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -9,12 +9,20 @@ from conftest import small_vae
 from PIL import Image
 from torch import nn
 
-from tinyae.data import list_images, load_eval_images
+from tinyae.data.images import list_images, load_eval_images
 from tinyae.errors import ConfigError, DataError
-from tinyae.evaluate import COMPARISONS, METRICS, evaluate, evaluate_folder, format_table, summary, write_report
-from tinyae.metrics import psnr
-from tinyae.student import Student
-from tinyae.teacher import Teacher
+from tinyae.evaluation.evaluate import (
+    COMPARISONS,
+    METRICS,
+    evaluate,
+    evaluate_folder,
+    format_table,
+    summary,
+    write_report,
+)
+from tinyae.evaluation.metrics import psnr
+from tinyae.models.student import Student
+from tinyae.models.teacher import Teacher
 
 SUMMARY_KEYS = {
     "resolution", "n_images", "psnr_vs_teacher", "ssim_vs_teacher", "ms_ssim_vs_teacher", "lpips_vs_teacher",

@@ -1,6 +1,5 @@
 """Export formats and importing them back: keys, dtypes, file names, exact round trips, clear refusals."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,13 +8,13 @@ from diffusers import AutoencoderTiny
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tinyae.cli import run
+from tinyae.cli import main as tinyae_cli
 from tinyae.config import StudentConfig
-from tinyae.data import center_crop, load_rgb
+from tinyae.data.images import center_crop, load_rgb
 from tinyae.errors import ExportError
-from tinyae.export import export_all, export_diffusers, export_student, export_taesd
-from tinyae.formats import FAMILIES, load_student
-from tinyae.student import Student
+from tinyae.models.student import Student
+from tinyae.shipping.export import export_all, export_diffusers, export_student, export_taesd
+from tinyae.shipping.formats import FAMILIES, load_student
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,18 +35,6 @@ def assert_same_weights(a: Student, b: Student) -> None:
     for key in sa:
         assert sa[key].dtype == sb[key].dtype == torch.float32, key
         assert torch.equal(sa[key], sb[key]), key
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_script(name: str, argv: list[str]) -> None:
-    """A script's main() in this process: its command line minus interpreter start-up."""
-    load_script(name).main(argv)
 
 
 @pytest.fixture
@@ -137,9 +124,12 @@ def test_student_to_diffusers_to_student_is_exact(student, tmp_path):
     assert_same_weights(load_student(tmp_path / "student"), student)
 
 
-def test_student_from_pretrained_takes_a_taesd_pair_and_a_checkpoint(student, tmp_path):
+def test_load_student_takes_a_taesd_pair_and_a_checkpoint_where_from_pretrained_takes_diffusers_folders(
+        student, tmp_path):
     export_taesd(student, tmp_path / "comfy", "sdxl")
-    assert_same_weights(Student.from_pretrained(tmp_path / "comfy", family="sdxl"), student)
+    assert_same_weights(load_student(tmp_path / "comfy", family="sdxl"), student)
+    with pytest.raises(ExportError, match="load_student reads TAESD pairs"):
+        Student.from_pretrained(tmp_path / "comfy")
     student.save_pretrained(tmp_path / "checkpoint-10" / "student_ema")
     assert_same_weights(load_student(tmp_path / "checkpoint-10"), student)
 
@@ -295,7 +285,7 @@ def test_pickles_that_need_code_are_refused(tmp_path):
         load_student(tmp_path)
 
 
-def test_missing_or_ambiguous_pairs_say_what_to_pass(student, student16, tmp_path):
+def test_missing_or_ambiguous_pairs_say_what_to_pass(student, student16, tmp_path, capsys):
     export_taesd(student, tmp_path, "sd")
     export_taesd(student16, tmp_path, "flux")
     with pytest.raises(ExportError, match="several TAESD pairs \\(taef1, taesd\\); pass a family"):
@@ -309,8 +299,9 @@ def test_missing_or_ambiguous_pairs_say_what_to_pass(student, student16, tmp_pat
         load_student(tmp_path / "nothing" / "here")
     with pytest.raises(ExportError, match="'madebyollin/taesdxl' from the Hugging Face Hub.*--local-dir DIR"):
         load_student("madebyollin/taesdxl")  # a published TAESD to fine-tune from; the Hub is offline here
-    with pytest.raises(ExportError, match="no student_ema/ folder"):
-        run_script("export", ["--checkpoint", str(tmp_path), "--to", "taesd", "--family", "sd"])
+    with pytest.raises(SystemExit):
+        tinyae_cli(["export", "--checkpoint", str(tmp_path), "--to", "taesd", "--family", "sd"])
+    assert "no student_ema/ folder" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the command line (README "Use it in ComfyUI / Forge")
@@ -320,8 +311,8 @@ def test_export_script_drops_a_pair_into_comfyui(student, tmp_path):
     student.save_pretrained(tmp_path / "runs" / "sd" / "student")
     (tmp_path / "runs" / "sd" / "run.json").write_text('{"teacher": "sd", "family": "sdxl"}')
     comfy = tmp_path / "ComfyUI" / "models" / "vae_approx"
-    run_script("export", ["--student", str(tmp_path / "runs" / "sd" / "student"), "--to", "taesd",
-                          "--dtype", "fp16", "--out", str(comfy)])  # family from run.json
+    tinyae_cli(["export", "--student", str(tmp_path / "runs" / "sd" / "student"), "--to", "taesd",
+                "--dtype", "fp16", "--out", str(comfy)])  # family from run.json
     assert sorted(p.name for p in comfy.iterdir()) == [
         "taesdxl_decoder.pth", "taesdxl_decoder.safetensors", "taesdxl_encoder.pth", "taesdxl_encoder.safetensors"]
 
@@ -333,8 +324,8 @@ def test_export_script_drops_a_pair_into_comfyui(student, tmp_path):
 def test_export_script_errors_are_one_line_and_exit_2(student, tmp_path, capsys):
     student.save_pretrained(tmp_path / "student")
     (tmp_path / "student-all").mkdir()
-    with pytest.raises(SystemExit) as exit_info:  # what `python scripts/export.py ...` does on a user error
-        run(load_script("export").main, ["--student", str(tmp_path / "student"), "--family", "sd"])
+    with pytest.raises(SystemExit) as exit_info:  # what `tinyae export ...` does on a user error
+        tinyae_cli(["export", "--student", str(tmp_path / "student"), "--family", "sd"])
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: ") and stderr.strip().count("\n") == 0

@@ -1,6 +1,5 @@
 """Publishing: the exact folder a push would upload, its model card, and clear failures that keep it."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,11 +9,12 @@ import torch
 from diffusers import AutoencoderTiny
 from huggingface_hub import ModelCard
 
-from tinyae.data import center_crop, load_rgb, to_pil
+from tinyae.cli import main as tinyae_cli
+from tinyae.data.images import center_crop, load_rgb, to_pil
 from tinyae.errors import ExportError
-from tinyae.formats import load_student
-from tinyae.hub import build_upload_folder, push_to_hub
-from tinyae.student import Student
+from tinyae.models.student import Student
+from tinyae.shipping.formats import load_student
+from tinyae.shipping.hub import build_upload_folder, push_to_hub
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = {"steps": 200, "heldout_images": 2, "psnr": 24.125, "ssim": 0.7125, "ms_ssim": None, "lpips": 0.1875}
@@ -127,10 +127,7 @@ def test_bad_repo_ids_are_refused_before_any_work(run_dir):
 
 
 def test_push_script_dry_run(run_dir, capsys):
-    """README "Publish to the Hub": python scripts/push.py --student runs/sd --repo-id you/tinyae-sd --dry-run"""
-    spec = importlib.util.spec_from_file_location("push_script", ROOT / "scripts" / "push.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.main(["--student", str(run_dir), "--repo-id", "you/tinyae-sd", "--dry-run"])
+    """README "Publish to the Hub": tinyae push --student runs/sd --repo-id you/tinyae-sd --dry-run"""
+    tinyae_cli(["push", "--student", str(run_dir), "--repo-id", "you/tinyae-sd", "--dry-run"])
     assert "Would upload" in capsys.readouterr().out
     assert ModelCard.load(run_dir.parent / "sd-hub" / "README.md").data.base_model == "stabilityai/sd-vae-ft-mse"

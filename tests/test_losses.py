@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from tinyae.config import LossConfig
-from tinyae.data import list_images, load_eval_images
-from tinyae.losses import Discriminator, DistillLoss, discriminator_loss, generator_adv_loss
-from tinyae.student import Student
+from tinyae.data.images import list_images, load_eval_images
+from tinyae.models.discriminator import Discriminator
+from tinyae.models.student import Student
+from tinyae.training.losses import DistillLoss, discriminator_loss, generator_adv_loss, weighted_total
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def test_latent_matching_decreases(batch, small_student_config, kind):
     torch.manual_seed(0)
     images, latents = batch
     student, loss = Student(small_student_config), DistillLoss(LossConfig(latent=kind))
-    values = _steps(student.encoder.parameters(), lambda: loss.encoder_terms(student.encode(images), latents)["latent"])
+    values = _steps(student.encoder.parameters(), lambda: loss.encoder_terms(student.encode(images), latents)["latent"][1])
     assert values[-1] < values[0]
 
 
@@ -41,7 +42,7 @@ def test_decoder_pixel_and_lpips_terms_decrease(batch, small_student_config, ter
     torch.manual_seed(0)
     images, latents = batch
     student, loss = Student(small_student_config), DistillLoss(LossConfig(lpips_weight=1.0))
-    values = _steps(student.decoder.parameters(), lambda: loss.decoder_terms(student.decode(latents), images)[term])
+    values = _steps(student.decoder.parameters(), lambda: loss.decoder_terms(student.decode(latents), images)[term][1])
     assert values[-1] < values[0]
 
 
@@ -68,7 +69,13 @@ def test_discriminator_is_conditioned_on_the_latent(batch):
     assert not torch.allclose(disc(images, latents), disc(images, latents + 1))
 
 
-def test_weighted_total_uses_the_recipe_weights():
+def test_each_term_carries_its_recipe_weight_into_the_total(batch, small_student_config):
+    images, latents = batch
+    student = Student(small_student_config)
     loss = DistillLoss(LossConfig(latent_weight=2, pixel_weight=3, lpips_weight=0.5, adv_weight=0.25))
-    terms = {k: torch.tensor(1.0) for k in ("latent", "pixel", "lpips", "adv")}
-    assert loss.weighted_total(terms).item() == pytest.approx(5.75)
+    fake_logits = torch.ones(2, 1, 4, 4)
+    terms = loss.encoder_terms(student.encode(images), latents) | loss.decoder_terms(student.decode(latents), images,
+                                                                                     fake_logits)
+    assert {name: weight for name, (weight, _) in terms.items()} == {"latent": 2, "pixel": 3, "lpips": 0.5, "adv": 0.25}
+    expected = sum(w * v for w, v in terms.values())
+    assert weighted_total(terms).item() == pytest.approx(expected.item())

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from skimage.data import astronaut
 from skimage.metrics import structural_similarity
 
-from tinyae.metrics import (
+from tinyae.evaluation.metrics import (
     MS_SSIM_MIN_SIZE,
     LatentStats,
     image_metrics,

@@ -15,8 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from skimage.data import astronaut
 
-import tinyae.perceptual as perceptual
-from tinyae.perceptual import LPIPSWeightsError, cache_path, load_lpips, lpips_distance
+import tinyae.evaluation.lpips as perceptual
+from tinyae.evaluation.lpips import LPIPSWeightsError, cache_path, load_lpips, lpips_distance
 
 DATA = Path(__file__).parent / "data" / "perceptual_similarity"
 
@@ -122,7 +122,7 @@ def _offline(monkeypatch, tmp_path):
 
 def test_no_source_raises_clear_error(monkeypatch, tmp_path):
     _offline(monkeypatch, tmp_path)
-    with pytest.raises(RuntimeError, match=r"python -m tinyae\.perceptual") as info:
+    with pytest.raises(RuntimeError, match=r"run `tinyae lpips` once") as info:
         load_lpips("alex")
     assert isinstance(info.value, LPIPSWeightsError)
     assert "network unreachable" in str(info.value)

@@ -8,8 +8,8 @@ from PIL import Image
 
 from tinyae.config import StudentConfig
 from tinyae.errors import ExportError
-from tinyae.preview import PreviewCallback, load_preview_decoder, unpack_flux_latents
-from tinyae.student import Student
+from tinyae.models.student import Student
+from tinyae.shipping.preview import PreviewCallback, load_preview_decoder, unpack_flux_latents
 
 STEPS = 4
 
@@ -94,7 +94,7 @@ def test_flux_packed_latents_are_unpacked_like_the_pipeline_does():
 
 
 def test_preview_decoder_loads_any_local_layout_in_the_asked_dtype(student_dir, tmp_path):
-    from tinyae.export import export_taesd
+    from tinyae.shipping.export import export_taesd
 
     export_taesd(Student.from_pretrained(student_dir), tmp_path, "sd")
     from_pair = load_preview_decoder(tmp_path, family="sd", dtype="fp16")

@@ -12,12 +12,13 @@ import webdataset as wds
 from conftest import small_vae
 from PIL import Image
 
-from tinyae.cache import cache_recipe, open_cache
 from tinyae.config import load_recipe
-from tinyae.data import list_images, make_train_loader, make_train_source
+from tinyae.data.cache import open_cache
+from tinyae.data.images import list_images
+from tinyae.data.source import cache_recipe, make_train_loader, make_train_source
+from tinyae.data.streams import HFRows, HFStream, StreamCrops, TarShards, expand_shards
 from tinyae.errors import DataError
-from tinyae.streaming import HFRows, HFStream, StreamCrops, TarShards, expand_shards
-from tinyae.teacher import load_teacher
+from tinyae.models.teacher import load_teacher
 
 
 def small_pngs(photos, n):

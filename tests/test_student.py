@@ -5,7 +5,7 @@ import torch
 from diffusers import AutoencoderTiny
 
 from tinyae.config import StudentConfig
-from tinyae.student import Student
+from tinyae.models.student import Student
 
 CONFIGS = [
     StudentConfig(latent_channels=4),

@@ -11,7 +11,8 @@ from diffusers import AutoencoderTiny
 
 from tinyae.config import TeacherConfig
 from tinyae.errors import TeacherLoadError
-from tinyae.teacher import TEACHERS, build_teacher, load_teacher
+from tinyae.models.presets import TEACHERS
+from tinyae.models.teacher import build_teacher, load_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 

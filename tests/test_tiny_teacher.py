@@ -2,7 +2,6 @@
 
 import json
 import math
-import runpy
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,14 @@ from kornia.metrics import psnr
 from safetensors import safe_open
 from skimage.data import astronaut
 
-from tinyae.data import center_crop, list_images, load_eval_images
+from tinyae.cli import main as tinyae_cli
+from tinyae.data.images import center_crop, list_images, load_eval_images
 from tinyae.errors import ExportError
-from tinyae.teacher import TEACHERS, load_teacher
-from tinyae.tiny_teacher import TINY_TEACHER_ARCH, estimate_scaling_factor, train_small_vae
+from tinyae.models.presets import TEACHERS
+from tinyae.models.teacher import load_teacher
+from tinyae.training.tiny_teacher import TINY_TEACHER_ARCH, choose_factors, train_small_vae
 
 SHIPPED = Path(TEACHERS["tiny"].repo_id)
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "train_teacher.py"
 
 # The shipped teacher gives 18.7 dB on this view (weights/tiny-teacher/README.md); the margin covers other CPUs.
 ASTRONAUT_256_MIN_PSNR = 17.5
@@ -73,19 +73,19 @@ def test_shipped_teacher_latents_have_unit_std_in_diffusion_space(teacher, photo
     assert abs(latents.mean().item()) < 0.5
 
 
-def test_estimate_scaling_factor_normalises_latents_and_shifts_only_a_large_mean(photos):
+def test_chosen_factors_give_unit_scale_latents_and_shift_only_a_large_mean(photos):
     images = load_eval_images(list_images(photos), 64)
     vae = small_vae()
     with torch.no_grad():
         vae.quant_conv.bias[:4] -= vae.encode(images).latent_dist.mean.mean()  # centre the latents
-    scaling, shift = estimate_scaling_factor(vae, images)
+    scaling, shift = choose_factors(vae, images)
     raw = vae.encode(images).latent_dist.mean
-    assert shift == 0.0
-    assert ((raw - shift) * scaling).std().item() == pytest.approx(1.0, rel=1e-4)
+    assert shift == 0.0  # without a shift, the factor gives unit second moment (1/RMS)
+    assert (raw * scaling).pow(2).mean().item() == pytest.approx(1.0, rel=1e-4)
 
     with torch.no_grad():
         vae.quant_conv.bias[:4] += 10.0  # every latent mean moves far from 0
-    scaling, shift = estimate_scaling_factor(vae, [images, images[:2, :, :32, :32]])
+    scaling, shift = choose_factors(vae, [images, images[:2, :, :32, :32]])
     raw = vae.encode(images).latent_dist.mean
     assert shift > 5.0
     assert abs(((raw - shift) * scaling).mean().item()) < 0.5
@@ -132,11 +132,8 @@ def test_existing_output_is_refused_before_any_training(photos, tmp_path):
 
 
 def test_script_reports_a_missing_data_folder_in_one_line(tmp_path, capsys):
-    main = runpy.run_path(str(SCRIPT))["main"]
-    from tinyae.cli import run
-
     with pytest.raises(SystemExit) as exit_info:
-        run(main, ["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+        tinyae_cli(["train-teacher", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "nowhere" in err and "\n" not in err

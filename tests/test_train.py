@@ -10,10 +10,11 @@ from conftest import small_vae
 from safetensors.torch import load_file
 
 from tinyae.config import TeacherConfig, load_recipe
-from tinyae.data import list_images, load_eval_images
+from tinyae.data.images import list_images, load_eval_images
 from tinyae.errors import ConfigError, DataError
-from tinyae.teacher import load_teacher
-from tinyae.train import distill, list_checkpoints
+from tinyae.models.teacher import load_teacher
+from tinyae.training.checkpoints import list_checkpoints
+from tinyae.training.loop import RunningMeans, distill
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,3 +100,12 @@ def test_estimate_factors_trains_against_unit_variance_latents(teacher_dir, phot
                                          shift_factor=run["shift_factor"]))
     z = teacher.encode(load_eval_images(list_images(photos), 32))
     assert 0.7 < z.std().item() < 1.4 and abs(z.mean().item()) < 0.3
+
+
+def test_loss_terms_stay_on_the_device_until_the_log_step():
+    running = RunningMeans()
+    for value in (1.0, 2.0, 6.0):
+        running.add({"pixel": torch.tensor(value), **({"adv": torch.tensor(value)} if value > 1 else {})})
+    assert all(isinstance(v, torch.Tensor) for v in running.sums.values())  # nothing synced to the host yet
+    assert running.pop() == {"pixel": 3.0, "adv": 4.0}  # each term's mean over the steps it was computed
+    assert running.pop() == {}

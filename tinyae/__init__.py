@@ -1,25 +1,23 @@
-"""tinyae: distill tiny TAESD-style autoencoders from the frozen VAEs of diffusion models."""
+"""tinyae: distill tiny TAESD-style autoencoders from the frozen VAEs of diffusion models.
+
+The public API; everything else lives in one subpackage per concern: models, data,
+training, shipping, evaluation (and utils, cli).
+"""
 
 from tinyae.config import Recipe, load_recipe
 from tinyae.errors import ConfigError, DataError, ExportError, TeacherLoadError, TinyaeError
-from tinyae.export import export_all, export_diffusers, export_taesd
-from tinyae.formats import load_student
-from tinyae.preview import PreviewCallback, load_preview_decoder
-from tinyae.student import Student
-from tinyae.teacher import TEACHERS, Teacher, build_teacher, load_teacher, register_teacher
+from tinyae.models.presets import TEACHERS, TeacherPreset, register_teacher
+from tinyae.models.student import Student
+from tinyae.models.teacher import Teacher, build_teacher, load_teacher
+from tinyae.shipping.export import export_all, export_diffusers, export_taesd
+from tinyae.shipping.formats import load_student
+from tinyae.shipping.preview import PreviewCallback, load_preview_decoder
+from tinyae.training.loop import distill
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Recipe", "load_recipe", "Student", "Teacher", "TEACHERS", "build_teacher", "load_teacher", "register_teacher",
-    "load_student", "load_preview_decoder", "PreviewCallback", "export_all", "export_diffusers", "export_taesd",
-    "TinyaeError", "ConfigError", "DataError", "ExportError", "TeacherLoadError",
+    "Recipe", "load_recipe", "Student", "Teacher", "TEACHERS", "TeacherPreset", "build_teacher", "load_teacher",
+    "register_teacher", "load_student", "load_preview_decoder", "PreviewCallback", "export_all", "export_diffusers",
+    "export_taesd", "distill", "TinyaeError", "ConfigError", "DataError", "ExportError", "TeacherLoadError",
 ]
-
-
-def __getattr__(name: str):
-    if name == "distill":  # keeps `import tinyae` free of accelerate/tensorboard start-up cost
-        from tinyae.train import distill
-
-        return distill
-    raise AttributeError(f"module 'tinyae' has no attribute {name!r}")

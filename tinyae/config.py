@@ -12,13 +12,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from tinyae.errors import ConfigError
+from tinyae.utils.dtypes import DTypeName
+from tinyae.utils.resources import recipes_dir
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+BASE_KEY = "base"  # a recipe file may name the recipe it extends; it then states only its differences
 
 
 @dataclass
@@ -28,7 +30,7 @@ class TeacherConfig:
     revision: str | None = None
     scaling_factor: float | None = None  # None: preset, else the VAE config's value
     shift_factor: float | None = None
-    dtype: str = "fp32"  # fp32 | fp16 | bf16
+    dtype: DTypeName = "fp32"
     sample: bool = False  # sample the posterior instead of taking its mean
     estimate_factors: bool = False  # estimate scale/shift from the data when none is configured
 
@@ -40,8 +42,8 @@ class StudentConfig:
     decoder_width: int = 64
     encoder_blocks: list[int] = field(default_factory=lambda: [1, 3, 3, 3])
     decoder_blocks: list[int] = field(default_factory=lambda: [3, 3, 3, 1])
-    act_fn: str = "relu"
-    upsample_fn: str = "nearest"
+    act_fn: Literal["relu", "silu", "swish", "mish", "gelu"] = "relu"
+    upsample_fn: Literal["nearest", "bilinear", "bicubic"] = "nearest"
     init: str | None = None  # start from these student weights (AutoencoderTiny folder or TAESD pair)
     gradient_checkpointing: bool = False
 
@@ -56,9 +58,9 @@ class DataConfig:
     hflip: bool = True
     holdout: int = 8  # images kept out of training for evaluation
     num_workers: int = 0
-    cache: str | None = None  # teacher latent cache folder (scripts/cache_latents.py)
+    cache: str | None = None  # teacher latent cache folder (`tinyae cache-latents`)
     final_cache: str | None = None  # teacher cache at final_resolution for the closing phase
-    format: str = "auto"  # auto | folder | tar (webdataset shards) | hf (save_to_disk folder) | hf-stream
+    format: Literal["auto", "folder", "tar", "hf", "hf-stream"] = "auto"  # tar: webdataset shards; hf: save_to_disk
     image_column: str = "image"  # image column of a Hugging Face dataset
     split: str = "train"  # split of a Hugging Face dataset
     shuffle_buffer: int = 1000  # records shuffled in memory when streaming
@@ -67,13 +69,13 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    latent: str = "mse"  # mse | l1, encoder vs teacher latents
+    latent: Literal["mse", "l1"] = "mse"  # encoder vs teacher latents
     latent_weight: float = 1.0
-    target: str = "image"  # decoder target: the real image or the teacher's reconstruction
-    pixel: str = "mse"  # mse | l1
+    target: Literal["image", "teacher"] = "image"  # decoder target: the real image or the teacher's reconstruction
+    pixel: Literal["mse", "l1"] = "mse"
     pixel_weight: float = 1.0
     lpips_weight: float = 0.1
-    lpips_net: str = "alex"
+    lpips_net: Literal["alex", "vgg"] = "alex"
     adv_weight: float = 0.0
     adv_start: int = 0  # step at which the discriminator starts to train and to count
     disc_width: int = 64
@@ -94,7 +96,7 @@ class TrainConfig:
     steps: int = 100_000
     batch_size: int = 16
     grad_accum: int = 1
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     seed: int = 0
     ema_decay: float = 0.999
     log_every: int = 50
@@ -123,12 +125,6 @@ class Recipe:
     def validate(self) -> "Recipe":
         """Checks that need more than one field's type."""
         checks = [
-            (self.teacher.dtype in ("fp32", "fp16", "bf16"), "teacher.dtype must be fp32, fp16 or bf16"),
-            (self.loss.latent in ("mse", "l1"), "loss.latent must be mse or l1"),
-            (self.loss.pixel in ("mse", "l1"), "loss.pixel must be mse or l1"),
-            (self.loss.target in ("image", "teacher"), "loss.target must be image or teacher"),
-            (self.loss.lpips_net in ("alex", "vgg"), "loss.lpips_net must be alex or vgg"),
-            (self.train.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be no, fp16 or bf16"),
             (self.train.steps > 0, "train.steps must be positive"),
             (self.train.batch_size > 0, "train.batch_size must be positive"),
             (self.train.grad_accum > 0, "train.grad_accum must be positive"),
@@ -168,9 +164,20 @@ ALIASES = {
 }
 
 
+# YAML 1.1 (and so the command line) reads a bare no/off as false and yes/on as true.
+_YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
 def _check_type(value: Any, hint: Any, where: str) -> Any:
     """Coerce `value` to `hint` where lossless (int -> float), else raise naming `where`."""
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if isinstance(value, bool):
+            value = next((w for w in _YAML_BOOL_WORDS[value] if w in allowed), value)
+        if value in allowed and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"Recipe field '{where}' must be one of {', '.join(map(str, allowed))}, got {value!r}.")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
@@ -226,15 +233,21 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def recipe_path(name_or_path: str) -> Path:
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """A shipped recipe by name, or a .yaml path (relative to `relative_to` when a recipe names its base)."""
     path = Path(name_or_path)
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path
     if path.suffix in (".yaml", ".yml") and path.exists():
         return path
-    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    candidate = recipes_dir() / f"{name_or_path}.yaml"
     if candidate.exists():
         return candidate
-    known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-    raise ConfigError(f"No recipe '{name_or_path}': pass one of {known} or a path to a .yaml file.")
+    raise ConfigError(f"No recipe '{name_or_path}': pass one of {', '.join(recipe_names())} or a path to a .yaml file.")
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
@@ -280,13 +293,27 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_recipe(name_or_path: str = "sd", overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
-    """Read a recipe file, apply overrides (a nested dict or CLI tokens), type-check and validate."""
-    path = recipe_path(name_or_path)
+def read_recipe_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file as a dict, with the recipe it names as `base` merged under it (recursively)."""
+    if path.resolve() in seen:
+        chain = " -> ".join(p.stem for p in (*seen, path.resolve()))
+        raise ConfigError(f"Recipe {path} extends itself ({chain}); remove one of the '{BASE_KEY}:' lines.")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"Recipe file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Recipe file {path} must hold a mapping of sections, got {type(data).__name__}.")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    return _merge(read_recipe_file(recipe_path(str(base), path.parent), (*seen, path.resolve())), data)
+
+
+def load_recipe(name_or_path: str = "sd", overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """Read a recipe file (and the base it extends), apply overrides (a nested dict or CLI tokens), validate."""
+    path = recipe_path(name_or_path)
+    data = read_recipe_file(path)
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     data = _merge(data, overrides or {})
@@ -303,6 +330,6 @@ def choose_recipe(recipe: str | None, overrides: list[str]) -> str:
     if recipe:
         return recipe
     for flag, value in zip(overrides, overrides[1:]):
-        if flag in ("--teacher", "--teacher.name") and (RECIPES_DIR / f"{value}.yaml").exists():
+        if flag in ("--teacher", "--teacher.name") and value in recipe_names():
             return value
     return "sd"

@@ -1,0 +1,1 @@
+"""Recipes shipped with tinyae (installed as the package data `tinyae.recipes`)."""

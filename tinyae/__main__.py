@@ -1,0 +1,5 @@
+"""`python -m tinyae ...` is the `tinyae` command."""
+
+from tinyae.cli import main
+
+main()

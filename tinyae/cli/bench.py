@@ -1,0 +1,47 @@
+"""Latency and peak memory of a student against its teacher(s), in one run.
+
+    tinyae bench --student default --teacher sd sdxl --resolutions 256 512 --repeats 3 --threads 2
+    tinyae bench --student runs/sdxl/student --teacher sdxl --device cuda --dtype fp16 --batch 1 4
+
+Preset teachers are built from their architecture with random weights (no download; speed does
+not depend on weights) unless --teacher-weights; `--student default` is the default student
+architecture with random weights. Writes bench.json, bench.md and bench.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from tinyae.evaluation.bench import bench, describe, format_table, load_models, write_report
+from tinyae.utils.dtypes import DTYPES
+
+HELP = "encode/decode latency and peak memory of a student against teachers, in one run"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--student", default="default", help="student folder/repo id, or 'default' (random weights)")
+    parser.add_argument("--teacher", nargs="+", default=["sd"], help="preset names, Hub repo ids or VAE folders")
+    parser.add_argument("--teacher-weights", action="store_true", help="load real preset weights instead")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (the first measures memory)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", default="runs/bench")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    student, teachers = load_models(args.student, args.teacher, args.device, args.dtype, args.teacher_weights)
+    results = bench(student, teachers, args.resolutions, args.batch, args.repeats, args.warmup,
+                    log=lambda line: print(line, file=sys.stderr, flush=True))
+    paths = write_report(results, args.out)
+    print(describe(results))
+    print(format_table(results))
+    print(f"\nReport: {paths['md']} (+ bench.json, bench.png)")

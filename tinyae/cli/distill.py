@@ -1,0 +1,26 @@
+"""Distill a tiny autoencoder from a frozen VAE.
+
+    accelerate launch scripts/distill.py --teacher sdxl --data DIR --output runs/sdxl
+    tinyae distill --recipe smoke --output runs/smoke        # offline, CPU, a few minutes
+
+Any recipe field can be overridden as --section.field value (e.g. --train.steps 2000);
+short aliases: --teacher, --data, --output, --resume, --steps, --batch_size, --resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tinyae.config import choose_recipe, load_recipe
+from tinyae.training.loop import distill
+
+HELP = "train a student from a teacher VAE (recipe + --section.field overrides)"
+OVERRIDES = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", help="recipe name (tinyae's recipes/) or a .yaml path (default: the teacher's)")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    distill(load_recipe(choose_recipe(args.recipe, overrides), overrides))

@@ -1,0 +1,39 @@
+"""Export a trained student for diffusers, ComfyUI / Forge, or both.
+
+    tinyae export --student runs/sd/student --to taesd --dtype fp16 --out ComfyUI/models/vae_approx
+    tinyae export --checkpoint runs/sd/checkpoints/checkpoint-5000 --to all
+
+diffusers: an AutoencoderTiny folder (fp16 adds the fp16 variant next to the fp32 weights).
+taesd: <prefix>_encoder/_decoder .pth + .safetensors (prefix taesd, taesdxl, taesd3 or taef1);
+the target folder may exist, existing files are kept unless --overwrite.
+all: both in one new folder. The default --out is <source>-<to> beside the source.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tinyae.shipping.export import TARGETS, checkpoint_student, export_student
+from tinyae.shipping.formats import FAMILIES
+from tinyae.utils.dtypes import EXPORT_DTYPES
+
+HELP = "write a student as an AutoencoderTiny folder and/or a TAESD pair (ComfyUI, Forge)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint-N folder from training (its student_ema/ is exported)")
+    source.add_argument("--student", help="an AutoencoderTiny folder, a TAESD pair or a training output folder")
+    parser.add_argument("--to", choices=TARGETS, default="all")
+    parser.add_argument("--family", choices=list(FAMILIES), help="names the TAESD files (default: from run.json)")
+    parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp32")
+    parser.add_argument("--out", help="target folder (default: <source>-<to>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing target")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    if args.checkpoint:
+        checkpoint_student(args.checkpoint)  # one sentence if it is not a training checkpoint
+    source = args.student or args.checkpoint
+    out = export_student(source, args.to, args.family, args.dtype, args.out, args.overwrite)
+    print(f"Exported {source} to {out}")

@@ -1,0 +1,149 @@
+"""Image helpers that everything else builds on: reading files, tensors in [-1, 1], crops, sample photos.
+
+Images are float tensors (3, H, W) in [-1, 1] (diffusers' convention) made from 8-bit
+pixels; uint8 <-> float goes through one pair of functions, so a crop stored in the
+teacher cache reads back bit-identical to one drawn on the fly.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from tinyae.errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
+BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+BUILTIN_PHOTOS = "builtin:skimage"  # data.path value: scikit-image's sample photos (offline smoke runs)
+SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                 "motorcycle_right.png", "hubble_deep_field.jpg")
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """All image files under `root`, sorted; a clear error if there are none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Image folder '{root}' does not exist; pass --data DIR with a folder of jpg/png/webp images.")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise DataError(f"Image folder '{root}' holds no jpg, jpeg, png or webp files (searched recursively).")
+    return files
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def decode_image(payload: Any) -> Image.Image:
+    """Bytes, a path, an HF image dict or a PIL image -> RGB; raises one of BAD_IMAGE_ERRORS if unreadable."""
+    if isinstance(payload, dict):  # datasets.Image(decode=False)
+        payload = payload.get("bytes") or payload.get("path")
+    if isinstance(payload, Image.Image):
+        return payload.convert("RGB")
+    if payload is None:
+        raise ValueError("the sample holds no image")
+    return load_rgb(io.BytesIO(payload) if isinstance(payload, (bytes, bytearray)) else payload)
+
+
+def scan_images(root: str | Path) -> tuple[list[Path], list[Path]]:
+    """Split a folder into readable and unreadable images, warning once per bad file."""
+    good, bad = [], []
+    for path in list_images(root):
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            good.append(path)
+        except BAD_IMAGE_ERRORS as exc:
+            warnings.warn(f"Skipping unreadable image {path}: {exc}", stacklevel=2)
+            bad.append(path)
+    if not good:
+        raise DataError(f"None of the {len(bad)} image files under '{root}' could be read.")
+    return good, bad
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8; lossless for crops, which come from uint8 pixels."""
+    return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [-1, 1]."""
+    return images.float().div(127.5).sub(1)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor (3, H, W) in [-1, 1]."""
+    return from_uint8(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """Tensor (3, H, W) in [-1, 1] -> PIL RGB."""
+    return Image.fromarray(to_uint8(x.detach().float()).permute(1, 2, 0).cpu().numpy())
+
+
+def random_crop(img: Image.Image, size: int, gen: torch.Generator, max_zoom_out: float = 2.0,
+                hflip: bool = True) -> torch.Tensor:
+    """Resize the short side into [size, size*max_zoom_out] (never upscaling past need), crop, maybe flip."""
+    w, h = img.size
+    short = min(w, h)
+    hi = max(size, min(short, size * max_zoom_out))
+    target = size + (hi - size) * torch.rand((), generator=gen).item()
+    scale = target / short
+    if abs(scale - 1) > 1e-3:
+        img = img.resize((max(size, math.ceil(w * scale)), max(size, math.ceil(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    left = int(torch.randint(0, w - size + 1, (), generator=gen))
+    top = int(torch.randint(0, h - size + 1, (), generator=gen))
+    x = to_tensor(img.crop((left, top, left + size, top + size)))
+    if hflip and torch.rand((), generator=gen).item() < 0.5:
+        x = x.flip(-1)
+    return x
+
+
+def center_crop(img: Image.Image, size: int) -> torch.Tensor:
+    """Resize the short side to `size` and take the centre square: the evaluation view."""
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return to_tensor(img.crop((left, top, left + size, top + size)))
+
+
+def load_eval_images(files: list[Path], size: int) -> torch.Tensor:
+    """Centre crops of held-out images, stacked (N, 3, size, size); unreadable files are skipped."""
+    crops = []
+    for path in files:
+        try:
+            crops.append(center_crop(load_rgb(path), size))
+        except BAD_IMAGE_ERRORS as exc:
+            warnings.warn(f"Skipping unreadable image {path}: {exc}", stacklevel=2)
+    if not crops:
+        raise DataError("No readable evaluation images.")
+    return torch.stack(crops)
+
+
+def sample_photos(dest: str | Path) -> Path:
+    """Copy the colour photos that ship inside scikit-image's wheel into `dest` as PNGs.
+
+    They install with the project, so the smoke recipe and the tests have real photos offline.
+    """
+    import skimage
+
+    source = Path(skimage.__file__).parent / "data"
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SAMPLE_PHOTOS:
+        path = dest / f"{Path(name).stem}.png"
+        if not path.exists():
+            load_rgb(source / name).save(path)
+    return dest

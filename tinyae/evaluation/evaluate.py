@@ -1,0 +1,351 @@
+"""How close a student is to its teacher, measured the same way every time.
+
+For each image x, with the teacher's latents z = teacher.encode(x):
+
+    decoder_vs_teacher             student.decode(z)                    vs teacher.decode(z)
+    decoder_vs_original            student.decode(z)                    vs x
+    encoder_roundtrip_vs_teacher   teacher.decode(student.encode(x))    vs teacher.decode(z)
+    encoder_roundtrip_vs_original  teacher.decode(student.encode(x))    vs x
+    student_roundtrip_vs_original  student.decode(student.encode(x))    vs x
+    teacher_roundtrip_vs_original  teacher.decode(z)                    vs x   (the ceiling)
+
+each with PSNR, SSIM, MS-SSIM and LPIPS (tinyae.metrics), plus the student's
+latents against the teacher's (MSE and per-channel R^2). Decoded images are
+clamped to [-1, 1] first, as a pipeline does when it turns them into pictures.
+Scores are means over images of per-image values; `per_image` keeps the values.
+
+`evaluate` returns a JSON-ready dict; `write_report` writes eval.json, eval.md
+and comparison grids; `summary` flattens it for metrics.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tinyae.data.images import load_eval_images, scan_images
+from tinyae.errors import ConfigError, DataError
+from tinyae.evaluation import metrics
+from tinyae.evaluation.lpips import load_lpips
+from tinyae.utils.atomic import atomic_file
+from tinyae.utils.tables import fmt, markdown_table
+
+FORMAT = "tinyae-eval/1"
+METRICS = ("psnr", "ssim", "ms_ssim", "lpips")
+# name -> (output, reference, what it means); outputs are the keys of `_outputs`.
+COMPARISONS = {
+    "decoder_vs_teacher": ("decoder", "teacher", "student.decode(z) vs teacher.decode(z)"),
+    "decoder_vs_original": ("decoder", "original", "student.decode(z) vs original"),
+    "encoder_roundtrip_vs_teacher": ("encoder_roundtrip", "teacher",
+                                     "teacher.decode(student.encode(x)) vs teacher.decode(z)"),
+    "encoder_roundtrip_vs_original": ("encoder_roundtrip", "original", "teacher.decode(student.encode(x)) vs original"),
+    "student_roundtrip_vs_original": ("student_roundtrip", "original", "student.decode(student.encode(x)) vs original"),
+    "teacher_roundtrip_vs_original": ("teacher", "original", "teacher.decode(z) vs original (the reference)"),
+}
+HEATMAP_MAX = 0.25  # |student - teacher| in [0, 1] units at full colour; fixed so grids compare
+
+
+def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype
+
+
+def _outputs(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every image and latent the comparisons need, for one batch, as float32 on the teacher's device."""
+    device, dtype = _placement(student)
+    t_device = _placement(teacher)[0]
+
+    def run_student(fn, inp):
+        return fn(inp.to(device, dtype)).float().to(t_device)
+
+    x = x.to(t_device).float()
+    z_teacher = teacher.encode(x).float()
+    z_student = run_student(student.encode, x)
+    out = {
+        "original": x,
+        "teacher": teacher.decode(z_teacher),
+        "decoder": run_student(student.decode, z_teacher),
+        "encoder_roundtrip": teacher.decode(z_student),
+        "student_roundtrip": run_student(student.decode, z_student),
+    }
+    out = {k: v.float().clamp(-1, 1) for k, v in out.items()}
+    return {**out, "z_teacher": z_teacher, "z_student": z_student}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _mean(values: list[float]) -> float:
+    return float(torch.tensor(values, dtype=torch.float64).mean())
+
+
+def _count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _describe(model: nn.Module, fallback: str) -> dict:
+    info = {"name": getattr(model, "name", fallback)}
+    if dataclasses.is_dataclass(getattr(model, "config", None)):
+        info["config"] = dataclasses.asdict(model.config)
+    for key in ("scaling_factor", "shift_factor"):
+        if isinstance(getattr(model, key, None), float):
+            info[key] = getattr(model, key)
+    for part in ("encoder", "decoder"):
+        if isinstance(getattr(model, part, None), nn.Module):
+            info[f"{part}_params"] = _count_params(getattr(model, part))
+    if isinstance(getattr(model, "vae", None), nn.Module):
+        vae = model.vae
+        info.update(encoder_params=_count_params(vae.encoder), decoder_params=_count_params(vae.decoder))
+    return info
+
+
+@torch.no_grad()
+def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor, names: Sequence[str] | None = None,
+                    batch_size: int = 4, lpips_net: str = "alex", progress: bool = False) -> dict:
+    """The metrics of one set of same-size images (N, 3, H, W) in [-1, 1]."""
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise DataError(f"Evaluation images must be a non-empty (N, 3, H, W) tensor, got {tuple(images.shape)}.")
+    if images.shape[-1] % teacher.downscale or images.shape[-2] % teacher.downscale:
+        raise DataError(f"Evaluation images of {tuple(images.shape[-2:])} px are not a multiple of the teacher's "
+                        f"downscale factor {teacher.downscale}; choose a resolution divisible by it.")
+    if names is not None and len(names) != images.shape[0]:
+        raise DataError(f"Got {len(names)} names for {images.shape[0]} evaluation images.")
+    per_image = {name: {m: [] for m in METRICS} for name in COMPARISONS}
+    latent_mse: list[float] = []
+    stats = metrics.LatentStats()
+    batches = range(0, images.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"evaluate {images.shape[-1]} px", unit="batch")
+    for start in batches:
+        out = _outputs(student, teacher, images[start:start + batch_size])
+        for name, (a, b, _) in COMPARISONS.items():
+            for metric, values in metrics.image_metrics(out[a], out[b], lpips_net).items():
+                per_image[name][metric] += values.cpu().tolist()
+        latent_mse += metrics.latent_mse(out["z_student"], out["z_teacher"]).cpu().tolist()
+        stats.update(out["z_student"], out["z_teacher"])
+    r2 = stats.r2().tolist()
+    return {
+        "resolution": [int(images.shape[-2]), int(images.shape[-1])],
+        "n_images": int(images.shape[0]),
+        "images": list(names) if names is not None else [f"#{i}" for i in range(images.shape[0])],
+        "metrics": {name: {m: _mean(v) for m, v in values.items()} for name, values in per_image.items()},
+        "latents": {"mse": stats.mse(), "r2": r2, "r2_mean": sum(r2) / len(r2), "teacher_std": stats.std().tolist()},
+        "per_image": {**per_image, "latent_mse": latent_mse},
+    }
+
+
+def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
+             names: Sequence[str] | None = None, batch_size: int = 4, lpips_net: str = "alex",
+             progress: bool = False) -> dict:
+    """Student vs teacher on images in [-1, 1]: one (N, 3, H, W) tensor, or one per resolution.
+
+    Returns {"format", "teacher", "student", "lpips_net", "notes", "resolutions": {"256": {...}}};
+    each resolution holds "metrics" (comparison -> psnr/ssim/ms_ssim/lpips means), "latents"
+    (mse, per-channel r2, r2_mean, teacher_std) and "per_image" values in `names` order.
+    """
+    if student.latent_channels != teacher.latent_channels:
+        raise ConfigError(f"The student has {student.latent_channels} latent channels but the teacher "
+                          f"'{teacher.name}' has {teacher.latent_channels}: evaluate a student against its own "
+                          "teacher.")
+    sets = [images] if isinstance(images, torch.Tensor) else list(images)
+    sizes = [x.shape[-1] for x in sets]
+    if len(set(sizes)) != len(sizes):
+        raise ConfigError(f"Each image set needs its own resolution, got {sizes}.")
+    was_training = student.training
+    student.eval()
+    try:
+        runs = {str(x.shape[-1]): evaluate_images(student, teacher, x, names, batch_size, lpips_net, progress)
+                for x in sets}
+    finally:
+        student.train(was_training)
+    lpips_source = getattr(load_lpips(lpips_net), "tinyae_source", "unknown")
+    return {
+        "format": FORMAT,
+        "teacher": _describe(teacher, "teacher"),
+        "student": _describe(student, "student"),
+        "lpips_net": lpips_net,
+        "notes": [
+            "Decoded images are clamped to [-1, 1]; PSNR/SSIM/MS-SSIM are computed on [0, 1].",
+            metrics.MS_SSIM_NOTE,
+            f"LPIPS {lpips_net} with a pretrained trunk from {lpips_source}.",
+        ],
+        "comparisons": {name: meaning for name, (_, _, meaning) in COMPARISONS.items()},
+        "resolutions": runs,
+    }
+
+
+def evaluate_folder(student: nn.Module, teacher: nn.Module, data: str | Path, resolutions: Sequence[int] = (256,),
+                    limit: int | None = None, batch_size: int = 4, lpips_net: str = "alex",
+                    progress: bool = True) -> tuple[dict, list[torch.Tensor]]:
+    """Evaluate on the centre crops of a folder's images at each resolution; returns (results, image sets)."""
+    files, _ = scan_images(data)
+    files = files[:limit] if limit else files
+    sets = [load_eval_images(files, r) for r in resolutions]
+    results = evaluate(student, teacher, sets, [f.name for f in files], batch_size, lpips_net, progress)
+    return results, sets
+
+
+def _largest(results: dict) -> dict:
+    return results["resolutions"][max(results["resolutions"], key=int)]
+
+
+def summary(results: dict, resolution: int | None = None) -> dict:
+    """Flat numbers for metrics.json and loggers, at `resolution` (default: the largest evaluated).
+
+    Keys: resolution, n_images, {psnr,ssim,ms_ssim,lpips}_vs_teacher (decoder), {psnr,lpips}_vs_original
+    (decoder), roundtrip_{psnr,lpips}_vs_teacher (student encoder through the teacher decoder),
+    teacher_psnr_vs_original, latent_mse, latent_r2. Undefined values (NaN, inf) are None.
+    """
+    if resolution is not None and str(resolution) not in results["resolutions"]:
+        raise ConfigError(f"No evaluation at {resolution} px; evaluated: {', '.join(results['resolutions'])}.")
+    run = results["resolutions"][str(resolution)] if resolution else _largest(results)
+    m = run["metrics"]
+    flat = {
+        "resolution": run["resolution"][-1],
+        "n_images": run["n_images"],
+        **{f"{k}_vs_teacher": m["decoder_vs_teacher"][k] for k in METRICS},
+        "psnr_vs_original": m["decoder_vs_original"]["psnr"],
+        "lpips_vs_original": m["decoder_vs_original"]["lpips"],
+        "roundtrip_psnr_vs_teacher": m["encoder_roundtrip_vs_teacher"]["psnr"],
+        "roundtrip_lpips_vs_teacher": m["encoder_roundtrip_vs_teacher"]["lpips"],
+        "teacher_psnr_vs_original": m["teacher_roundtrip_vs_original"]["psnr"],
+        "latent_mse": run["latents"]["mse"],
+        "latent_r2": run["latents"]["r2_mean"],
+    }
+    return {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in flat.items()}
+
+
+# ---------------------------------------------------------------- report
+
+
+def format_table(results: dict) -> str:
+    """Image metrics per comparison and resolution, then latent metrics: the terminal and eval.md tables."""
+    rows, latent_rows = [], []
+    for res, run in sorted(results["resolutions"].items(), key=lambda kv: int(kv[0])):
+        for name, m in run["metrics"].items():
+            rows.append([name, res, fmt(m["psnr"], ".2f"), fmt(m["ssim"], ".4f"), fmt(m["ms_ssim"], ".4f"),
+                         fmt(m["lpips"], ".4f")])
+        lat = run["latents"]
+        latent_rows.append([res, fmt(lat["mse"], ".5f"), " ".join(fmt(v, ".3f") for v in lat["r2"]),
+                            fmt(lat["r2_mean"], ".4f")])
+    images = markdown_table(["comparison", "px", "PSNR ↑", "SSIM ↑", "MS-SSIM ↑", "LPIPS ↓"], rows)
+    latents = markdown_table(["px", "latent MSE ↓", "R² per channel ↑", "R² mean ↑"], latent_rows)
+    return f"{images}\n\n{latents}"
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return _finite_or_none(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _hwc(x: torch.Tensor):
+    """(3, H, W) in [-1, 1] -> (H, W, 3) numpy in [0, 1], for imshow."""
+    return x.add(1).div(2).permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def comparison_grid(student: nn.Module, teacher: nn.Module, images: torch.Tensor, path: str | Path,
+                    names: Sequence[str] | None = None) -> Path:
+    """PNG with one row per image: original | teacher | student | |student - teacher| heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    was_training = student.training
+    student.eval()
+    try:
+        out = _outputs(student, teacher, images)
+    finally:
+        student.train(was_training)
+    psnr, lpips = metrics.psnr(out["decoder"], out["teacher"]), metrics.lpips(out["decoder"], out["teacher"])
+    n = images.shape[0]
+    fig, axes = plt.subplots(n, 4, figsize=(4 * 2.6 + 0.8, n * 2.6 + 0.4), squeeze=False, constrained_layout=True)
+    heat = None
+    for i in range(n):
+        diff = (out["decoder"][i] - out["teacher"][i]).abs().div(2).mean(0).cpu().numpy()
+        label = names[i] if names else f"#{i}"
+        cells = [(_hwc(out["original"][i]), f"original {label}"), (_hwc(out["teacher"][i]), "teacher"),
+                 (_hwc(out["decoder"][i]), f"student  {psnr[i]:.1f} dB, LPIPS {lpips[i]:.3f}"),
+                 (diff, "|student - teacher|")]
+        for ax, (img, title) in zip(axes[i], cells):
+            if img.ndim == 2:
+                heat = ax.imshow(img, cmap="inferno", vmin=0, vmax=HEATMAP_MAX)
+            else:
+                ax.imshow(img)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.colorbar(heat, ax=axes[:, 3].tolist(), shrink=0.8, label="mean abs difference ([0, 1] units)")
+    path = Path(path)
+    atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, out_dir: str | Path, student: nn.Module | None = None,
+                 teacher: nn.Module | None = None, images: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                 grid_images: int = 4) -> dict[str, Path]:
+    """Write eval.json, eval.md and, given the models and images, grid_<px>.png per resolution.
+
+    Files are replaced atomically, so `out_dir` may be a run folder that holds other files.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if images is not None and student is not None and teacher is not None:
+        sets = [images] if isinstance(images, torch.Tensor) else list(images)
+        for x in sets:
+            res = str(x.shape[-1])
+            names = results["resolutions"].get(res, {}).get("images")
+            path = out_dir / f"grid_{res}px.png"
+            written[f"grid_{res}"] = comparison_grid(student, teacher, x[:grid_images], path,
+                                                     names[:grid_images] if names else None)
+    written["json"] = out_dir / "eval.json"
+    text = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
+    atomic_file(written["json"], lambda tmp: Path(tmp).write_text(text))
+    written["md"] = out_dir / "eval.md"
+    md = _markdown(results, [p for k, p in written.items() if k.startswith("grid_")])
+    atomic_file(written["md"], lambda tmp: Path(tmp).write_text(md))
+    return written
+
+
+def _markdown(results: dict, grids: list[Path]) -> str:
+    t, s = results["teacher"], results["student"]
+    n = {run["n_images"] for run in results["resolutions"].values()}
+
+    def params(info: dict) -> str:
+        return " + ".join(f"{info[k]:,}" for k in ("encoder_params", "decoder_params") if k in info)
+
+    lines = [
+        f"# Evaluation: student vs teacher `{t['name']}`",
+        "",
+        f"Parameters (encoder + decoder): student {params(s) or '?'}, teacher {params(t) or '?'}. "
+        f"{', '.join(map(str, sorted(n)))} images, centre crops.",
+        "",
+        "z = teacher.encode(x). Means over images; per-image values are in eval.json.",
+        "",
+        "| comparison | what is compared |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in results["comparisons"].items()],
+        "",
+        format_table(results),
+        "",
+        *[f"- {note}" for note in results["notes"]],
+        "",
+        *[f"![{p.stem}]({p.name})" for p in grids],
+    ]
+    return "\n".join(lines).rstrip() + "\n"

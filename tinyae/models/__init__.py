@@ -1,0 +1,1 @@
+"""The networks: the frozen teacher VAE, the tiny student, the discriminator, and their registries."""

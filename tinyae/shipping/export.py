@@ -1,0 +1,143 @@
+"""Export a student where people use it, atomically.
+
+- diffusers: an AutoencoderTiny folder (config.json + diffusion_pytorch_model.safetensors),
+  optionally with the fp16 variant (`from_pretrained(dir, variant="fp16")`);
+- taesd: the original pair `<prefix>_encoder/_decoder` as .pth and .safetensors twins, named
+  for the family (taesd, taesdxl, taesd3, taef1) so they drop into ComfyUI's models/vae_approx
+  and Forge's models/VAE-taesd unchanged;
+- all: both in one folder, which is also what the Hub gets.
+
+Folders are written into a temporary sibling and renamed into place in one step, so an
+interrupted export never leaves a half-written folder that a pipeline would load, and an
+existing target is never replaced unless asked. A TAESD pair may go into an existing folder
+(ComfyUI's), so it is written beside its targets and renamed file by file, after checking
+that none of them exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tinyae.errors import ExportError
+from tinyae.models.student import Student
+from tinyae.shipping.formats import FAMILIES, check_family, family_info, load_student, to_taesd
+from tinyae.utils.atomic import atomic_folder
+from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
+from tinyae.utils.weights import cast_state
+
+TARGETS = ("diffusers", "taesd", "all")
+
+
+def taesd_file_names(family: str) -> list[str]:
+    prefix = family_info(family).prefix
+    return [f"{prefix}_{role}.{ext}" for ext in ("safetensors", "pth") for role in ("encoder", "decoder")]
+
+
+def write_taesd(student, folder: Path, family: str, dtype: torch.dtype | None = None) -> list[Path]:
+    check_family(student, family)
+    encoder, decoder = to_taesd(cast_state(student.state_dict(), dtype))
+    paths = [folder / name for name in taesd_file_names(family)]
+    for path, state in zip(paths, (encoder, decoder, encoder, decoder)):
+        if path.suffix == ".safetensors":
+            save_file(state, path, metadata={"format": "pt"})
+        else:
+            torch.save(state, path)
+    return paths
+
+
+def export_diffusers(student: Student, directory: str | Path, overwrite: bool = False,
+                     dtype: torch.dtype | None = None, extra: Callable[[Path], None] | None = None,
+                     fp16_variant: bool = False) -> Path:
+    """Write an AutoencoderTiny folder: config.json + diffusion_pytorch_model.safetensors (+ the fp16 variant)."""
+    with atomic_folder(directory, overwrite) as tmp:
+        student.write_pretrained(tmp, dtype, fp16_variant)
+        if extra is not None:
+            extra(tmp)
+    return Path(directory)
+
+
+def export_taesd(student, directory: str | Path, family: str, dtype: torch.dtype | None = None,
+                 overwrite: bool = False) -> list[Path]:
+    """Write the TAESD pair (.safetensors and .pth) into `directory`, which may exist (e.g. models/vae_approx)."""
+    directory = Path(directory)
+    names = taesd_file_names(family)
+    existing = [name for name in names if (directory / name).exists()]
+    if existing and not overwrite:
+        raise ExportError(f"'{directory / existing[0]}' already exists; pass overwrite=True (--overwrite) or "
+                          "choose another folder.")
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tinyae-taesd.tmp-", dir=directory))
+    try:
+        write_taesd(student, tmp, family, dtype)
+        for name in names:
+            os.replace(tmp / name, directory / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [directory / name for name in names]
+
+
+def export_all(student, directory: str | Path, family: str, dtype: torch.dtype | None = None,
+               overwrite: bool = False, extra: Callable[[Path], None] | None = None) -> Path:
+    """One folder for every consumer: AutoencoderTiny files plus the TAESD pair.
+
+    With dtype fp16 the pair is stored in fp16 and the diffusers weights get their fp16
+    variant, while the main diffusers file stays fp32 so nothing is lost by default.
+    """
+    half = dtype == torch.float16
+    with atomic_folder(directory, overwrite) as tmp:
+        student.write_pretrained(tmp, fp16_variant=half)
+        write_taesd(student, tmp, family, dtype)
+        if extra is not None:
+            extra(tmp)
+    return Path(directory)
+
+
+def run_info(source: str | Path) -> dict:
+    """The run.json a training run wrote next to (or above) a student or checkpoint folder, else {}."""
+    source = Path(source).resolve()
+    for folder in [source, *source.parents][:4]:
+        if (folder / "run.json").is_file():
+            return json.loads((folder / "run.json").read_text())
+    return {}
+
+
+def checkpoint_student(checkpoint: str | Path) -> Path:
+    """A training checkpoint keeps its EMA student in AutoencoderTiny layout under `student_ema/`."""
+    folder = Path(checkpoint) / "student_ema"
+    if not (folder / "config.json").is_file():
+        raise ExportError(f"'{checkpoint}' has no student_ema/ folder: pass a checkpoint-N folder written by "
+                          "`tinyae distill`, or use --student for an AutoencoderTiny folder.")
+    return folder
+
+
+def export_student(source: str | Path, to: str = "all", family: str | None = None, dtype: str = "fp32",
+                   out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Load a student from any known layout and export it; the default target is `<source>-<to>` beside it."""
+    if to not in TARGETS:
+        raise ExportError(f"Unknown export target '{to}'; pass one of {', '.join(TARGETS)}.")
+    if dtype not in EXPORT_DTYPES:
+        raise ExportError(f"Unknown dtype '{dtype}'; pass {' or '.join(EXPORT_DTYPES)}.")
+    source = Path(source)
+    student = load_student(source)
+    family = family or run_info(source).get("family")
+    if family is None and to != "diffusers":
+        raise ExportError(f"No run.json near '{source}' says which family the student belongs to; pass --family "
+                          f"({', '.join(FAMILIES)}): the TAESD file names depend on it.")
+    if family is not None:
+        check_family(student, family, f"'{source}'")
+    out = Path(out) if out else source.resolve().with_name(f"{source.resolve().name}-{to}")
+    if to == "diffusers":
+        export_diffusers(student, out, overwrite, fp16_variant=dtype == "fp16")
+    elif to == "taesd":
+        export_taesd(student, out, family, DTYPES[dtype], overwrite)
+    else:
+        export_all(student, out, family, DTYPES[dtype], overwrite)
+    return out

@@ -1,0 +1,1 @@
+"""Training under accelerate: the losses, the one distillation step, checkpoints and the loop."""

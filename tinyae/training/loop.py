@@ -1,0 +1,200 @@
+"""Distillation under accelerate: one loop, read top to bottom.
+
+Set up (teacher, data, student and its EMA copy, discriminator, optimizers, resume),
+then for every step of every phase (long training at small crops, a short fine-tune
+at the final size): the student's step and the discriminator's (tinyae.training.step),
+the EMA update, logging, samples and checkpoints. At the end the EMA student is
+exported, evaluated on held-out images and, if asked, pushed to the Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from tinyae.config import Recipe
+from tinyae.data.images import load_eval_images
+from tinyae.data.source import TrainSource, make_train_loader, make_train_source
+from tinyae.evaluation.evaluate import evaluate, summary, write_report
+from tinyae.evaluation.factors import estimate_factors
+from tinyae.models.presets import TEACHERS
+from tinyae.models.student import Student
+from tinyae.models.teacher import Teacher, load_teacher
+from tinyae.shipping.export import export_diffusers
+from tinyae.shipping.hub import push_to_hub
+from tinyae.training.checkpoints import TrainState, find_resume_checkpoint, save_checkpoint
+from tinyae.training.samples import sample_grid, save_sample
+from tinyae.training.step import build_parts, build_student, distill_step
+
+logger = logging.getLogger(__name__)
+
+
+def phase_plan(recipe: Recipe) -> list[tuple[int, int, int]]:
+    """[(first_step, end_step, resolution)]: long training at small crops, then a short fine-tune."""
+    steps, final = recipe.train.steps, recipe.data.final_steps
+    if final and recipe.data.final_resolution:
+        return [(0, steps - final, recipe.data.resolution), (steps - final, steps, recipe.data.final_resolution)]
+    return [(0, steps, recipe.data.resolution)]
+
+
+def batches(recipe: Recipe, source: TrainSource, start_step: int, rank: int, world_size: int
+            ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Yield (step, micro-batch) from `start_step` on, switching crop size at phase boundaries."""
+    accum = recipe.train.grad_accum
+    for first, end, resolution in phase_plan(recipe):
+        if end <= start_step:
+            continue
+        begin = max(first, start_step)
+        loader = make_train_loader(
+            source, resolution, recipe.train.batch_size, recipe.train.seed, start_step=begin * accum,
+            num_steps=(end - begin) * accum, rank=rank, world_size=world_size,
+            num_workers=recipe.data.num_workers, max_zoom_out=recipe.data.max_zoom_out, hflip=recipe.data.hflip,
+            pin_memory=torch.cuda.is_available(),
+        )
+        for i, batch in enumerate(loader):
+            yield begin + i // accum, batch
+
+
+class RunningMeans:
+    """Loss terms summed on the device; `pop` brings their means to the host, once per log interval."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0) + value.float()
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        means = {name: value.item() / self.counts[name] for name, value in self.sums.items()}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+def distill(recipe: Recipe) -> Path:
+    """Train a student for `recipe`; returns the output folder (student/, metrics.json, samples/, logs/)."""
+    cfg, out = recipe.train, Path(recipe.train.output_dir)
+    accelerator = Accelerator(
+        # Without GPUs, `accelerate launch --num_processes N` must be told to use gloo on the CPU, or each
+        # process would silently train alone.
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=cfg.log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    resume_from = find_resume_checkpoint(out, cfg.resume)  # fail before any work
+    set_seed(cfg.seed)
+
+    # The frozen teacher and the data it encodes.
+    teacher = load_teacher(recipe.teacher, device=accelerator.device)
+    source = make_train_source(recipe, teacher, out)  # also checks a teacher cache against this teacher
+    if recipe.teacher.estimate_factors and recipe.teacher.scaling_factor is None:
+        # The user's explicit --teacher.scaling_factor wins; otherwise 1/std and mean of the raw latents.
+        est = estimate_factors(teacher, source.preview_images(64, recipe.data.resolution))
+        teacher.scaling_factor, teacher.shift_factor = est.scaling_factor, est.shift_factor
+        logger.info("Estimated scaling_factor %.5f %s, shift_factor %.5f %s (for pipelines that ignore the shift: "
+                    "scaling_factor %.5f).", est.scaling_factor, est.scaling_ci, est.shift_factor, est.shift_ci,
+                    est.scaling_factor_without_shift)
+    logger.info("Teacher %s: %d latent channels, scaling %.5f, shift %.5f. Data: %s.", teacher.name,
+                teacher.latent_channels, teacher.scaling_factor, teacher.shift_factor, source.describe())
+
+    # The student, its EMA copy (what samples, checkpoints and the export use), discriminator, optimizers.
+    student = build_student(recipe, teacher)
+    ema_student = Student(student.config).to(accelerator.device).requires_grad_(False)
+    ema = EMAModel(student.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+    parts = build_parts(recipe, teacher, student, accelerator)
+    state = TrainState()
+    accelerator.register_for_checkpointing(ema, state, parts.sched)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        logger.info("Resumed from %s at step %d.", resume_from, state.step)
+    ema.to(accelerator.device)
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    accelerator.init_trackers("tinyae", config=_flat(recipe.to_dict()))
+    sample_size = recipe.data.final_resolution or recipe.data.resolution
+    heldout = source.heldout
+    sample_images = load_eval_images(heldout[: cfg.sample_images], sample_size) if heldout else None
+
+    progress = tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_local_main_process,
+                    desc="distill")
+    running = RunningMeans()
+    for step, batch in batches(recipe, source, state.step, accelerator.process_index, accelerator.num_processes):
+        use_adv = recipe.loss.adv_weight > 0 and step >= recipe.loss.adv_start
+        running.add(distill_step(parts, batch, use_adv))
+        if not accelerator.sync_gradients:
+            continue
+
+        # One optimizer step is done: EMA, then logging, samples and checkpoints.
+        ema.step(student.parameters())
+        state.step = step + 1
+        progress.update(1)
+        last = state.step == cfg.steps
+        if state.step % cfg.log_every == 0 or last:
+            losses = running.pop()
+            progress.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+            accelerator.log({f"loss/{k}": v for k, v in losses.items()} | {"lr": parts.sched.get_last_lr()[0]},
+                            step=state.step)
+        do_sample = (state.step % cfg.sample_every == 0 or last) and sample_images is not None
+        do_checkpoint = state.step % cfg.checkpoint_every == 0 or last
+        if do_sample or do_checkpoint:
+            ema.copy_to(ema_student.parameters())
+        if do_sample and accelerator.is_main_process:
+            save_sample(accelerator, out, state.step, sample_grid(ema_student, teacher, sample_images))
+        if do_checkpoint:
+            save_checkpoint(accelerator, out, state.step, ema_student, cfg.checkpoints_total_limit)
+    progress.close()
+
+    ema.copy_to(ema_student.parameters())
+    if accelerator.is_main_process:
+        export_diffusers(ema_student, out / "student", overwrite=True)
+        finish_run(recipe, out, ema_student, teacher, source, state.step)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def finish_run(recipe: Recipe, out: Path, student: Student, teacher: Teacher, source: TrainSource,
+               step: int) -> None:
+    """Evaluate the exported student on held-out images and record what the run was."""
+    preset = TEACHERS.get(recipe.teacher.name)
+    run = {"teacher": recipe.teacher.name, "teacher_repo": preset.repo_id if preset else recipe.teacher.name,
+           "family": teacher.family, "scaling_factor": teacher.scaling_factor, "shift_factor": teacher.shift_factor,
+           "steps": step, "unreadable_images": source.n_bad, "recipe": recipe.to_dict()}
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    metrics: dict = {"steps": step, "heldout_images": len(source.heldout)}
+    if source.heldout:
+        size = recipe.data.final_resolution or recipe.data.resolution
+        images = load_eval_images(source.heldout, size)
+        results = evaluate(student, teacher, images)
+        write_report(results, out / "eval", student=student, teacher=teacher, images=images)
+        metrics |= summary(results)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    logger.info("Student written to %s; metrics: %s", out / "student", json.dumps(metrics))
+    if recipe.train.push_to_hub:
+        push_to_hub(out, recipe.train.push_to_hub)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """Tracker configs take scalars only."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat

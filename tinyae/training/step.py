@@ -1,0 +1,140 @@
+"""One distillation step, shared by the training loop and the training benchmark.
+
+A step takes a batch of crops (with the teacher's latents, when they come from the
+cache), lets the frozen teacher supply what is missing, updates the student (encoder
+matches the latents, decoder reconstructs the image from them) and then the
+discriminator. What it updates is built once per run by `build_parts`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from tinyae.config import Recipe
+from tinyae.errors import ConfigError
+from tinyae.models.discriminator import Discriminator
+from tinyae.models.student import Student
+from tinyae.models.teacher import Teacher
+from tinyae.shipping.formats import load_student
+from tinyae.training.losses import DistillLoss, discriminator_loss, weighted_total
+
+
+class StudentStep(nn.Module):
+    """One forward for both halves, so DDP sees (and syncs) encoder and decoder together."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, images: torch.Tensor, teacher_latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.student.encode(images), self.student.decode(teacher_latents)
+
+
+def build_student(recipe: Recipe, teacher: Teacher) -> Student:
+    """A new student shaped for `teacher`, or the weights named by `student.init`."""
+    config = recipe.student
+    if config.latent_channels is None:
+        config = dataclasses.replace(config, latent_channels=teacher.latent_channels)
+    if config.latent_channels != teacher.latent_channels:
+        raise ConfigError(f"student.latent_channels={config.latent_channels} but the teacher has "
+                          f"{teacher.latent_channels}; drop the override or pick the matching teacher.")
+    if config.init:
+        student = load_student(config.init)
+        if student.latent_channels != teacher.latent_channels:
+            raise ConfigError(f"student.init '{config.init}' has {student.latent_channels} latent channels, the "
+                              f"teacher {teacher.latent_channels}.")
+        student.set_gradient_checkpointing(config.gradient_checkpointing)
+        return student
+    return Student(config)
+
+
+@dataclass
+class DistillParts:
+    """What a distillation step reads and updates; the models and optimizers are accelerate-prepared."""
+
+    recipe: Recipe
+    accelerator: Accelerator
+    teacher: Teacher
+    student: Student
+    step_model: nn.Module  # StudentStep, maybe wrapped for DDP
+    disc: nn.Module  # the discriminator, maybe wrapped for DDP
+    opt: torch.optim.Optimizer
+    d_opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler  # not prepared: it steps once per optimizer step
+    loss: DistillLoss
+
+    @property
+    def raw_disc(self) -> Discriminator:
+        return self.accelerator.unwrap_model(self.disc)
+
+
+def build_parts(recipe: Recipe, teacher: Teacher, student: Student, accelerator: Accelerator) -> DistillParts:
+    """The discriminator, both optimizers and the warm-up schedule for `student`, prepared by accelerate."""
+    train, optim = recipe.train, recipe.optim
+    disc = Discriminator(student.latent_channels, recipe.loss.disc_width)
+    if train.channels_last:
+        student, disc = student.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
+    step_model = StudentStep(torch.compile(student) if train.compile else student)
+    opt = torch.optim.Adam(student.parameters(), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    d_opt = torch.optim.Adam(disc.parameters(), lr=optim.disc_lr, betas=tuple(optim.betas))
+    warmup = max(optim.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    step_model, disc, opt, d_opt = accelerator.prepare(step_model, disc, opt, d_opt)
+    return DistillParts(recipe, accelerator, teacher, student, step_model, disc, opt, d_opt, sched,
+                        DistillLoss(recipe.loss))
+
+
+def _no_clock(part: str) -> None:
+    pass
+
+
+def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: bool,
+                 clock: Callable[[str], None] = _no_clock) -> dict[str, torch.Tensor]:
+    """One micro-step on `batch`; returns the loss terms, detached but still on the device (no host sync).
+
+    The optimizers step when accelerate's gradient accumulation says so. `clock(part)` is
+    called as "teacher", "student" and "disc" finish (the training benchmark times them).
+    """
+    acc, recipe, teacher = parts.accelerator, parts.recipe, parts.teacher
+    images = batch["images"].to(acc.device)
+    latents = batch["latents"].to(acc.device) if "latents" in batch else teacher.encode(images)
+    target = images
+    if recipe.loss.target == "teacher":
+        target = batch["targets"].to(acc.device) if "targets" in batch else teacher.decode(latents)
+    clock("teacher")
+    if recipe.train.channels_last:
+        images, latents = (x.contiguous(memory_format=torch.channels_last) for x in (images, latents))
+
+    with acc.accumulate(parts.step_model, parts.disc):
+        # Student: the encoder matches the teacher's latents, the decoder reconstructs the image from them.
+        student_latents, recon = parts.step_model(images, latents)
+        parts.raw_disc.requires_grad_(False)  # the student's step must not train the discriminator
+        fake_logits = parts.raw_disc(recon, latents) if use_adv else None
+        terms = parts.loss.encoder_terms(student_latents, latents) | parts.loss.decoder_terms(recon, target,
+                                                                                               fake_logits)
+        acc.backward(weighted_total(terms))
+        if acc.sync_gradients and recipe.optim.grad_clip > 0:
+            acc.clip_grad_norm_(parts.step_model.parameters(), recipe.optim.grad_clip)
+        parts.opt.step()
+        if acc.sync_gradients and not parts.opt.step_was_skipped:
+            parts.sched.step()  # once per optimizer step, whatever the number of processes
+        parts.opt.zero_grad(set_to_none=True)
+        clock("student")
+
+        # Discriminator: real images against the student's reconstructions, each with its latent.
+        if use_adv:
+            parts.raw_disc.requires_grad_(True)
+            with acc.autocast():
+                d_loss = discriminator_loss(parts.disc(images, latents), parts.disc(recon.detach(), latents))
+            acc.backward(d_loss)
+            parts.d_opt.step()
+            parts.d_opt.zero_grad(set_to_none=True)
+            terms["disc"] = (1.0, d_loss)
+        clock("disc")
+    return {name: value.detach() for name, (_, value) in terms.items()}

@@ -1,0 +1,1 @@
+"""Small helpers every concern shares; nothing here imports the rest of tinyae."""

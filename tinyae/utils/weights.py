@@ -1,0 +1,44 @@
+"""Reading and writing flat state dicts safely: no pickled code runs, no overflowing cast is written."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from tinyae.errors import ExportError
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat dict of tensors from .safetensors, or from .pth/.pt/.bin with `torch.load(weights_only=True)`."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(path)
+        elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ExportError(f"'{path}' is neither .safetensors nor .pth/.pt: tinyae cannot read it.")
+    except pickle.UnpicklingError:
+        raise ExportError(f"'{path}' is a pickle that needs more than tensors to load, and tinyae reads weight "
+                          "files with weights_only=True so they cannot run code; convert it to .safetensors "
+                          "where you trust its source.") from None
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise ExportError(f"Could not read weights from '{path}': {exc}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExportError(f"'{path}' does not hold a flat state dict of tensors (name -> tensor).")
+    return state
+
+
+def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies in `dtype`; refuses weights that overflow it (fp16 tops out at 65504)."""
+    out = {key: (value.to(dtype) if dtype else value).detach().cpu().contiguous() for key, value in state.items()}
+    if dtype is not None and dtype.is_floating_point and torch.finfo(dtype).max < 1e38:
+        flat = torch.cat([value.flatten() for value in out.values() if value.is_floating_point()])
+        if not torch.isfinite(flat).all():  # one check for all tensors: tiny ops are slow on a busy CPU
+            key = next(k for k, v in out.items() if v.is_floating_point() and not torch.isfinite(v).all())
+            raise ExportError(f"Weight '{key}' overflows {dtype}; export in fp32 (--dtype fp32) instead.")
+    return out

@@ -1,0 +1,1 @@
+"""Weights shipped with tinyae (installed as the package data `tinyae.weights`)."""
