@@ -43,5 +43,5 @@ def small_teacher():
 
 @pytest.fixture
 def small_student_config():
-    return StudentConfig(latent_channels=4, encoder_width=16, decoder_width=16,
+    return StudentConfig(latent_channels=4, encoder_widths=[16], decoder_widths=[16],
                          encoder_blocks=[1, 1, 1, 1], decoder_blocks=[1, 1, 1, 1])

@@ -30,7 +30,7 @@ def results(tmp_path_factory):
     from tinyae.models.teacher import Teacher
 
     teacher = Teacher(small_vae(), scaling_factor=0.5, shift_factor=0.1, name="small")
-    student = Student(StudentConfig(latent_channels=4, encoder_width=16, decoder_width=16,
+    student = Student(StudentConfig(latent_channels=4, encoder_widths=[16], decoder_widths=[16],
                                     encoder_blocks=[1, 1, 1, 1], decoder_blocks=[1, 1, 1, 1])).eval()
     return bench(("small student", student), {"small": teacher}, resolutions=[16, 32], batch_sizes=[1], repeats=2)
 

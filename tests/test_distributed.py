@@ -64,7 +64,7 @@ def teacher_dir(tmp_path_factory):
 
 def tiny_run(teacher_dir, photos, output, steps, checkpoint_every):
     return ["--recipe", "smoke", "--teacher", str(teacher_dir), "--data", str(photos), "--output", str(output),
-            "--student.encoder_width", "8", "--student.decoder_width", "8", "--data.resolution", "32",
+            "--student.encoder_widths", "[8]", "--student.decoder_widths", "[8]", "--data.resolution", "32",
             "--data.final_steps", "0", "--data.final_resolution", "null", "--data.holdout", "2",
             "--loss.lpips_weight", "0", "--train.steps", str(steps), "--train.batch_size", "4",
             "--train.checkpoint_every", str(checkpoint_every), "--train.sample_every", "1000",

@@ -52,7 +52,7 @@ def models():
 
     teacher = Teacher(small_vae(), scaling_factor=0.5, shift_factor=0.1, name="small")
     torch.manual_seed(0)
-    student = Student(StudentConfig(latent_channels=4, encoder_width=16, decoder_width=16,
+    student = Student(StudentConfig(latent_channels=4, encoder_widths=[16], decoder_widths=[16],
                                     encoder_blocks=[1, 1, 1, 1], decoder_blocks=[1, 1, 1, 1]))
     return student, teacher
 
@@ -119,7 +119,7 @@ def test_report_files_hold_the_documented_keys(evaluated):
     data = json.loads(paths["json"].read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert {"format", "teacher", "student", "lpips_net", "notes", "comparisons", "resolutions"} <= set(data)
     assert data["format"] == "tinyae-eval/1" and data["teacher"]["name"] == "small"
-    assert data["student"]["encoder_params"] > 0 and data["student"]["config"]["encoder_width"] == 16
+    assert data["student"]["encoder_params"] > 0 and data["student"]["arch"]["encoder_widths"] == [16, 16, 16, 16]
     run = data["resolutions"]["64"]
     assert run["metrics"]["decoder_vs_teacher"]["ms_ssim"] is None  # NaN is written as null
     assert run["metrics"]["decoder_vs_teacher"]["psnr"] == pytest.approx(

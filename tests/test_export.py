@@ -1,5 +1,6 @@
 """Export formats and importing them back: keys, dtypes, file names, exact round trips, clear refusals."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,13 @@ from tinyae.cli import main as tinyae_cli
 from tinyae.config import StudentConfig
 from tinyae.data.images import center_crop, load_rgb
 from tinyae.errors import ExportError
+from tinyae.models.formats import FAMILIES, load_student
 from tinyae.models.student import Student
+from tinyae.models.variants import resolve_arch
 from tinyae.shipping.export import export_all, export_diffusers, export_student, export_taesd
-from tinyae.shipping.formats import FAMILIES, load_student
+
+# Small test students are not in the layouts ComfyUI builds; the dedicated test checks that warning.
+pytestmark = pytest.mark.filterwarnings("ignore:.*layout that ComfyUI and Forge build")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,9 +57,13 @@ def student16(small_student_config):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_taesd_pair_has_the_family_names_and_bare_sequential_keys(family, student, student16, tmp_path):
-    model = student16 if FAMILIES[family].latent_channels == 16 else student
-    paths = export_taesd(model, tmp_path, family)
-    prefix = {"sd": "taesd", "sdxl": "taesdxl", "sd3": "taesd3", "flux": "taef1"}[family]
+    info = FAMILIES[family]
+    model = make_student(resolve_arch(StudentConfig(variant=info.variant, latent_channels=info.latent_channels)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the family's own layout: nothing to warn about
+        paths = export_taesd(model, tmp_path, family)
+    prefix = {"sd": "taesd", "sdxl": "taesdxl", "sd3": "taesd3", "flux": "taef1", "flux2": "taef2",
+              "sana": "taesana"}[family]
     assert sorted(p.name for p in paths) == sorted(
         f"{prefix}_{role}.{ext}" for role in ("encoder", "decoder") for ext in ("pth", "safetensors"))
 
@@ -67,6 +76,7 @@ def test_taesd_pair_has_the_family_names_and_bare_sequential_keys(family, studen
     for key in (k for k in state if k.startswith("decoder.")):
         index, rest = key.removeprefix("decoder.layers.").split(".", 1)
         assert torch.equal(decoder[f"{int(index) + 1}.{rest}"], state[key])
+    assert_same_weights(load_student(tmp_path, family=family), model)  # and back, layout read off the tensors
     # The .pth twins hold the same tensors and load without unpickling code.
     assert torch.load(tmp_path / f"{prefix}_encoder.pth", weights_only=True).keys() == encoder.keys()
     pth_decoder = torch.load(tmp_path / f"{prefix}_decoder.pth", weights_only=True)
@@ -111,7 +121,7 @@ def test_student_to_taesd_pair_to_student_is_exact(student, tmp_path):
     export_taesd(student, tmp_path, "sd")
     for path in (tmp_path, tmp_path / "taesd_encoder.pth", tmp_path / "taesd_decoder.safetensors", tmp_path / "taesd"):
         loaded = load_student(path)
-        assert loaded.config.encoder_blocks == [1, 1, 1, 1] and loaded.config.encoder_width == 16
+        assert loaded.arch.encoder_blocks == (1, 1, 1, 1) and loaded.arch.encoder_widths == (16,) * 4
         assert_same_weights(loaded, student)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
@@ -139,8 +149,8 @@ def test_default_taesd_architecture_guessed_from_the_tensors(tmp_path):
     model = make_student(StudentConfig(latent_channels=16))
     export_taesd(model, tmp_path, "flux")
     loaded = load_student(tmp_path)
-    assert (loaded.latent_channels, loaded.config.encoder_width, loaded.config.decoder_width) == (16, 64, 64)
-    assert (loaded.config.encoder_blocks, loaded.config.decoder_blocks) == ([1, 3, 3, 3], [3, 3, 3, 1])
+    assert (loaded.latent_channels, loaded.arch.encoder_widths, loaded.arch.decoder_widths) == (16, (64,) * 4, (64,) * 4)
+    assert (loaded.arch.encoder_blocks, loaded.arch.decoder_blocks) == ((1, 3, 3, 3), (3, 3, 3, 1))
     assert_same_weights(loaded, model)
 
 
@@ -259,10 +269,18 @@ def flux2_style_pair(folder: Path) -> Path:
     return folder / "taef2_encoder.pth"
 
 
-def test_unknown_layouts_fail_with_a_sentence(student, tmp_path):
-    with pytest.raises(ExportError, match="FLUX.2 TAESD variant.*not supported yet"):
-        load_student(flux2_style_pair(tmp_path))
+def test_a_flux2_style_pair_reads_as_a_pool_student(tmp_path):
+    student = load_student(flux2_style_pair(tmp_path))
+    assert student.arch.pool and student.arch.encoder_blocks == (1, 1) and student.latent_channels == 32
 
+
+def test_a_pair_in_a_layout_comfyui_does_not_build_is_written_with_a_warning(student, tmp_path):
+    with pytest.warns(UserWarning, match="not in the 'taesd' layout that ComfyUI and Forge build for taesd_"):
+        export_taesd(student, tmp_path, "sd")
+    assert_same_weights(load_student(tmp_path), student)
+
+
+def test_unknown_layouts_fail_with_a_sentence(student, tmp_path):
     vae_keys = {"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}
     save_file(vae_keys, tmp_path / "big_encoder.safetensors")
     save_file(vae_keys, tmp_path / "big_decoder.safetensors")

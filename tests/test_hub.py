@@ -12,8 +12,8 @@ from huggingface_hub import ModelCard
 from tinyae.cli import main as tinyae_cli
 from tinyae.data.images import center_crop, load_rgb, to_pil
 from tinyae.errors import ExportError
+from tinyae.models.formats import load_student
 from tinyae.models.student import Student
-from tinyae.shipping.formats import load_student
 from tinyae.shipping.hub import build_upload_folder, push_to_hub
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,6 +9,7 @@ from PIL import Image
 from tinyae.config import StudentConfig
 from tinyae.errors import ExportError
 from tinyae.models.student import Student
+from tinyae.models.tiny_autoencoder import diffusers_model
 from tinyae.shipping.preview import PreviewCallback, load_preview_decoder, unpack_flux_latents
 
 STEPS = 4
@@ -16,7 +17,7 @@ STEPS = 4
 
 def tiny_student(latent_channels: int = 4, seed: int = 0) -> Student:
     torch.manual_seed(seed)
-    return Student(StudentConfig(latent_channels=latent_channels, encoder_width=16, decoder_width=16,
+    return Student(StudentConfig(latent_channels=latent_channels, encoder_widths=[16], decoder_widths=[16],
                                  encoder_blocks=[1, 1, 1, 1], decoder_blocks=[1, 1, 1, 1]))
 
 
@@ -75,7 +76,7 @@ def test_callback_returns_the_kwargs_and_never_touches_the_latents(pipe, student
 
 
 def test_flux_packed_latents_are_unpacked_like_the_pipeline_does():
-    decoder = tiny_student(latent_channels=16, seed=2).to_diffusers().eval()
+    decoder = diffusers_model(tiny_student(latent_channels=16, seed=2)).eval()
     latents = torch.randn(1, 16, 8, 12)  # a 64 x 96 image
     packed = FluxPipeline._pack_latents(latents, 1, 16, 8, 12)
     assert torch.equal(unpack_flux_latents(packed, 64, 96), FluxPipeline._unpack_latents(packed, 64, 96, 8))

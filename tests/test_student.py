@@ -1,15 +1,21 @@
-"""The student is diffusers' AutoencoderTiny, key for key, and behaves like it."""
+"""The student is diffusers' AutoencoderTiny, key for key, where that class can hold it, and a diffusers
+`TinyAutoencoder` otherwise; its layouts come from a registry of variants."""
+
+import json
 
 import pytest
 import torch
 from diffusers import AutoencoderTiny
 
 from tinyae.config import StudentConfig
+from tinyae.errors import ConfigError
 from tinyae.models.student import Student
+from tinyae.models.tiny_autoencoder import TinyAutoencoder
+from tinyae.models.variants import resolve_arch
 
 CONFIGS = [
     StudentConfig(latent_channels=4),
-    StudentConfig(latent_channels=16, encoder_width=32, decoder_width=48, encoder_blocks=[1, 2, 2, 2],
+    StudentConfig(latent_channels=16, encoder_widths=[32], decoder_widths=[48], encoder_blocks=[1, 2, 2, 2],
                   decoder_blocks=[2, 2, 2, 1]),
 ]
 
@@ -46,7 +52,7 @@ def test_save_and_load_round_trip_is_exact(tmp_path, small_student_config):
     student = Student(small_student_config)
     student.save_pretrained(tmp_path / "s")
     again = Student.from_pretrained(tmp_path / "s")
-    assert again.config == student.config
+    assert again.arch == student.arch
     for a, b in zip(student.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -73,6 +79,60 @@ def test_gradient_checkpointing_changes_memory_not_results(small_student_config)
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
 
-def test_per_stage_widths_are_refused_clearly():
-    with pytest.raises(ValueError, match="one width"):
-        Student.config_from_diffusers({"encoder_block_out_channels": [64, 64, 32, 32]})
+def test_an_autoencodertiny_config_with_per_stage_widths_is_refused_clearly():
+    with pytest.raises(ValueError, match="no transition convs"):
+        Student.arch_from_diffusers({"encoder_block_out_channels": [64, 64, 32, 32]})
+
+
+@pytest.mark.parametrize("variant, channels, params", [("taesd", 4, (1_222_532, 1_222_531)),
+                                                       ("flux_2", 32, (1_338_528, 1_338_499)),
+                                                       ("f32", 32, (1_256_288, 8_301_763))])
+def test_registered_variants_have_the_upstream_shapes(variant, channels, params):
+    """Parameter counts of madebyollin/taesd's taesd, taef2 and taesana files."""
+    student = Student(resolve_arch(StudentConfig(variant=variant, latent_channels=channels)))
+    assert (sum(p.numel() for p in student.encoder.parameters()),
+            sum(p.numel() for p in student.decoder.parameters())) == params
+    downscale = 32 if variant == "f32" else 8
+    assert student.downscale == downscale
+    assert student.encode(torch.zeros(1, 3, 64, 64)).shape == (1, channels, 64 // downscale, 64 // downscale)
+
+
+def test_the_variant_follows_the_teacher_unless_named():
+    assert resolve_arch(StudentConfig(), latent_channels=32, downscale=32).encoder_stem == (32, 64)
+    assert resolve_arch(StudentConfig(), latent_channels=32, downscale=8, family="flux2").pool
+    assert not resolve_arch(StudentConfig(), latent_channels=16, downscale=8).pool
+    with pytest.raises(ConfigError, match="downscales 8x but the teacher 32x"):
+        resolve_arch(StudentConfig(variant="taesd"), latent_channels=32, downscale=32)
+
+
+def test_per_stage_overrides_name_the_field_that_does_not_fit():
+    arch = resolve_arch(StudentConfig(decoder_widths=[96, 64, 48, 32]), latent_channels=4)
+    assert arch.decoder_widths == (96, 64, 48, 32) and not arch.autoencoder_tiny
+    assert resolve_arch(StudentConfig(decoder_widths=[32]), latent_channels=4).decoder_widths == (32,) * 4
+    with pytest.raises(ConfigError, match="decoder_widths lists 3 stages but variant 'taesd' has 4 decoder_blocks; set"):
+        resolve_arch(StudentConfig(decoder_widths=[64, 64, 32]), latent_channels=4)
+
+
+@pytest.mark.parametrize("variant", ["flux_2", "f32"])
+def test_a_layout_autoencodertiny_cannot_hold_saves_as_a_diffusers_tinyautoencoder(variant, tmp_path):
+    torch.manual_seed(0)
+    student = Student(resolve_arch(StudentConfig(variant=variant, latent_channels=32))).eval()
+    student.save_pretrained(tmp_path / "s")
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["_class_name"] == "TinyAutoencoder"
+    model = TinyAutoencoder.from_pretrained(tmp_path / "s").eval()
+    assert model.config.scaling_factor == 1.0
+    assert 2 ** (len(model.config.block_out_channels) - 1) == student.downscale  # what pipelines size latents by
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        latents = model.encode(images).latents
+        assert torch.equal(latents, student.encode(images))
+        assert torch.equal(model.decode(latents).sample, student.decode(latents))
+        assert torch.equal(model.to(torch.float16).decode(latents.half()).sample.float().round(),
+                           student.half().decode(latents.half()).float().round())
+    again = Student.from_pretrained(tmp_path / "s")
+    assert again.arch == student.arch
+
+
+def test_the_output_bias_starts_at_mid_grey():
+    student = Student(StudentConfig(latent_channels=4)).init_output_bias()
+    assert torch.equal(student.decoder.layers[-1].bias, torch.full((3,), 0.5))  # 0.5 of [0, 1] is 0 in [-1, 1]

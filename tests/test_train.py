@@ -29,7 +29,7 @@ def teacher_dir(tmp_path_factory):
 def tiny_recipe(teacher_dir, photos, out, **train):
     overrides = {
         "teacher": {"name": str(teacher_dir)},
-        "student": {"encoder_width": 8, "decoder_width": 8, "encoder_blocks": [1, 1, 1, 1],
+        "student": {"encoder_widths": [8], "decoder_widths": [8], "encoder_blocks": [1, 1, 1, 1],
                     "decoder_blocks": [1, 1, 1, 1]},
         "data": {"path": str(photos), "resolution": 32, "final_resolution": 48, "final_steps": 2, "holdout": 2},
         "loss": {"lpips_weight": 0.1, "adv_weight": 0.1, "adv_start": 1, "disc_width": 8},

@@ -6,11 +6,11 @@ training, shipping, evaluation (and utils, cli).
 
 from tinyae.config import Recipe, load_recipe
 from tinyae.errors import ConfigError, DataError, ExportError, TeacherLoadError, TinyaeError
+from tinyae.models.formats import load_student
 from tinyae.models.presets import TEACHERS, TeacherPreset, register_teacher
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher, build_teacher, load_teacher
 from tinyae.shipping.export import export_all, export_diffusers, export_taesd
-from tinyae.shipping.formats import load_student
 from tinyae.shipping.preview import PreviewCallback, load_preview_decoder
 from tinyae.training.loop import distill
 

@@ -37,14 +37,19 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
+    """The student's layout: a registered variant (tinyae.models.variants), field by field overridable."""
+
+    variant: str | None = None  # taesd | flux_2 | f32 | ...; None: the one the teacher's latents call for
     latent_channels: int | None = None  # None: the teacher's
-    encoder_width: int = 64
-    decoder_width: int = 64
-    encoder_blocks: list[int] = field(default_factory=lambda: [1, 3, 3, 3])
-    decoder_blocks: list[int] = field(default_factory=lambda: [3, 3, 3, 1])
+    encoder_widths: list[int] | None = None  # per stage; one value applies to all; None: the variant's
+    decoder_widths: list[int] | None = None
+    encoder_blocks: list[int] | None = None  # residual blocks per stage
+    decoder_blocks: list[int] | None = None
+    encoder_stem: list[int] | None = None  # stride-2 convs before the first encoder stage (f32: [32, 64])
+    pool: bool | None = None  # FLUX.2's GroupNorm pool branch in the deepest stages
     act_fn: Literal["relu", "silu", "swish", "mish", "gelu"] = "relu"
     upsample_fn: Literal["nearest", "bilinear", "bicubic"] = "nearest"
-    init: str | None = None  # start from these student weights (AutoencoderTiny folder or TAESD pair)
+    init: str | None = None  # start from these weights (AutoencoderTiny/TinyAutoencoder folder, TAESD pair, Hub id)
     gradient_checkpointing: bool = False
 
 
@@ -134,9 +139,6 @@ class Recipe:
             (self.data.final_resolution is None or self.data.final_resolution % 8 == 0, "data.final_resolution must be a multiple of 8"),
             (self.data.max_zoom_out >= 1.0, "data.max_zoom_out must be >= 1"),
             (len(self.optim.betas) == 2, "optim.betas must have two values"),
-            (len(self.student.encoder_blocks) >= 2, "student.encoder_blocks needs at least two stages"),
-            (len(self.student.encoder_blocks) == len(self.student.decoder_blocks), "student.encoder_blocks and student.decoder_blocks must have the same number of stages"),
-            (self.student.encoder_width > 0 and self.student.decoder_width > 0, "student widths must be positive"),
         ]
         for ok, message in checks:
             if not ok:
@@ -182,6 +184,9 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        arms = [arg for arg in args if arg is not type(None)]
+        if len(arms) == 1:  # X | None: X's own message names the offending item
+            return _check_type(value, arms[0], where)
         for arg in args:
             if arg is type(None):
                 continue

@@ -16,8 +16,8 @@ import torch
 
 from tinyae.config import TeacherConfig
 from tinyae.evaluation.evaluate import evaluate_folder, format_table, write_report
+from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
-from tinyae.shipping.formats import load_student
 from tinyae.utils.dtypes import DTYPES
 
 HELP = "PSNR/SSIM/MS-SSIM/LPIPS of a student against its teacher on an image folder"

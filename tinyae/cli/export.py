@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from tinyae.models.formats import FAMILIES
 from tinyae.shipping.export import TARGETS, checkpoint_student, export_student
-from tinyae.shipping.formats import FAMILIES
 from tinyae.utils.dtypes import EXPORT_DTYPES
 
 HELP = "write a student as an AutoencoderTiny folder and/or a TAESD pair (ComfyUI, Forge)"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyae.shipping.formats import FAMILIES
+from tinyae.models.formats import FAMILIES
 from tinyae.shipping.hub import push_to_hub
 
 HELP = "build the Hub upload folder (model card, diffusers files, TAESD pair) and upload it"

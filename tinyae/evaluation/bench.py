@@ -37,10 +37,10 @@ from torch import nn
 
 from tinyae.config import StudentConfig, TeacherConfig
 from tinyae.errors import ConfigError
+from tinyae.models.formats import load_student
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher, build_teacher, load_teacher
-from tinyae.shipping.formats import load_student
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.tables import fmt, markdown_table
@@ -201,7 +201,7 @@ def load_models(student: str, teachers: Sequence[str], device: str = "cpu", dtyp
 
     A preset with a known architecture is built weights-free unless `teacher_weights`;
     other names (the tiny preset, Hub ids, folders) are loaded. `student` is anything
-    `tinyae.shipping.formats.load_student` reads, or "default": the default architecture with random weights.
+    `tinyae.models.formats.load_student` reads, or "default": the default architecture with random weights.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"Unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}.")

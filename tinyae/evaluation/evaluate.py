@@ -92,8 +92,8 @@ def _count_params(module: nn.Module) -> int:
 
 def _describe(model: nn.Module, fallback: str) -> dict:
     info = {"name": getattr(model, "name", fallback)}
-    if dataclasses.is_dataclass(getattr(model, "config", None)):
-        info["config"] = dataclasses.asdict(model.config)
+    if dataclasses.is_dataclass(getattr(model, "arch", None)):
+        info["arch"] = model.arch.to_dict()
     for key in ("scaling_factor", "shift_factor"):
         if isinstance(getattr(model, key, None), float):
             info[key] = getattr(model, key)

@@ -18,6 +18,7 @@ from torch import nn
 from tinyae.errors import DataError
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher
+from tinyae.models.tiny_autoencoder import diffusers_model
 
 
 def as_teacher(model: nn.Module) -> Teacher:
@@ -25,7 +26,7 @@ def as_teacher(model: nn.Module) -> Teacher:
     if isinstance(model, Teacher):
         return model
     if isinstance(model, Student):
-        model = model.to_diffusers()
+        model = diffusers_model(model)
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "encode") or not hasattr(model, "decode"):
         raise TypeError(f"Expected a Teacher, a diffusers VAE or a Student, got {type(model).__name__}.")

@@ -60,6 +60,13 @@ register_teacher(
     TeacherPreset("black-forest-labs/FLUX.1-schnell", 16, 0.3611, 0.1159, subfolder="vae", family="flux", arch=_SD3_ARCH),
 )
 register_teacher(
+    "taef2",
+    TeacherPreset(
+        str(weights_dir() / "taesd-upstream" / "taef2"), 32, 1.0, family="flux2",
+        note="the published TAEF2 pair (madebyollin/taesd, MIT): a sharp, real FLUX.2-space teacher that runs on a CPU",
+    ),
+)
+register_teacher(
     "tiny",
     TeacherPreset(
         str(weights_dir() / "tiny-teacher"), 4, None, family="sd",

@@ -1,13 +1,17 @@
 """The student: a TAESD-style deterministic encoder/decoder in diffusion-space latents.
 
-Its state_dict is, key for key, the one of diffusers' `AutoencoderTiny` built
-from `Student.diffusers_config()`, so an export is a plain save and the result
-drops into any pipeline as `pipe.vae`. Images are in [-1, 1] (diffusers'
-convention); latents are what the diffusion model sees (already scaled).
+Stages of residual conv blocks, halving (encoder) or doubling (decoder) the resolution
+between stages; the layout comes from a `StudentArch` (tinyae.models.variants). Images
+are in [-1, 1] (diffusers' convention); latents are what the diffusion model sees (already
+scaled). State-dict keys follow diffusers' AutoencoderTiny (`encoder.layers.N.*`,
+`decoder.layers.N.*`), so a student of TAESD's shape saves as a plain AutoencoderTiny and
+any other as a `TinyAutoencoder` (tinyae.models.tiny_autoencoder), and every student maps
+to the TAESD pair format of ComfyUI and Forge (tinyae.models.formats).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 
 from tinyae.config import StudentConfig
 from tinyae.errors import ExportError
+from tinyae.models.variants import StudentArch, resolve_arch
 from tinyae.utils.atomic import atomic_folder
 from tinyae.utils.hub_access import fetch_snapshot, looks_like_repo_id
 from tinyae.utils.weights import cast_state, read_weights
@@ -35,16 +40,27 @@ def conv(n_in: int, n_out: int, **kwargs) -> nn.Conv2d:
 
 
 class Block(nn.Module):
-    """Three 3x3 convs with a residual; `conv.0/2/4` keys as in diffusers' AutoencoderTinyBlock."""
+    """Three 3x3 convs with a residual (`conv.0/2/4`, as diffusers' AutoencoderTinyBlock).
 
-    def __init__(self, width: int, act_fn: str):
+    With `pool`, a 1x1 -> GroupNorm(4) -> ReLU -> 1x1 branch is first added to the input
+    (`pool.0/1/3`): the normalisation mixes the whole map, which FLUX.2's latents need.
+    """
+
+    def __init__(self, width: int, act_fn: str = "relu", pool: bool = False):
         super().__init__()
         act = get_activation(act_fn)
         self.conv = nn.Sequential(conv(width, width), act, conv(width, width), act, conv(width, width))
         self.skip = nn.Identity()
         self.fuse = nn.ReLU()
+        self.pool = None
+        if pool:
+            hidden = 4 * width
+            self.pool = nn.Sequential(nn.Conv2d(width, hidden, 1, bias=False), nn.GroupNorm(4, hidden), nn.ReLU(),
+                                      nn.Conv2d(hidden, width, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            x = x + self.pool(x)
         return self.fuse(self.conv(x) + self.skip(x))
 
 
@@ -58,15 +74,24 @@ class _Checkpointable(nn.Module):
 
 
 class TinyEncoder(_Checkpointable):
-    """Image in [-1, 1] -> latents; one stride-2 conv per stage after the first."""
+    """Image in [-1, 1] -> latents: [stem], then stages, each after the first opened by a stride-2 conv."""
 
-    def __init__(self, latent_channels: int, width: int, blocks: list[int], act_fn: str = "relu"):
+    def __init__(self, arch: StudentArch):
         super().__init__()
+        act, widths = arch.act_fn, arch.encoder_widths
         layers: list[nn.Module] = []
-        for stage, n_blocks in enumerate(blocks):
-            layers.append(conv(3, width) if stage == 0 else conv(width, width, stride=2, bias=False))
-            layers += [Block(width, act_fn) for _ in range(n_blocks)]
-        layers.append(conv(width, latent_channels))
+        n_in = 3
+        for width in arch.encoder_stem:  # stride-2 convs with an activation, before the first stage
+            layers += [conv(n_in, width, stride=2), get_activation(act)]
+            n_in = width
+        if not arch.encoder_stem:
+            layers.append(conv(3, widths[0]))
+        for stage, (width, n_blocks) in enumerate(zip(widths, arch.encoder_blocks)):
+            if stage:
+                layers.append(conv(widths[stage - 1], width, stride=2, bias=False))
+            deepest = stage == len(widths) - 1
+            layers += [Block(width, act, pool=arch.pool and deepest) for _ in range(n_blocks)]
+        layers.append(conv(widths[-1], arch.latent_channels))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -77,17 +102,16 @@ class TinyEncoder(_Checkpointable):
 class TinyDecoder(_Checkpointable):
     """Latents -> image in [-1, 1]; a soft clamp (tanh) keeps wild latents from exploding."""
 
-    def __init__(
-        self, latent_channels: int, width: int, blocks: list[int], act_fn: str = "relu", upsample_fn: str = "nearest"
-    ):
+    def __init__(self, arch: StudentArch):
         super().__init__()
-        layers: list[nn.Module] = [conv(latent_channels, width), get_activation(act_fn)]
-        for stage, n_blocks in enumerate(blocks):
-            last = stage == len(blocks) - 1
-            layers += [Block(width, act_fn) for _ in range(n_blocks)]
-            if not last:
-                layers.append(nn.Upsample(scale_factor=2, mode=upsample_fn))
-            layers.append(conv(width, 3 if last else width, bias=last))
+        act, widths = arch.act_fn, arch.decoder_widths
+        layers: list[nn.Module] = [conv(arch.latent_channels, widths[0]), get_activation(act)]
+        for stage, (width, n_blocks) in enumerate(zip(widths, arch.decoder_blocks)):
+            layers += [Block(width, act, pool=arch.pool and stage == 0) for _ in range(n_blocks)]
+            if stage < len(widths) - 1:
+                layers += [nn.Upsample(scale_factor=2, mode=arch.upsample_fn), conv(width, widths[stage + 1], bias=False)]
+            else:
+                layers.append(conv(width, 3))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
@@ -95,31 +119,33 @@ class TinyDecoder(_Checkpointable):
 
 
 class Student(nn.Module):
-    """Encoder + decoder pair with diffusers' AutoencoderTiny key layout."""
+    """Encoder + decoder with diffusers' AutoencoderTiny key layout; `encode`/`decode` work on tensors."""
 
-    def __init__(self, config: StudentConfig | None = None, **overrides):
+    def __init__(self, arch: StudentArch | StudentConfig):
         super().__init__()
-        config = config or StudentConfig(**overrides)
-        if config.latent_channels is None:
-            raise ValueError("StudentConfig.latent_channels is None: set it, or build the student from a teacher.")
-        self.config = config
-        self.encoder = TinyEncoder(config.latent_channels, config.encoder_width, config.encoder_blocks, config.act_fn)
-        self.decoder = TinyDecoder(
-            config.latent_channels, config.decoder_width, config.decoder_blocks, config.act_fn, config.upsample_fn
-        )
-        self.set_gradient_checkpointing(config.gradient_checkpointing)
+        if isinstance(arch, StudentConfig):
+            arch = resolve_arch(arch)
+        self.arch = arch
+        self.encoder = TinyEncoder(arch)
+        self.decoder = TinyDecoder(arch)
 
     @property
     def latent_channels(self) -> int:
-        return self.config.latent_channels
+        return self.arch.latent_channels
 
     @property
     def downscale(self) -> int:
-        return 2 ** (len(self.config.encoder_blocks) - 1)
+        return self.arch.downscale
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.encoder.gradient_checkpointing = enabled
         self.decoder.gradient_checkpointing = enabled
+
+    def init_output_bias(self, value: float = 0.0) -> "Student":
+        """Start the decoder's last bias at `value` in [-1, 1] image units (0: mid-grey, as TAESD's 0.5 in [0, 1])."""
+        with torch.no_grad():
+            self.decoder.layers[-1].bias.fill_((value + 1) / 2)
+        return self
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder(images)
@@ -130,21 +156,27 @@ class Student(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images))
 
+    # ------------------------------------------------------------ diffusers
+
     def diffusers_config(self) -> dict:
-        """AutoencoderTiny constructor arguments; factors are 1/0 because latents are already scaled."""
-        c = self.config
-        n = len(c.encoder_blocks)
+        """Constructor arguments of the diffusers class that holds these tensors (factors 1/0: latents are scaled)."""
+        a = self.arch
+        if not a.autoencoder_tiny:
+            return {"latent_channels": a.latent_channels, "encoder_widths": list(a.encoder_widths),
+                    "decoder_widths": list(a.decoder_widths), "encoder_blocks": list(a.encoder_blocks),
+                    "decoder_blocks": list(a.decoder_blocks), "encoder_stem": list(a.encoder_stem), "pool": a.pool,
+                    "act_fn": a.act_fn, "upsample_fn": a.upsample_fn, "scaling_factor": 1.0, "shift_factor": 0.0}
         return {
             "in_channels": 3,
             "out_channels": 3,
-            "encoder_block_out_channels": [c.encoder_width] * n,
-            "decoder_block_out_channels": [c.decoder_width] * n,
-            "act_fn": c.act_fn,
-            "upsample_fn": c.upsample_fn,
-            "latent_channels": c.latent_channels,
+            "encoder_block_out_channels": list(a.encoder_widths),
+            "decoder_block_out_channels": list(a.decoder_widths),
+            "act_fn": a.act_fn,
+            "upsample_fn": a.upsample_fn,
+            "latent_channels": a.latent_channels,
             "upsampling_scaling_factor": 2,
-            "num_encoder_blocks": list(c.encoder_blocks),
-            "num_decoder_blocks": list(c.decoder_blocks),
+            "num_encoder_blocks": list(a.encoder_blocks),
+            "num_decoder_blocks": list(a.decoder_blocks),
             "latent_magnitude": 3,
             "latent_shift": 0.5,
             "force_upcast": False,
@@ -152,30 +184,26 @@ class Student(nn.Module):
             "shift_factor": 0.0,
         }
 
-    @classmethod
-    def config_from_diffusers(cls, cfg: dict) -> StudentConfig:
-        """Inverse of `diffusers_config`; refuses configs tinyae cannot represent."""
-        enc, dec = cfg.get("encoder_block_out_channels", [64] * 4), cfg.get("decoder_block_out_channels", [64] * 4)
-        if len(set(enc)) != 1 or len(set(dec)) != 1:
-            raise ValueError(f"Per-stage widths {enc}/{dec} are not supported: AutoencoderTiny needs one width each.")
+    @property
+    def diffusers_class_name(self) -> str:
+        return "AutoencoderTiny" if self.arch.autoencoder_tiny else "TinyAutoencoder"
+
+    @staticmethod
+    def arch_from_diffusers(cfg: dict) -> StudentArch:
+        """Inverse of `diffusers_config` for either class; refuses configs tinyae cannot represent."""
+        if cfg.get("_class_name") == "TinyAutoencoder":
+            names = {f.name for f in dataclasses.fields(StudentArch)}
+            return StudentArch(**{k: v for k, v in cfg.items() if k in names})
         if cfg.get("upsampling_scaling_factor", 2) != 2 or cfg.get("in_channels", 3) != 3:
             raise ValueError("Only 3-channel images and 2x upsampling are supported.")
-        return StudentConfig(
-            latent_channels=cfg.get("latent_channels", 4),
-            encoder_width=enc[0],
-            decoder_width=dec[0],
-            encoder_blocks=list(cfg.get("num_encoder_blocks", [1, 3, 3, 3])),
-            decoder_blocks=list(cfg.get("num_decoder_blocks", [3, 3, 3, 1])),
-            act_fn=cfg.get("act_fn", "relu"),
-            upsample_fn=cfg.get("upsample_fn", "nearest"),
-        )
-
-    def to_diffusers(self):
-        """A diffusers AutoencoderTiny holding a copy of these weights."""
-        model = diffusers.AutoencoderTiny(**self.diffusers_config())
-        model.load_state_dict(self.state_dict(), strict=True)
-        # nn.Module.to: diffusers' ModelMixin.to warns on every dtype cast, needed or not.
-        return nn.Module.to(model, next(self.parameters()).dtype)
+        enc, dec = cfg.get("encoder_block_out_channels", [64] * 4), cfg.get("decoder_block_out_channels", [64] * 4)
+        if len(set(enc)) != 1 or len(set(dec)) != 1:
+            raise ValueError(f"Per-stage widths {enc}/{dec} in an AutoencoderTiny config do not run in diffusers "
+                             "(it builds no transition convs); such a student is saved as a TinyAutoencoder.")
+        return StudentArch(latent_channels=cfg.get("latent_channels", 4), encoder_widths=enc, decoder_widths=dec,
+                           encoder_blocks=cfg.get("num_encoder_blocks", [1, 3, 3, 3]),
+                           decoder_blocks=cfg.get("num_decoder_blocks", [3, 3, 3, 1]),
+                           act_fn=cfg.get("act_fn", "relu"), upsample_fn=cfg.get("upsample_fn", "nearest"))
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str) -> "Student":
         """Load a state dict that must match this architecture tensor for tensor, or say what differs."""
@@ -187,8 +215,7 @@ class Student(nn.Module):
             detail = (f"missing '{missing[0]}'" if missing else f"unexpected '{extra[0]}'" if extra else
                       f"'{wrong[0]}' has shape {tuple(state[wrong[0]].shape)}, expected "
                       f"{tuple(expected[wrong[0]].shape)}")
-            raise ExportError(f"{source} is not in a layout tinyae knows ({detail}); it loads TAESD pairs and "
-                              "AutoencoderTiny folders with one width per side and no skip convs.")
+            raise ExportError(f"{source} does not match the student architecture it describes ({detail}).")
         self.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
         return self
 
@@ -196,7 +223,7 @@ class Student(nn.Module):
                          fp16_variant: bool = False) -> None:
         """config.json + diffusion_pytorch_model.safetensors (+ the fp16 variant) into an existing folder."""
         folder = Path(folder)
-        config = {"_class_name": "AutoencoderTiny", "_diffusers_version": diffusers.__version__,
+        config = {"_class_name": self.diffusers_class_name, "_diffusers_version": diffusers.__version__,
                   **self.diffusers_config()}
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         save_file(cast_state(self.state_dict(), dtype), folder / WEIGHTS_NAME, metadata={"format": "pt"})
@@ -206,14 +233,17 @@ class Student(nn.Module):
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False, dtype: torch.dtype | None = None,
                         fp16_variant: bool = False) -> Path:
-        """An AutoencoderTiny folder, written all or nothing; `from_pretrained` and diffusers both read it."""
+        """A diffusers folder (AutoencoderTiny or TinyAutoencoder), written all or nothing."""
         with atomic_folder(directory, overwrite) as tmp:
             self.write_pretrained(tmp, dtype, fp16_variant)
         return Path(directory)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "Student":
-        """A float32 Student from an AutoencoderTiny folder or Hub repo (tinyae.load_student reads every layout)."""
+        """A float32 Student from an AutoencoderTiny or TinyAutoencoder folder or Hub repo.
+
+        tinyae.load_student reads every other layout too (TAESD pairs, training checkpoints).
+        """
         folder = Path(path)
         if not folder.exists() and looks_like_repo_id(str(path)):
             folder = fetch_snapshot(str(path), [CONFIG_NAME, "diffusion_pytorch_model*.safetensors"], "the student")
@@ -222,7 +252,7 @@ class Student(nn.Module):
                               "tinyae.load_student reads TAESD pairs and training checkpoints too.")
         cfg = json.loads((folder / CONFIG_NAME).read_text())
         class_name = cfg.get("_class_name", "AutoencoderTiny")
-        if class_name != "AutoencoderTiny":
+        if class_name not in ("AutoencoderTiny", "TinyAutoencoder"):
             raise ExportError(f"'{folder}' holds a {class_name}, not an AutoencoderTiny: a full VAE is a teacher "
                               "(--teacher), not student weights.")
         if cfg.get("scaling_factor", 1.0) != 1.0 or cfg.get("shift_factor") not in (None, 0, 0.0):
@@ -230,10 +260,10 @@ class Student(nn.Module):
                               f"{cfg.get('shift_factor')}; tinyae students work in diffusion-space latents "
                               "(1.0 / 0.0).")
         try:
-            config = cls.config_from_diffusers(cfg)
-        except ValueError as exc:
+            arch = cls.arch_from_diffusers(cfg)
+        except (ValueError, TypeError) as exc:
             raise ExportError(f"'{folder}': {exc}") from None
         weights = next((folder / name for name in WEIGHTS_NAMES if (folder / name).is_file()), None)
         if weights is None:
             raise ExportError(f"'{folder}' has a {CONFIG_NAME} but no {WEIGHTS_NAME}.")
-        return cls(config).load_weights(read_weights(weights), f"'{weights}'")
+        return cls(arch).load_weights(read_weights(weights), f"'{weights}'")

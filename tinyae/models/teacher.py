@@ -19,7 +19,9 @@ from torch import nn
 
 from tinyae.config import TeacherConfig
 from tinyae.errors import TeacherLoadError
+from tinyae.models.formats import family_of_pair, is_pair, load_student
 from tinyae.models.presets import TEACHERS, TeacherPreset
+from tinyae.models.tiny_autoencoder import diffusers_model
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.hub_access import hub_unreachable, not_on_hub_message, quiet_hub
 
@@ -36,7 +38,7 @@ class Teacher(nn.Module):
         self.name = name
         self.sample = sample
         self.family = family
-        self.is_tiny = type(vae).__name__ == "AutoencoderTiny"
+        self.is_tiny = type(vae).__name__ in ("AutoencoderTiny", "TinyAutoencoder")  # deterministic
 
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # frozen, always
@@ -47,8 +49,6 @@ class Teacher(nn.Module):
 
     @property
     def downscale(self) -> int:
-        if self.is_tiny:
-            return 2 ** (len(self.vae.config.num_encoder_blocks) - 1)
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
@@ -125,9 +125,15 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
             f"Unknown teacher '{source}': pass a preset ({', '.join(TEACHERS)}), a Hub repo id (owner/name) "
             "or a local diffusers VAE folder."
         )
-    if preset is not None and Path(preset.repo_id).is_absolute() and not Path(source).exists():
+    if preset is not None and Path(preset.repo_id).is_absolute() and not (Path(source).exists() or is_pair(source)):
         raise TeacherLoadError(f"The shipped teacher '{config.name}' is missing at {source}; restore weights/ from "
                                "the repository.")
+    if is_pair(source):  # a tiny autoencoder as the teacher: its latents are the space the student learns
+        vae = nn.Module.to(diffusers_model(load_student(source, preset.family if preset else None)),
+                           DTYPES[config.dtype])
+        family = preset.family if preset else family_of_pair(source) or guess_family(dict(vae.config), 0.0)
+        return Teacher(vae, config.scaling_factor or 1.0, config.shift_factor or 0.0, name=config.name,
+                       family=family).to(device)
     try:
         with quiet_hub():
             cfg = _read_config(source, subfolder, config.revision)

@@ -27,8 +27,8 @@ import torch
 from safetensors.torch import save_file
 
 from tinyae.errors import ExportError
+from tinyae.models.formats import FAMILIES, check_family, family_info, load_student, to_taesd
 from tinyae.models.student import Student
-from tinyae.shipping.formats import FAMILIES, check_family, family_info, load_student, to_taesd
 from tinyae.utils.atomic import atomic_folder
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
 from tinyae.utils.weights import cast_state

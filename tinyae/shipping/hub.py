@@ -17,8 +17,8 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 
 from tinyae.errors import ExportError
+from tinyae.models.formats import FAMILIES, check_family, family_info, load_student
 from tinyae.shipping.export import export_all, run_info
-from tinyae.shipping.formats import FAMILIES, check_family, family_info, load_student
 from tinyae.utils.hub_access import looks_like_repo_id
 
 # Per family: the pipeline its users run (for the card's snippet), a Hub tag, a readable name.

@@ -21,7 +21,8 @@ from torch import nn
 
 from tinyae.data.images import to_pil
 from tinyae.errors import ExportError
-from tinyae.shipping.formats import family_info, load_student
+from tinyae.models.formats import family_info, load_student
+from tinyae.models.tiny_autoencoder import diffusers_model
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.hub_access import hub_unreachable, not_on_hub_message, quiet_hub
 
@@ -42,7 +43,7 @@ def load_preview_decoder(path_or_repo: str | Path | None = None, family: str | N
         path_or_repo = family_info(family).repo_id
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if Path(path_or_repo).exists():
-        model = load_student(path_or_repo, family).to_diffusers()
+        model = diffusers_model(load_student(path_or_repo, family))
         # nn.Module.to: diffusers 0.42's ModelMixin.to warns on every dtype cast, needed or not.
         nn.Module.to(model, dtype=dtype)
     else:

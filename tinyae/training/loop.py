@@ -112,7 +112,7 @@ def distill(recipe: Recipe) -> Path:
 
     # The student, its EMA copy (what samples, checkpoints and the export use), discriminator, optimizers.
     student = build_student(recipe, teacher)
-    ema_student = Student(student.config).to(accelerator.device).requires_grad_(False)
+    ema_student = Student(student.arch).to(accelerator.device).requires_grad_(False)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
     parts = build_parts(recipe, teacher, student, accelerator)
     state = TrainState()

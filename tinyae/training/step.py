@@ -8,7 +8,6 @@ discriminator. What it updates is built once per run by `build_parts`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,9 +18,10 @@ from torch import nn
 from tinyae.config import Recipe
 from tinyae.errors import ConfigError
 from tinyae.models.discriminator import Discriminator
+from tinyae.models.formats import load_student
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher
-from tinyae.shipping.formats import load_student
+from tinyae.models.variants import resolve_arch
 from tinyae.training.losses import DistillLoss, discriminator_loss, weighted_total
 
 
@@ -37,21 +37,21 @@ class StudentStep(nn.Module):
 
 
 def build_student(recipe: Recipe, teacher: Teacher) -> Student:
-    """A new student shaped for `teacher`, or the weights named by `student.init`."""
+    """A new student shaped for `teacher` (the recipe's variant), or the weights named by `student.init`."""
     config = recipe.student
-    if config.latent_channels is None:
-        config = dataclasses.replace(config, latent_channels=teacher.latent_channels)
-    if config.latent_channels != teacher.latent_channels:
+    if config.latent_channels not in (None, teacher.latent_channels):
         raise ConfigError(f"student.latent_channels={config.latent_channels} but the teacher has "
                           f"{teacher.latent_channels}; drop the override or pick the matching teacher.")
     if config.init:
         student = load_student(config.init)
-        if student.latent_channels != teacher.latent_channels:
-            raise ConfigError(f"student.init '{config.init}' has {student.latent_channels} latent channels, the "
-                              f"teacher {teacher.latent_channels}.")
-        student.set_gradient_checkpointing(config.gradient_checkpointing)
-        return student
-    return Student(config)
+        if student.latent_channels != teacher.latent_channels or student.downscale != teacher.downscale:
+            raise ConfigError(f"student.init '{config.init}' reads {student.latent_channels}-channel latents at "
+                              f"1/{student.downscale} scale, the teacher writes {teacher.latent_channels} channels at "
+                              f"1/{teacher.downscale}: start from a student of this teacher's family.")
+    else:
+        student = Student(resolve_arch(config, teacher.latent_channels, teacher.downscale, teacher.family))
+    student.set_gradient_checkpointing(config.gradient_checkpointing)
+    return student
 
 
 @dataclass

@@ -16,16 +16,19 @@ read with `torch.load(weights_only=True)` only: weights from strangers must not 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tinyae.config import StudentConfig
-from tinyae.errors import ExportError
+from tinyae.errors import ConfigError, ExportError
 from tinyae.models.student import CONFIG_NAME, Student
+from tinyae.models.variants import StudentArch, resolve_arch
 from tinyae.utils.hub_access import fetch_snapshot, looks_like_repo_id
 from tinyae.utils.weights import read_weights
 
@@ -40,7 +43,8 @@ PAIR_EXTENSIONS = ("safetensors", "pth", "pt")  # preference order: safetensors 
 class Family:
     prefix: str  # TAESD file-name prefix that ComfyUI / Forge look for
     latent_channels: int
-    repo_id: str  # the published TAESD of this family (AutoencoderTiny layout on the Hub)
+    repo_id: str | None  # the published TAESD of this family in diffusers layout on the Hub, if there is one
+    variant: str = "taesd"  # the layout ComfyUI builds for this prefix (tinyae.models.variants)
 
 
 FAMILIES: dict[str, Family] = {
@@ -48,6 +52,8 @@ FAMILIES: dict[str, Family] = {
     "sdxl": Family("taesdxl", 4, "madebyollin/taesdxl"),
     "sd3": Family("taesd3", 16, "madebyollin/taesd3"),
     "flux": Family("taef1", 16, "madebyollin/taef1"),
+    "flux2": Family("taef2", 32, None, "flux_2"),
+    "sana": Family("taesana", 32, None, "f32"),
 }
 
 
@@ -58,11 +64,21 @@ def family_info(family: str) -> Family:
 
 
 def check_family(student: Student, family: str, source: object = "the student") -> None:
-    """A 4-channel student named taef1 would load in ComfyUI and decode garbage: refuse early."""
-    expected = family_info(family).latent_channels
-    if student.latent_channels != expected:
+    """A 4-channel student named taef1 would load in ComfyUI and decode garbage: refuse early.
+
+    ComfyUI and Forge build each prefix's fixed upstream layout, so a pair of another
+    layout (a slim student, say) is written with a warning: tinyae reads it, they do not.
+    """
+    info = family_info(family)
+    if student.latent_channels != info.latent_channels:
         raise ExportError(f"{source} has {student.latent_channels} latent channels but family '{family}' uses "
-                          f"{expected}; pick the family of the teacher it was distilled from.")
+                          f"{info.latent_channels}; pick the family of the teacher it was distilled from.")
+    standard = resolve_arch(StudentConfig(variant=info.variant, latent_channels=info.latent_channels))
+    if student.arch != dataclasses.replace(standard, act_fn=student.arch.act_fn,
+                                           upsample_fn=student.arch.upsample_fn) or student.arch.act_fn != "relu":
+        warnings.warn(f"{source} is not in the '{info.variant}' layout that ComfyUI and Forge build for "
+                      f"{info.prefix}_*: tinyae.load_student reads its pair, they do not (use the diffusers "
+                      "export there).", stacklevel=2)
 
 
 # ---------------------------------------------------------------- key mapping
@@ -107,10 +123,10 @@ def _layers(state: dict[str, torch.Tensor], source: str) -> list[tuple[int, str]
     layers = []
     for index in sorted(subkeys):
         names = subkeys[index]
-        if any(name.startswith("pool.") for name in names):
-            raise ExportError(f"{source} has GroupNorm 'pool' layers in its blocks (the FLUX.2 TAESD variant, "
-                              "taef2): that layout is not supported yet.")
         if "conv.0.weight" in names:
+            if any(name.startswith("skip.") for name in names):
+                raise ExportError(f"{source}: block {index} changes width inside the block (a 1x1 skip conv); "
+                                  "tinyae's layouts change width in the convs between stages.")
             layers.append((index, "block"))
         elif "weight" in names:
             layers.append((index, "conv"))
@@ -121,54 +137,80 @@ def _layers(state: dict[str, torch.Tensor], source: str) -> list[tuple[int, str]
     return layers
 
 
-def _blocks_per_stage(layers: list[tuple[int, str]]) -> list[int]:
-    """After the first conv, each conv closes a stage: [b, C, b, b, b, C, ...] -> [1, 3, ...]."""
-    counts, n = [], 0
-    for _, kind in layers[1:]:
-        if kind == "block":
-            n += 1
+def _stages(state: dict[str, torch.Tensor], layers: list[tuple[int, str]]) -> tuple[list[int], list[int], list[bool]]:
+    """Widths, block counts and pool flags of the stages between the first layer and the last conv.
+
+    A stage is opened by a conv (its output width) and holds the blocks up to the next conv.
+    """
+    widths, blocks, pools = [], [], []
+    for index, kind in layers[:-1]:
+        if kind == "conv":
+            widths.append(int(state[f"{index}.weight"].shape[0]))
+            blocks.append(0)
+            pools.append(False)
         else:
-            counts.append(n)
-            n = 0
-    return counts
+            blocks[-1] += 1
+            pools[-1] = pools[-1] or f"{index}.pool.0.weight" in state
+    return widths, blocks, pools
 
 
-def _single_width(state: dict[str, torch.Tensor], layers: list[tuple[int, str]], source: str) -> int:
-    widths = {int(state[f"{i}.weight" if kind == "conv" else f"{i}.conv.0.weight"].shape[0])
-              for i, kind in layers[:-1]}
-    if len(widths) != 1:
-        raise ExportError(f"{source} changes width between stages ({sorted(widths)}), as TAESD's f32 variant "
-                          "(taesana) does: AutoencoderTiny holds one width per side, so it is not supported yet.")
-    return widths.pop()
-
-
-def guess_config(encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor],
-                 names: tuple[str, str] = ("the encoder", "the decoder")) -> StudentConfig:
-    """Latent channels, widths and blocks per stage of a TAESD pair, read from its tensors."""
-    enc_layers, dec_layers = _layers(encoder, names[0]), _layers(decoder, names[1])
-    encoder_width = _single_width(encoder, enc_layers, names[0])
-    decoder_width = _single_width(decoder, dec_layers, names[1])
+def arch_from_pair(encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor],
+                   names: tuple[str, str] = ("the encoder", "the decoder")) -> StudentArch:
+    """A TAESD pair's layout, read from its tensors (stride and activations from where parameterless layers sit)."""
+    enc_layers = _layers(encoder, names[0])
+    dec_layers = [(i - CLAMP_OFFSET, kind) for i, kind in _layers(decoder, names[1])]
     enc_in = int(encoder[f"{enc_layers[0][0]}.weight"].shape[1])
-    dec_out = int(decoder[f"{dec_layers[-1][0]}.weight"].shape[0])
+    dec_out = int(decoder[f"{dec_layers[-1][0] + CLAMP_OFFSET}.weight"].shape[0])
     if enc_in != 3:
         raise ExportError(f"{names[0]} takes {enc_in} input channels, not 3 (RGB): is it a decoder?")
     if dec_out != 3:
         raise ExportError(f"{names[1]} writes {dec_out} channels, not 3 (RGB): is it an encoder?")
+    # Leading encoder convs followed by a parameterless layer (an activation) are the stride-2 stem (taesana's);
+    # a single leading conv straight into a block is TAESD's entry conv.
+    first_block = next((k for k, (_, kind) in enumerate(enc_layers) if kind == "block"), len(enc_layers) - 1)
+    leading = enc_layers[:first_block]
+    gaps = [enc_layers[k + 1][0] > index + 1 for k, (index, _) in enumerate(leading)]
+    if all(gaps):
+        stem = [int(encoder[f"{index}.weight"].shape[0]) for index, _ in leading]
+        enc_body = [(leading[-1][0], "conv")] + enc_layers[first_block:]
+    elif len(leading) == 1:
+        stem, enc_body = [], enc_layers
+    else:
+        raise ExportError(f"{names[0]} starts with {len(leading)} convs that are neither TAESD's entry conv nor "
+                          "a stride-2 stem; tinyae cannot tell their strides.")
+    enc_widths, enc_blocks, enc_pools = _stages(encoder, enc_body)
+    dec_widths, dec_blocks, dec_pools = _stages(decoder, [(i + CLAMP_OFFSET, k) for i, k in dec_layers])
+    pool = enc_pools[-1] or dec_pools[0]  # pool branches anywhere else fail the tensor-by-tensor load
     latent_channels = int(encoder[f"{enc_layers[-1][0]}.weight"].shape[0])
-    dec_in = int(decoder[f"{dec_layers[0][0]}.weight"].shape[1])
-    if dec_in != latent_channels:
-        raise ExportError(f"{names[0]} writes {latent_channels} latent channels but {names[1]} reads {dec_in}: "
+    decoder_in = int(decoder[f"{dec_layers[0][0] + CLAMP_OFFSET}.weight"].shape[1])
+    if latent_channels != decoder_in:
+        raise ExportError(f"{names[0]} writes {latent_channels} latent channels but {names[1]} reads {decoder_in}: "
                           "the two files are not a pair.")
-    return StudentConfig(
-        latent_channels=latent_channels,
-        encoder_width=encoder_width,
-        decoder_width=decoder_width,
-        encoder_blocks=_blocks_per_stage(enc_layers),
-        decoder_blocks=_blocks_per_stage(dec_layers),
-    )
+    try:
+        return StudentArch(latent_channels=latent_channels, encoder_widths=enc_widths, decoder_widths=dec_widths,
+                           encoder_blocks=enc_blocks, decoder_blocks=dec_blocks, encoder_stem=stem, pool=pool)
+    except ConfigError as exc:
+        raise ExportError(f"{names[0]} / {names[1]}: {exc}") from None
 
 
 # ---------------------------------------------------------------- reading files
+
+
+def is_pair(path: str | Path) -> bool:
+    """A TAESD pair: one of its files, a prefix such as `dir/taef2`, or a folder holding one and no config.json."""
+    path = Path(path)
+    if path.is_file():
+        return PAIR_NAME.fullmatch(path.name) is not None
+    if path.is_dir():
+        return not (path / CONFIG_NAME).exists() and any(PAIR_NAME.fullmatch(p.name) for p in path.iterdir())
+    return path.parent.is_dir() and any(path.parent.glob(f"{glob.escape(path.name)}_encoder.*"))
+
+
+def family_of_pair(path: str | Path) -> str | None:
+    """The family whose file names a pair carries (taef2_* -> flux2), if any."""
+    encoder, _ = find_pair(path)
+    prefix = PAIR_NAME.fullmatch(encoder.name)["prefix"]
+    return next((name for name, info in FAMILIES.items() if info.prefix == prefix), None)
 
 
 def find_pair(path: str | Path, family: str | None = None) -> tuple[Path, Path]:
@@ -213,8 +255,8 @@ def _pick(folder: Path, prefix: str, role: str) -> Path:
 
 def load_taesd(encoder_path: str | Path, decoder_path: str | Path) -> Student:
     encoder, decoder = read_weights(encoder_path), read_weights(decoder_path)
-    config = guess_config(encoder, decoder, (f"'{encoder_path}'", f"'{decoder_path}'"))
-    return Student(config).load_weights(from_taesd(encoder, decoder), f"The pair '{encoder_path}' + '{decoder_path}'")
+    arch = arch_from_pair(encoder, decoder, (f"'{encoder_path}'", f"'{decoder_path}'"))
+    return Student(arch).load_weights(from_taesd(encoder, decoder), f"The pair '{encoder_path}' + '{decoder_path}'")
 
 
 def load_student(path: str | Path, family: str | None = None) -> Student:

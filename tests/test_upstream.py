@@ -1,0 +1,62 @@
+"""The published TAESD-family files load into tinyae's variants and compute what upstream taesd.py computes.
+
+The references were computed by madebyollin/taesd's taesd.py on the same files
+(tests/data/taesd-reference/README.md). Upstream works in [0, 1]; tinyae in [-1, 1].
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinyae.config import StudentConfig
+from tinyae.models.formats import load_student
+from tinyae.models.student import Student
+from tinyae.models.variants import resolve_arch
+from tinyae.shipping.export import export_taesd
+from tinyae.utils.weights import read_weights
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM = ROOT / "weights" / "taesd-upstream"
+REF = load_file(ROOT / "tests" / "data" / "taesd-reference" / "outputs.safetensors")
+
+
+@pytest.fixture(scope="module")
+def taef2() -> Student:
+    return load_student(UPSTREAM / "taef2_encoder.pth", family="flux2").eval()
+
+
+def test_the_taef2_pair_reads_as_the_flux_2_variant(taef2):
+    assert taef2.arch == resolve_arch(StudentConfig(variant="flux_2", latent_channels=32))
+
+
+@torch.no_grad()
+def test_taef2_matches_upstream_within_1e_5(taef2):
+    image = REF["image64"]
+    latents = taef2.encode(image * 2 - 1)
+    assert (latents - REF["taef2_encoder(image64)"]).abs().max() < 1e-5
+    for name, z in (("taef2_decoder(taef2_encoder(image64))", REF["taef2_encoder(image64)"]),
+                    ("taef2_decoder(latent_noise)", REF["latent_noise"])):
+        assert ((taef2.decode(z) + 1) / 2 - REF[name]).abs().max() < 1e-5, name
+
+
+@torch.no_grad()
+def test_the_taesana_encoder_loads_into_the_f32_variant_and_matches_upstream():
+    student = Student(resolve_arch(StudentConfig(variant="f32", latent_channels=32))).eval()
+    student.encoder.layers.load_state_dict(read_weights(UPSTREAM / "taesana_encoder.pth"), strict=True)
+    latents = student.encode(REF["image128"] * 2 - 1)
+    assert latents.shape == (1, 32, 4, 4)
+    assert (latents - REF["taesana_encoder(image128)"]).abs().max() < 1e-5
+
+
+def test_a_flux2_student_exports_back_to_a_taef2_pair_that_reads_the_same(taef2, tmp_path):
+    paths = export_taesd(taef2, tmp_path, "flux2")
+    assert sorted(p.name for p in paths) == ["taef2_decoder.pth", "taef2_decoder.safetensors",
+                                             "taef2_encoder.pth", "taef2_encoder.safetensors"]
+    original = read_weights(UPSTREAM / "taef2_decoder.pth")
+    written = torch.load(tmp_path / "taef2_decoder.pth", weights_only=True)
+    assert written.keys() == original.keys()  # key for key what ComfyUI's TAESD(flux_2) loads
+    assert all(torch.equal(written[k], original[k].float()) for k in original)
+    again = load_student(tmp_path, family="flux2")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), taef2.state_dict().values()))

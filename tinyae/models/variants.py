@@ -1,0 +1,164 @@
+"""Student layouts: a registry of named variants (timm-style) and the one resolved architecture.
+
+A variant is a complete layout: widths and residual blocks per stage for the encoder and
+the decoder, an optional stride-2 stem in front of the encoder, and FLUX.2's GroupNorm
+"pool" branch. The names follow madebyollin/taesd's `taesd.py`:
+
+- `taesd`: TAESD's own shape (f8, one width of 64, blocks 1-3-3-3 / 3-3-3-1), which diffusers'
+  AutoencoderTiny holds;
+- `flux_2`: `taesd` plus the pool branch in the deepest encoder stage and the first decoder
+  stage ("flux_2 required global pooling/norm for accurate distillation", taef2);
+- `f32`: the 32x layout of taesana (DC-AE f32c32): two stride-2 stem convs before an f8
+  encoder, and a six-stage decoder whose widths narrow 256 -> 128 -> 64.
+
+Any field of `StudentConfig` left unset comes from the variant; a variant left unset comes
+from the teacher (`variant_for_teacher`). Register new layouts with `register_variant`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from tinyae.config import StudentConfig
+from tinyae.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StudentArch:
+    """Everything that shapes a student's tensors; two students with equal archs load each other's weights."""
+
+    latent_channels: int
+    encoder_widths: tuple[int, ...] = (64, 64, 64, 64)
+    decoder_widths: tuple[int, ...] = (64, 64, 64, 64)
+    encoder_blocks: tuple[int, ...] = (1, 3, 3, 3)
+    decoder_blocks: tuple[int, ...] = (3, 3, 3, 1)
+    encoder_stem: tuple[int, ...] = ()  # stride-2 convs (+ activation) before the first stage
+    pool: bool = False  # GroupNorm pool branch in the deepest encoder stage and the first decoder stage
+    act_fn: str = "relu"
+    upsample_fn: str = "nearest"
+
+    def __post_init__(self) -> None:
+        for name in ("encoder_widths", "decoder_widths", "encoder_blocks", "decoder_blocks", "encoder_stem"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        self.validate()
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.encoder_stem) + len(self.encoder_widths) - 1)
+
+    @property
+    def upscale(self) -> int:
+        return 2 ** (len(self.decoder_widths) - 1)
+
+    @property
+    def autoencoder_tiny(self) -> bool:
+        """Whether diffusers' AutoencoderTiny can hold these tensors (one width per side, no stem, no pool)."""
+        return (not self.encoder_stem and not self.pool and len(set(self.encoder_widths)) == 1
+                and len(set(self.decoder_widths)) == 1 and len(self.encoder_widths) == len(self.decoder_widths))
+
+    def validate(self) -> None:
+        checks = [
+            (self.latent_channels > 0, "latent_channels must be positive"),
+            (len(self.encoder_widths) == len(self.encoder_blocks) >= 1,
+             "encoder_widths and encoder_blocks need one entry per stage"),
+            (len(self.decoder_widths) == len(self.decoder_blocks) >= 1,
+             "decoder_widths and decoder_blocks need one entry per stage"),
+            (min(self.encoder_widths + self.decoder_widths + self.encoder_stem, default=1) > 0,
+             "widths must be positive"),
+            (min(self.encoder_blocks + self.decoder_blocks) >= 0, "block counts cannot be negative"),
+            (not self.encoder_stem or self.encoder_stem[-1] == self.encoder_widths[0],
+             "the last stem width must equal the first encoder width"),
+            (self.downscale == self.upscale,
+             f"the encoder downscales {self.downscale}x but the decoder upscales {self.upscale}x"),
+            (not self.pool or (self.encoder_blocks[-1] > 0 and self.decoder_blocks[0] > 0),
+             "the pool branch needs blocks in the deepest encoder stage and the first decoder stage"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"Invalid student architecture: {message} ({self}).")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named layout: every StudentArch field but latent_channels, which comes from the teacher."""
+
+    arch: dict = field(default_factory=dict)  # StudentArch fields other than latent_channels
+    note: str = ""
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(name: str, variant: Variant) -> None:
+    VARIANTS[name] = variant
+
+
+register_variant("taesd", Variant({}, "TAESD's shape: f8, width 64, blocks 1-3-3-3 / 3-3-3-1 (AutoencoderTiny)"))
+register_variant("flux_2", Variant({"pool": True}, "taesd + GroupNorm pool branch in the deepest stages (taef2)"))
+register_variant("f32", Variant({
+    "encoder_stem": (32, 64), "encoder_widths": (64, 64, 64, 64), "encoder_blocks": (1, 3, 3, 3),
+    "decoder_widths": (256, 128, 64, 64, 64, 64), "decoder_blocks": (3, 3, 3, 3, 3, 1),
+}, "32x layout of taesana (DC-AE f32c32): stride-2 stem, decoder 256 -> 128 -> 64"))
+
+
+def variant_for_teacher(downscale: int, family: str | None = None) -> str:
+    """The layout a teacher's latents call for when the recipe names none."""
+    if family == "flux2":
+        return "flux_2"
+    if downscale == 32:
+        return "f32"
+    if downscale != 8:
+        raise ConfigError(f"No student variant is registered for a {downscale}x teacher; set student.encoder_widths, "
+                          "decoder_widths, encoder_blocks and decoder_blocks (one stage per 2x) yourself.")
+    return "taesd"
+
+
+def _per_stage(side: str, widths: list[int] | None, blocks: list[int] | None, variant: dict, name: str
+               ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """One side's widths and blocks: overrides first, the variant's otherwise; a single value fills every stage."""
+    given = {f"{side}_widths": widths, f"{side}_blocks": blocks}
+    lengths = {k: len(v) for k, v in given.items() if v is not None and len(v) > 1}
+    if len(set(lengths.values())) > 1:
+        raise ConfigError(f"student.{side}_widths and student.{side}_blocks list different numbers of stages "
+                          f"({lengths[f'{side}_widths']} and {lengths[f'{side}_blocks']}).")
+    n = next(iter(lengths.values()), len(variant[f"{side}_widths"]))
+    out = []
+    for key, value in given.items():
+        if value is None:
+            value = variant[key]
+            if len(value) not in (1, n):
+                field = next(iter(lengths))
+                raise ConfigError(f"student.{field} lists {n} stages but variant '{name}' has {len(value)} {key}; "
+                                  f"set student.{key} too (one value per stage, or one for all).")
+        out.append(tuple(value) * n if len(value) == 1 else tuple(value))
+    return out[0], out[1]
+
+
+def resolve_arch(config: StudentConfig, latent_channels: int | None = None, downscale: int | None = None,
+                 family: str | None = None) -> StudentArch:
+    """The architecture a recipe's `student` section asks for, filled in from its variant and the teacher."""
+    name = config.variant or variant_for_teacher(downscale or 8, family)
+    if name not in VARIANTS:
+        raise ConfigError(f"Unknown student.variant '{name}'; registered: {', '.join(VARIANTS)}.")
+    base = {**dataclasses.asdict(StudentArch(latent_channels=1)), **VARIANTS[name].arch}
+    channels = config.latent_channels or latent_channels
+    if channels is None:
+        raise ConfigError("The student's latent_channels are unknown: set student.latent_channels or give a teacher.")
+    arch = {**base, "latent_channels": channels, "act_fn": config.act_fn, "upsample_fn": config.upsample_fn}
+    for side in ("encoder", "decoder"):
+        arch[f"{side}_widths"], arch[f"{side}_blocks"] = _per_stage(
+            side, getattr(config, f"{side}_widths"), getattr(config, f"{side}_blocks"), base, name)
+    if config.encoder_stem is not None:
+        arch["encoder_stem"] = tuple(config.encoder_stem)
+    if config.pool is not None:
+        arch["pool"] = config.pool
+    resolved = StudentArch(**arch)
+    if downscale is not None and resolved.downscale != downscale:
+        raise ConfigError(f"The student downscales {resolved.downscale}x but the teacher {downscale}x; pick a variant "
+                          f"with {int(math.log2(downscale))} halvings (student.variant) or adjust the stages.")
+    return resolved
