@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
-from tinyae.data.images import list_images, scan_images
+from tinyae.data.images import CropPolicy, from_uint8, list_images, random_crop, scan_images, to_tensor, to_uint8
 from tinyae.data.source import make_train_loader
 from tinyae.errors import DataError
 
@@ -97,3 +97,30 @@ def test_held_out_images_are_deterministic_and_disjoint(photos):
     assert split_holdout(files, 2) == (train, held)
     with pytest.raises(DataError, match="hold out"):
         split_holdout(files, len(files))
+
+
+def test_colour_augmentation_touches_only_its_share_of_crops_and_is_reproducible(photos):
+    files = list_images(photos)
+    plain = RandomCrops(files, CropPolicy(32), seed=3)
+    jittered = RandomCrops(files, CropPolicy(32, color_aug=0.5), seed=3)
+    changed = [not torch.equal(plain[i], jittered[i]) for i in range(40)]
+    assert 8 < sum(changed) < 32  # about half of the crops; the others are the very same crop
+    again = RandomCrops(files, CropPolicy(32, color_aug=0.5), seed=3)
+    assert all(torch.equal(jittered[i], again[i]) for i in range(10))  # a pure function of (seed, index)
+    x = jittered[next(i for i, c in enumerate(changed) if c)]
+    assert torch.equal(from_uint8(to_uint8(x)), x)  # still 8-bit, so a teacher cache stores it exactly
+
+
+def test_any_scale_crops_range_from_native_detail_to_the_whole_image(photos):
+    """Seraena draws the crop side from the training size up to the image's short side (data.crop_scale any)."""
+    image = Image.open(photos / "astronaut.png").convert("RGB")  # 512 x 512
+    native = [to_tensor(image.crop((x, y, x + 32, y + 32))) for x in range(0, 481, 32) for y in range(0, 481, 32)]
+    thumbnail = to_tensor(image.resize((32, 32), Image.BICUBIC))
+
+    def closest(policy, reference):
+        crops = [random_crop(image, policy, torch.Generator().manual_seed(i)) for i in range(300)]
+        return min(min((c - r).abs().mean().item() for r in reference) for c in crops)
+
+    any_scale, zoom = CropPolicy(32, hflip=False, scale="any"), CropPolicy(32, hflip=False)
+    assert closest(any_scale, native) < 0.02 and closest(any_scale, [thumbnail]) < 0.05  # both ends occur
+    assert closest(zoom, native) > 0.05  # zoom crops of a big image never show native-resolution detail

@@ -26,7 +26,9 @@ from tinyae.models.teacher import Teacher
 
 SUMMARY_KEYS = {
     "resolution", "n_images", "psnr_vs_teacher", "ssim_vs_teacher", "ms_ssim_vs_teacher", "lpips_vs_teacher",
+    "chroma_diff_vs_teacher", "saturation_diff_vs_teacher", "colour_error_vs_teacher",
     "psnr_vs_original", "lpips_vs_original", "roundtrip_psnr_vs_teacher", "roundtrip_lpips_vs_teacher",
+    "chroma_diff_vs_original", "saturation_diff_vs_original", "colour_error_vs_original",
     "teacher_psnr_vs_original", "latent_mse", "latent_r2",
 }
 

@@ -11,12 +11,14 @@ from skimage.metrics import structural_similarity
 from tinyae.evaluation.metrics import (
     MS_SSIM_MIN_SIZE,
     LatentStats,
+    chroma_diff,
     image_metrics,
     latent_mse,
     latent_r2,
     lpips,
     ms_ssim,
     psnr,
+    saturation_diff,
     ssim,
 )
 
@@ -74,7 +76,7 @@ def test_image_metrics_are_per_image(photo):
     pair = torch.cat([photo, photo])
     other = torch.cat([photo, _blur(photo, 4)])
     values = image_metrics(pair, other)
-    assert set(values) == {"psnr", "ssim", "ms_ssim", "lpips"}
+    assert set(values) == {"psnr", "ssim", "ms_ssim", "lpips", "chroma_diff", "saturation_diff", "colour_error"}
     for name, v in values.items():
         assert v.shape == (2,), name
     assert values["psnr"][0] == math.inf and values["psnr"][1] < 40
@@ -114,3 +116,15 @@ def test_latent_stats_stream_batches_to_the_same_numbers():
     assert stats.r2().tolist() == pytest.approx(latent_r2(pred, z).tolist(), abs=1e-6)
     assert stats.mse() == pytest.approx(latent_mse(pred, z).mean().item(), rel=1e-6)
     assert stats.std().tolist() == pytest.approx(z.std(dim=(0, 2, 3), unbiased=False).tolist(), rel=1e-5)
+
+
+def test_colour_metrics_see_dull_and_vivid_outputs():
+    """Desaturation barely moves PSNR at the start, but it is what users call 'dim colours'."""
+    image = torch.from_numpy(astronaut()).permute(2, 0, 1)[None].float().div(127.5).sub(1)[:, :, ::4, ::4]
+    grey = image.mean(1, keepdim=True)
+    dull, vivid = grey + 0.7 * (image - grey), (grey + 1.3 * (image - grey)).clamp(-1, 1)
+    assert chroma_diff(image, image).abs().max() < 1e-4 and saturation_diff(image, image).abs().max() < 1e-6
+    assert chroma_diff(dull, image) < -3 and saturation_diff(dull, image) < -0.05
+    assert chroma_diff(vivid, image) > 2 and saturation_diff(vivid, image) > 0.02
+    metrics = image_metrics(dull, image)
+    assert torch.equal(metrics["colour_error"], metrics["chroma_diff"].abs())

@@ -100,6 +100,7 @@ def test_registered_variants_have_the_upstream_shapes(variant, channels, params)
 def test_the_variant_follows_the_teacher_unless_named():
     assert resolve_arch(StudentConfig(), latent_channels=32, downscale=32).encoder_stem == (32, 64)
     assert resolve_arch(StudentConfig(), latent_channels=32, downscale=8, family="flux2").pool
+    assert resolve_arch(StudentConfig(variant="flux2"), latent_channels=32).pool  # --student.variant flux2
     assert not resolve_arch(StudentConfig(), latent_channels=16, downscale=8).pool
     with pytest.raises(ConfigError, match="downscales 8x but the teacher 32x"):
         resolve_arch(StudentConfig(variant="taesd"), latent_channels=32, downscale=32)

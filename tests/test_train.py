@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import small_vae
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tinyae.config import TeacherConfig, load_recipe
 from tinyae.data.images import list_images, load_eval_images
@@ -109,3 +110,31 @@ def test_loss_terms_stay_on_the_device_until_the_log_step():
     assert all(isinstance(v, torch.Tensor) for v in running.sums.values())  # nothing synced to the host yet
     assert running.pop() == {"pixel": 3.0, "adv": 4.0}  # each term's mean over the steps it was computed
     assert running.pop() == {}
+
+
+PUBLISHED = {"loss": {"adv_loss": "relativistic", "adv_scale": "normalized", "replay": 8, "disc": "multiscale",
+                      "disc_width": 8, "pixel_pool": 8, "pixel_weight": 0.1, "lpips_weight": 0.0, "adv_weight": 0.5,
+                      "encoder_adv_weight": 0.1},
+             "data": {"crop_scale": "any", "color_aug": 0.5}, "optim": {"amsgrad": True},
+             "student": {"mid_grey_init": True}}
+
+
+def published_recipe(teacher_dir, photos, out, **train):
+    recipe = tiny_recipe(teacher_dir, photos, out, **train)
+    for section, fields in PUBLISHED.items():
+        for key, value in fields.items():
+            setattr(getattr(recipe, section), key, value)
+    return recipe.validate()
+
+
+def test_the_published_recipe_trains_logs_its_health_and_resumes_exactly(teacher_dir, photos, tmp_path):
+    straight = distill(published_recipe(teacher_dir, photos, tmp_path / "straight", checkpoints_total_limit=0))
+    scalars = EventAccumulator(str(next((straight / "logs").rglob("events.out.tfevents.*")))).Reload().Tags()["scalars"]
+    assert {"health/disc_real_acc", "health/disc_fake_acc", "health/adv_grad_ratio", "loss/adv"} <= set(scalars)
+    crashed = tmp_path / "crashed"
+    distill(published_recipe(teacher_dir, photos, crashed, checkpoints_total_limit=0))
+    for lost in list_checkpoints(crashed)[1:] + [crashed / "student"]:
+        shutil.rmtree(lost)
+    distill(published_recipe(teacher_dir, photos, crashed, checkpoints_total_limit=0, resume="latest"))
+    a, b = weights(straight / "student"), weights(crashed / "student")  # replay buffer and RNGs were checkpointed
+    assert all(torch.equal(a[k], b[k]) for k in a)

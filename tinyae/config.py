@@ -50,6 +50,7 @@ class StudentConfig:
     act_fn: Literal["relu", "silu", "swish", "mish", "gelu"] = "relu"
     upsample_fn: Literal["nearest", "bilinear", "bicubic"] = "nearest"
     init: str | None = None  # start from these weights (AutoencoderTiny/TinyAutoencoder folder, TAESD pair, Hub id)
+    mid_grey_init: bool = False  # start the decoder's last bias at mid-grey (TAESD's 0.5 in [0, 1])
     gradient_checkpointing: bool = False
 
 
@@ -59,8 +60,10 @@ class DataConfig:
     resolution: int = 256
     final_resolution: int | None = None  # crop size of the closing fine-tune phase
     final_steps: int = 0  # steps at final_resolution at the end of training
-    max_zoom_out: float = 2.0  # downscale images by up to this factor before cropping
+    crop_scale: Literal["zoom", "any"] = "zoom"  # any: crop side drawn from resolution up to the full short side
+    max_zoom_out: float = 2.0  # zoom: shrink the short side to between resolution and this factor x resolution
     hflip: bool = True
+    color_aug: float = 0.0  # share of crops whose saturation, hue, brightness and contrast are jittered
     holdout: int = 8  # images kept out of training for evaluation
     num_workers: int = 0
     cache: str | None = None  # teacher latent cache folder (`tinyae cache-latents`)
@@ -74,15 +77,25 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    latent: Literal["mse", "l1"] = "mse"  # encoder vs teacher latents
+    """The loss terms and their weights (tinyae.training.losses and .adversarial say what each one is)."""
+
+    # encoder: match the teacher's latents
+    latent: Literal["mse", "l1"] = "mse"
     latent_weight: float = 1.0
-    target: Literal["image", "teacher"] = "image"  # decoder target: the real image or the teacher's reconstruction
+    encoder_adv_weight: float = 0.0  # the student's round trip judged by the discriminator, into the encoder too
+    # decoder: reconstruct the image from the teacher's latents
+    target: Literal["image", "teacher"] = "image"  # the real image or the teacher's reconstruction
     pixel: Literal["mse", "l1"] = "mse"
     pixel_weight: float = 1.0
+    pixel_pool: int = 1  # average-pool both images by this factor first (8: TAESD 1.2's faint low-res MSE)
     lpips_weight: float = 0.1
     lpips_net: Literal["alex", "vgg"] = "alex"
     adv_weight: float = 0.0
     adv_start: int = 0  # step at which the discriminator starts to train and to count
+    adv_loss: Literal["hinge", "relativistic"] = "hinge"  # relativistic: Seraena's least-squares + feature matching
+    adv_scale: Literal["raw", "normalized", "adaptive"] = "raw"  # how the adversarial gradient is sized
+    replay: int = 0  # past fakes the discriminator also sees (0: none)
+    disc: Literal["patch", "multiscale"] = "patch"  # multiscale: scores from every depth (Seraena's)
     disc_width: int = 64
 
 
@@ -94,6 +107,7 @@ class OptimConfig:
     disc_lr: float = 3e-4
     grad_clip: float = 1.0
     warmup_steps: int = 0
+    amsgrad: bool = False
 
 
 @dataclass
@@ -138,6 +152,10 @@ class Recipe:
             (0 <= self.data.final_steps <= self.train.steps, "data.final_steps must be between 0 and train.steps"),
             (self.data.final_resolution is None or self.data.final_resolution % 8 == 0, "data.final_resolution must be a multiple of 8"),
             (self.data.max_zoom_out >= 1.0, "data.max_zoom_out must be >= 1"),
+            (0.0 <= self.data.color_aug <= 1.0, "data.color_aug is a share of crops, between 0 and 1"),
+            (self.loss.pixel_pool >= 1 and self.data.resolution % self.loss.pixel_pool == 0,
+             "loss.pixel_pool must be at least 1 and divide data.resolution"),
+            (self.loss.replay >= 0, "loss.replay cannot be negative"),
             (len(self.optim.betas) == 2, "optim.betas must have two values"),
         ]
         for ok, message in checks:

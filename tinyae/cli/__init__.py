@@ -24,6 +24,7 @@ from tinyae.cli import (
     inspect_vae,
     lpips,
     push,
+    study,
     train_teacher,
 )
 from tinyae.errors import TinyaeError
@@ -32,7 +33,7 @@ from tinyae.errors import TinyaeError
 COMMANDS = {
     "distill": distill, "evaluate": evaluate, "bench": bench, "export": export, "push": push,
     "inspect-vae": inspect_vae, "cache-latents": cache_latents, "bench-train": bench_train,
-    "train-teacher": train_teacher, "lpips": lpips,
+    "train-teacher": train_teacher, "lpips": lpips, "study": study,
 }
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from tinyae.data.images import BAD_IMAGE_ERRORS, load_rgb, random_crop
+from tinyae.data.images import BAD_IMAGE_ERRORS, CropPolicy, as_crop_policy, load_rgb, random_crop
 from tinyae.errors import DataError
 
 
@@ -33,14 +33,14 @@ def split_holdout(files: list[Path], holdout: int) -> tuple[list[Path], list[Pat
 
 
 class IndexedCrops(Dataset):
-    """Sample index -> (3, size, size) crop in [-1, 1] of one of `count` images; any index >= 0 works.
+    """Sample index -> crop in [-1, 1] (as `policy` draws it) of one of `count` images; any index >= 0 works.
 
     An unreadable image is skipped (warned about once, remembered) and the next one used,
     so one bad file never stops a run. Subclasses say how image `k` is read and named.
     """
 
-    def __init__(self, count: int, size: int, seed: int = 0, max_zoom_out: float = 2.0, hflip: bool = True):
-        self.count, self.size, self.seed, self.max_zoom_out, self.hflip = count, size, seed, max_zoom_out, hflip
+    def __init__(self, count: int, policy: CropPolicy | int, seed: int = 0):
+        self.count, self.policy, self.seed = count, as_crop_policy(policy), seed
         self.bad: set[int] = set()
 
     def image(self, k: int) -> Image.Image:
@@ -66,17 +66,17 @@ class IndexedCrops(Dataset):
                 self.bad.add(k)
                 warnings.warn(f"Skipping unreadable {self.name(k)}: {exc}", stacklevel=2)
                 continue
-            return random_crop(img, self.size, gen, self.max_zoom_out, self.hflip)
+            return random_crop(img, self.policy, gen)
         raise DataError("Every training image failed to load; check the data.")
 
 
 class RandomCrops(IndexedCrops):
     """Random crops of image files."""
 
-    def __init__(self, files: list[Path], size: int, seed: int = 0, max_zoom_out: float = 2.0, hflip: bool = True):
+    def __init__(self, files: list[Path], policy: CropPolicy | int, seed: int = 0):
         if not files:
             raise DataError("No training images left after the held-out split; add images or lower data.holdout.")
-        super().__init__(len(files), size, seed, max_zoom_out, hflip)
+        super().__init__(len(files), policy, seed)
         self.files = list(files)
 
     def image(self, k: int) -> Image.Image:

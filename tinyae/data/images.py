@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from kornia import enhance
 from PIL import Image, UnidentifiedImageError
 
 from tinyae.errors import DataError
@@ -90,22 +92,71 @@ def to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(to_uint8(x.detach().float()).permute(1, 2, 0).cpu().numpy())
 
 
-def random_crop(img: Image.Image, size: int, gen: torch.Generator, max_zoom_out: float = 2.0,
-                hflip: bool = True) -> torch.Tensor:
-    """Resize the short side into [size, size*max_zoom_out] (never upscaling past need), crop, maybe flip."""
+@dataclass(frozen=True)
+class CropPolicy:
+    """How a training crop is drawn; every random choice comes from the sample's own generator.
+
+    `scale` "zoom": the image is shrunk so its short side is between `size` and
+    `size * max_zoom_out`, then cropped, so crops show half to all of it; "any": the crop's side
+    is drawn between `size` pixels (native detail) and the image's full short side, then resized
+    to `size`, as madebyollin/seraena draws them. Crops may be flipped and, for a `color_aug`
+    share of samples, jittered in saturation, hue, brightness and contrast (TAESD's author:
+    colour augmentation on 5-10% of samples "helped saturated colours").
+    """
+
+    size: int
+    max_zoom_out: float = 2.0
+    hflip: bool = True
+    color_aug: float = 0.0
+    scale: str = "zoom"  # zoom | any
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def as_crop_policy(policy: CropPolicy | int) -> CropPolicy:
+    """A crop size alone means the default zoom and flips."""
+    return CropPolicy(policy) if isinstance(policy, int) else policy
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * torch.rand((), generator=gen).item()
+
+
+def color_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random saturation / hue / brightness / contrast change of a (3, H, W) image in [-1, 1], kept 8-bit."""
+    y = x.add(1).div(2)
+    y = enhance.adjust_saturation(y, _uniform(gen, 0.5, 1.8))
+    y = enhance.adjust_hue(y, _uniform(gen, -0.25, 0.25))
+    y = enhance.adjust_brightness(y, _uniform(gen, -0.1, 0.1))
+    y = enhance.adjust_contrast(y, _uniform(gen, 0.75, 1.3)).clamp(0, 1)
+    return from_uint8(to_uint8(y.mul(2).sub(1)))  # 8-bit like every other crop, so the cache stores it exactly
+
+
+def random_crop(img: Image.Image, policy: CropPolicy, gen: torch.Generator) -> torch.Tensor:
+    """A `policy.size` crop of `img` in [-1, 1] (see CropPolicy), never upscaling past need."""
+    size = policy.size
     w, h = img.size
     short = min(w, h)
-    hi = max(size, min(short, size * max_zoom_out))
-    target = size + (hi - size) * torch.rand((), generator=gen).item()
-    scale = target / short
-    if abs(scale - 1) > 1e-3:
-        img = img.resize((max(size, math.ceil(w * scale)), max(size, math.ceil(h * scale))), Image.BICUBIC)
-    w, h = img.size
-    left = int(torch.randint(0, w - size + 1, (), generator=gen))
-    top = int(torch.randint(0, h - size + 1, (), generator=gen))
-    x = to_tensor(img.crop((left, top, left + size, top + size)))
-    if hflip and torch.rand((), generator=gen).item() < 0.5:
+    if policy.scale == "any" and short > size:
+        side = round(size + (short - size) * torch.rand((), generator=gen).item())
+        left = int(torch.randint(0, w - side + 1, (), generator=gen))
+        top = int(torch.randint(0, h - side + 1, (), generator=gen))
+        x = to_tensor(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
+    else:
+        hi = max(size, min(short, size * policy.max_zoom_out))
+        target = size + (hi - size) * torch.rand((), generator=gen).item()
+        scale = target / short
+        if abs(scale - 1) > 1e-3:
+            img = img.resize((max(size, math.ceil(w * scale)), max(size, math.ceil(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left = int(torch.randint(0, w - size + 1, (), generator=gen))
+        top = int(torch.randint(0, h - size + 1, (), generator=gen))
+        x = to_tensor(img.crop((left, top, left + size, top + size)))
+    if policy.hflip and torch.rand((), generator=gen).item() < 0.5:
         x = x.flip(-1)
+    if policy.color_aug > 0 and torch.rand((), generator=gen).item() < policy.color_aug:
+        x = color_jitter(x, gen)
     return x
 
 

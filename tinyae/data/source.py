@@ -24,12 +24,14 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
-from tinyae.config import Recipe
+from tinyae.config import DataConfig, Recipe
 from tinyae.data.cache import build_cache, cache_header, finish_cache, num_shards, open_cache, start_cache
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
 from tinyae.data.images import (
     BUILTIN_PHOTOS,
     IMAGE_EXTENSIONS,
+    CropPolicy,
+    as_crop_policy,
     center_crop,
     decode_image,
     list_images,
@@ -63,41 +65,38 @@ class TrainSource:
     image_column: str = "image"
     name: str = ""
 
-    def dataset(self, resolution: int, seed: int, max_zoom_out: float = 2.0, hflip: bool = True):
+    def dataset(self, policy: CropPolicy, seed: int):
         """Indexable samples (folder, hf, cache) or None for a stream."""
-        if resolution in self.caches:
-            return self.caches[resolution]
+        if policy.size in self.caches:
+            return self.caches[policy.size]
         if self.kind == "cache":
-            raise DataError(f"No teacher cache for {resolution} px crops and no images to crop on the fly; pass "
-                            f"data.path too, or a cache built with --resolution {resolution}.")
+            raise DataError(f"No teacher cache for {policy.size} px crops and no images to crop on the fly; pass "
+                            f"data.path too, or a cache built with --resolution {policy.size}.")
         if self.kind == "folder":
-            return RandomCrops(self.files, resolution, seed=seed, max_zoom_out=max_zoom_out, hflip=hflip)
+            return RandomCrops(self.files, policy, seed=seed)
         if self.kind == "hf":
-            return HFRows(self.rows, self.image_column, resolution, seed, max_zoom_out, hflip, name=self.name)
+            return HFRows(self.rows, self.image_column, policy, seed, name=self.name)
         return None
 
-    def stream(self, resolution: int, batch_size: int, seed: int, start_step: int = 0, num_steps: int | None = None,
-               rank: int = 0, world_size: int = 1, max_zoom_out: float = 2.0, hflip: bool = True):
-        return StreamCrops(self.reader, resolution, batch_size, seed, start_step, num_steps, rank, world_size,
-                           max_zoom_out, hflip)
+    def stream(self, policy: CropPolicy, batch_size: int, seed: int, start_step: int = 0,
+               num_steps: int | None = None, rank: int = 0, world_size: int = 1) -> StreamCrops:
+        return StreamCrops(self.reader, policy, batch_size, seed, start_step, num_steps, rank, world_size)
 
-    def crops(self, resolution: int, seed: int, start: int, count: int, max_zoom_out: float = 2.0,
-              hflip: bool = True) -> Iterator[torch.Tensor]:
+    def crops(self, policy: CropPolicy, seed: int, start: int, count: int) -> Iterator[torch.Tensor]:
         """Crops of sample indices [start, start + count), as a one-process run draws them (cache builds)."""
-        data = self.dataset(resolution, seed, max_zoom_out, hflip)
+        data = self.dataset(policy, seed)
         if data is None:
-            return self.stream(resolution, count, seed, max_zoom_out=max_zoom_out, hflip=hflip).take(start, count)
+            return self.stream(policy, count, seed).take(start, count)
         return (data[i] for i in range(start, start + count))
 
-    def crop_policy(self, resolution: int, seed: int, max_zoom_out: float, hflip: bool, holdout: int) -> dict:
+    def fingerprint(self, policy: CropPolicy, seed: int, holdout: int) -> dict:
         """What decides which crop sample `i` is: recorded in a cache, compared when training from it."""
         source = self.reader.describe() if self.reader is not None else {"format": self.kind, "path": self.name}
         if self.kind == "folder":
             source |= {"images": len(self.files), "holdout": holdout}
         if self.kind == "hf":
             source |= {"rows": len(self.rows)}
-        return {"source": source, "resolution": resolution, "seed": seed, "max_zoom_out": max_zoom_out,
-                "hflip": hflip}
+        return {"source": source, "seed": seed, **policy.to_dict()}
 
     def describe(self) -> str:
         """One line for the run log."""
@@ -203,10 +202,15 @@ def _open_caches(recipe, teacher) -> dict[int, Any]:
     return caches
 
 
+def crop_policy(data: DataConfig, resolution: int) -> CropPolicy:
+    """The recipe's crops at one phase's size."""
+    return CropPolicy(resolution, data.max_zoom_out, data.hflip, data.color_aug, data.crop_scale)
+
+
 def _check_crop_policy(recipe, source: TrainSource, resolution: int, cache) -> None:
     """A cache made with other crop settings still trains correctly; say so, because the data differ."""
     data = recipe.data
-    ours = source.crop_policy(resolution, recipe.train.seed, data.max_zoom_out, data.hflip, data.holdout)
+    ours = source.fingerprint(crop_policy(data, resolution), recipe.train.seed, data.holdout)
     theirs = cache.index["crop_policy"]
     differ = sorted(k for k in ours if json.dumps(ours[k], sort_keys=True) != json.dumps(theirs.get(k), sort_keys=True))
     if differ:
@@ -222,20 +226,20 @@ def collate_samples(samples: list) -> dict[str, torch.Tensor]:
     return {"images": torch.stack(samples)}
 
 
-def make_train_loader(files: list[Path] | TrainSource, resolution: int, batch_size: int, seed: int,
+def make_train_loader(files: list[Path] | TrainSource, policy: CropPolicy | int, batch_size: int, seed: int,
                       start_step: int = 0, num_steps: int | None = None, rank: int = 0, world_size: int = 1,
-                      num_workers: int = 0, max_zoom_out: float = 2.0, hflip: bool = True,
-                      pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                      num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """Batches for steps [start_step, start_step + num_steps) of this rank.
 
     Every batch has "images" (B, 3, R, R) in [-1, 1]; from a teacher cache also "latents"
-    (and "targets" if the cache has them). `files` is a list of images or a TrainSource.
+    (and "targets" if the cache has them). `files` is a list of images or a TrainSource;
+    `policy` says how crops are drawn (an int: crops of that size, default zoom and flips).
     """
     source = files if isinstance(files, TrainSource) else TrainSource("folder", files=list(files))
-    dataset = source.dataset(resolution, seed, max_zoom_out, hflip)
+    policy = as_crop_policy(policy)
+    dataset = source.dataset(policy, seed)
     if dataset is None:  # a stream batches itself, in step order whatever the number of workers
-        stream = source.stream(resolution, batch_size, seed, start_step, num_steps, rank, world_size, max_zoom_out,
-                               hflip)
+        stream = source.stream(policy, batch_size, seed, start_step, num_steps, rank, world_size)
         return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
     sampler = StepSampler(batch_size, start_step, rank, world_size, num_steps)
     return torch.utils.data.DataLoader(
@@ -272,9 +276,9 @@ def cache_recipe(recipe: Recipe, out: str | Path, samples: int | None = None, sh
     teacher = load_teacher(recipe.teacher, device=state.device)
     plain = dataclasses.replace(recipe, data=dataclasses.replace(data, cache=None, final_cache=None))
     source = make_train_source(plain)
-    seed = recipe.train.seed
-    policy = source.crop_policy(resolution, seed, data.max_zoom_out, data.hflip, data.holdout)
-    header = cache_header(teacher, resolution, samples, shard_size, with_targets, policy)
+    seed, policy = recipe.train.seed, crop_policy(data, resolution)
+    header = cache_header(teacher, resolution, samples, shard_size, with_targets,
+                          source.fingerprint(policy, seed, data.holdout))
     if state.is_main_process:
         start_cache(out, header)
         logger.info("Caching %d samples of %d px crops from %s with teacher %s into %s (%d shards).", samples,
@@ -282,9 +286,9 @@ def cache_recipe(recipe: Recipe, out: str | Path, samples: int | None = None, sh
     state.wait_for_everyone()
     bar = tqdm(total=num_shards(samples, shard_size), disable=not (show_progress and state.is_main_process),
                desc="cache")
-    build_cache(teacher, lambda start, count: source.crops(resolution, seed, start, count, data.max_zoom_out,
-                                                           data.hflip),
-                out, resolution, samples, shard_size, with_targets, policy, batch_size, state.process_index,
+    build_cache(teacher, lambda start, count: source.crops(policy, seed, start, count),
+                out, resolution, samples, shard_size, with_targets, header["crop_policy"], batch_size,
+                state.process_index,
                 state.num_processes, progress=lambda k, total: bar.update(min(state.num_processes, total - bar.n)))
     bar.close()
     state.wait_for_everyone()

@@ -35,7 +35,15 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from tinyae.data.folder import IndexedCrops
-from tinyae.data.images import BAD_IMAGE_ERRORS, IMAGE_EXTENSIONS, center_crop, decode_image, random_crop
+from tinyae.data.images import (
+    BAD_IMAGE_ERRORS,
+    IMAGE_EXTENSIONS,
+    CropPolicy,
+    as_crop_policy,
+    center_crop,
+    decode_image,
+    random_crop,
+)
 from tinyae.errors import DataError
 
 TAR_IMAGE_KEYS = tuple(ext.lstrip(".") for ext in sorted(IMAGE_EXTENSIONS))
@@ -178,12 +186,10 @@ class StreamCrops(IterableDataset):
     number of workers, because worker `w` produces the steps `start_step + w + k * n`.
     """
 
-    def __init__(self, reader, size: int, batch_size: int, seed: int = 0, start_step: int = 0,
-                 num_steps: int | None = None, rank: int = 0, world_size: int = 1, max_zoom_out: float = 2.0,
-                 hflip: bool = True):
-        self.reader, self.size, self.batch_size, self.seed = reader, size, batch_size, seed
+    def __init__(self, reader, policy: CropPolicy | int, batch_size: int, seed: int = 0, start_step: int = 0,
+                 num_steps: int | None = None, rank: int = 0, world_size: int = 1):
+        self.reader, self.policy, self.batch_size, self.seed = reader, as_crop_policy(policy), batch_size, seed
         self.start_step, self.num_steps, self.rank, self.world_size = start_step, num_steps, rank, world_size
-        self.max_zoom_out, self.hflip = max_zoom_out, hflip
         self.bad = 0  # unreadable records met by this process
 
     def records(self, part: int, parts: int, skip: int = 0) -> Iterator[tuple[int, Record]]:
@@ -217,7 +223,7 @@ class StreamCrops(IterableDataset):
                 continue
             for slot in pending + [position]:
                 gen = crop_generator(self.seed, part, parts, slot)
-                yield random_crop(img, self.size, gen, self.max_zoom_out, self.hflip)
+                yield random_crop(img, self.policy, gen)
             pending = []
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -254,11 +260,10 @@ class StreamCrops(IterableDataset):
 class HFRows(IndexedCrops):
     """A map-style Hugging Face dataset (`save_to_disk` folder) as random crops by sample index, like a folder."""
 
-    def __init__(self, dataset, column: str, size: int, seed: int = 0, max_zoom_out: float = 2.0,
-                 hflip: bool = True, name: str = "dataset"):
+    def __init__(self, dataset, column: str, policy: CropPolicy | int, seed: int = 0, name: str = "dataset"):
         if len(dataset) == 0:
             raise DataError(f"Dataset '{name}' is empty.")
-        super().__init__(len(dataset), size, seed, max_zoom_out, hflip)
+        super().__init__(len(dataset), policy, seed)
         self.dataset, self.column, self.dataset_name = _image_column(dataset, column, name), column, name
 
     def image(self, k: int) -> Image.Image:

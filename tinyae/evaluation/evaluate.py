@@ -37,7 +37,7 @@ from tinyae.utils.atomic import atomic_file
 from tinyae.utils.tables import fmt, markdown_table
 
 FORMAT = "tinyae-eval/1"
-METRICS = ("psnr", "ssim", "ms_ssim", "lpips")
+METRICS = ("psnr", "ssim", "ms_ssim", "lpips", "chroma_diff", "saturation_diff", "colour_error")
 # name -> (output, reference, what it means); outputs are the keys of `_outputs`.
 COMPARISONS = {
     "decoder_vs_teacher": ("decoder", "teacher", "student.decode(z) vs teacher.decode(z)"),
@@ -56,25 +56,37 @@ def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
-def _outputs(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every image and latent the comparisons need, for one batch, as float32 on the teacher's device."""
+@torch.no_grad()
+def teacher_reference(teacher: nn.Module, images: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
+    """The teacher's latents and decodes of `images`, to evaluate many students without recomputing them."""
+    parts = []
+    for chunk in images.split(batch_size):
+        z = teacher.encode(chunk.to(_placement(teacher)[0]).float()).float()
+        parts.append((z.cpu(), teacher.decode(z).float().cpu()))
+    return {"z_teacher": torch.cat([z for z, _ in parts]), "teacher": torch.cat([t for _, t in parts])}
+
+
+def _outputs(student: nn.Module, teacher: nn.Module, x: torch.Tensor, reference: dict[str, torch.Tensor] | None = None,
+             needed: Sequence[str] = tuple(COMPARISONS)) -> dict[str, torch.Tensor]:
+    """The images and latents the `needed` comparisons use, for one batch, as float32 on the teacher's device."""
     device, dtype = _placement(student)
     t_device = _placement(teacher)[0]
+    wanted = {name for comparison in needed for name in COMPARISONS[comparison][:2]}
 
     def run_student(fn, inp):
         return fn(inp.to(device, dtype)).float().to(t_device)
 
     x = x.to(t_device).float()
-    z_teacher = teacher.encode(x).float()
+    z_teacher = reference["z_teacher"].to(t_device) if reference else teacher.encode(x).float()
     z_student = run_student(student.encode, x)
-    out = {
-        "original": x,
-        "teacher": teacher.decode(z_teacher),
-        "decoder": run_student(student.decode, z_teacher),
-        "encoder_roundtrip": teacher.decode(z_student),
-        "student_roundtrip": run_student(student.decode, z_student),
+    makers = {
+        "original": lambda: x,
+        "teacher": lambda: reference["teacher"].to(t_device) if reference else teacher.decode(z_teacher),
+        "decoder": lambda: run_student(student.decode, z_teacher),
+        "encoder_roundtrip": lambda: teacher.decode(z_student),
+        "student_roundtrip": lambda: run_student(student.decode, z_student),
     }
-    out = {k: v.float().clamp(-1, 1) for k, v in out.items()}
+    out = {k: make().float().clamp(-1, 1) for k, make in makers.items() if k in wanted}
     return {**out, "z_teacher": z_teacher, "z_student": z_student}
 
 
@@ -108,8 +120,13 @@ def _describe(model: nn.Module, fallback: str) -> dict:
 
 @torch.no_grad()
 def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor, names: Sequence[str] | None = None,
-                    batch_size: int = 4, lpips_net: str = "alex", progress: bool = False) -> dict:
-    """The metrics of one set of same-size images (N, 3, H, W) in [-1, 1]."""
+                    batch_size: int = 4, lpips_net: str = "alex", progress: bool = False,
+                    reference: dict[str, torch.Tensor] | None = None,
+                    comparisons: Sequence[str] = tuple(COMPARISONS)) -> dict:
+    """The metrics of one set of same-size images (N, 3, H, W) in [-1, 1] (`reference`: see teacher_reference)."""
+    unknown = sorted(set(comparisons) - set(COMPARISONS))
+    if unknown:
+        raise ConfigError(f"Unknown comparison '{unknown[0]}'; known: {', '.join(COMPARISONS)}.")
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise DataError(f"Evaluation images must be a non-empty (N, 3, H, W) tensor, got {tuple(images.shape)}.")
     if images.shape[-1] % teacher.downscale or images.shape[-2] % teacher.downscale:
@@ -117,7 +134,7 @@ def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor
                         f"downscale factor {teacher.downscale}; choose a resolution divisible by it.")
     if names is not None and len(names) != images.shape[0]:
         raise DataError(f"Got {len(names)} names for {images.shape[0]} evaluation images.")
-    per_image = {name: {m: [] for m in METRICS} for name in COMPARISONS}
+    per_image = {name: {m: [] for m in METRICS} for name in comparisons}
     latent_mse: list[float] = []
     stats = metrics.LatentStats()
     batches = range(0, images.shape[0], batch_size)
@@ -126,8 +143,11 @@ def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor
 
         batches = tqdm(batches, desc=f"evaluate {images.shape[-1]} px", unit="batch")
     for start in batches:
-        out = _outputs(student, teacher, images[start:start + batch_size])
-        for name, (a, b, _) in COMPARISONS.items():
+        window = slice(start, start + batch_size)
+        out = _outputs(student, teacher, images[window],
+                       {k: v[window] for k, v in reference.items()} if reference else None, comparisons)
+        for name in comparisons:
+            a, b, _ = COMPARISONS[name]
             for metric, values in metrics.image_metrics(out[a], out[b], lpips_net).items():
                 per_image[name][metric] += values.cpu().tolist()
         latent_mse += metrics.latent_mse(out["z_student"], out["z_teacher"]).cpu().tolist()
@@ -145,8 +165,13 @@ def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor
 
 def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
              names: Sequence[str] | None = None, batch_size: int = 4, lpips_net: str = "alex",
-             progress: bool = False) -> dict:
+             progress: bool = False, references: Sequence[dict[str, torch.Tensor]] | None = None,
+             comparisons: Sequence[str] = tuple(COMPARISONS)) -> dict:
     """Student vs teacher on images in [-1, 1]: one (N, 3, H, W) tensor, or one per resolution.
+
+    `references` (one per image set, from `teacher_reference`) spare the teacher's own encode/decode
+    when many students are evaluated on the same images; `comparisons` picks a subset of COMPARISONS
+    (the round trips cost two more decodes per image).
 
     Returns {"format", "teacher", "student", "lpips_net", "notes", "resolutions": {"256": {...}}};
     each resolution holds "metrics" (comparison -> psnr/ssim/ms_ssim/lpips means), "latents"
@@ -163,8 +188,10 @@ def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequ
     was_training = student.training
     student.eval()
     try:
-        runs = {str(x.shape[-1]): evaluate_images(student, teacher, x, names, batch_size, lpips_net, progress)
-                for x in sets}
+        refs = list(references) if references is not None else [None] * len(sets)
+        runs = {str(x.shape[-1]): evaluate_images(student, teacher, x, names, batch_size, lpips_net, progress, ref,
+                                                  comparisons)
+                for x, ref in zip(sets, refs)}
     finally:
         student.train(was_training)
     lpips_source = getattr(load_lpips(lpips_net), "tinyae_source", "unknown")
@@ -177,8 +204,10 @@ def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequ
             "Decoded images are clamped to [-1, 1]; PSNR/SSIM/MS-SSIM are computed on [0, 1].",
             metrics.MS_SSIM_NOTE,
             f"LPIPS {lpips_net} with a pretrained trunk from {lpips_source}.",
+            "ΔC*ab: mean CIELAB chroma of the output minus the reference's (negative: duller colours); Δsat: the "
+            "same for HSV saturation; colour_error (eval.json): |ΔC*ab| per image, averaged.",
         ],
-        "comparisons": {name: meaning for name, (_, _, meaning) in COMPARISONS.items()},
+        "comparisons": {name: COMPARISONS[name][2] for name in comparisons},
         "resolutions": runs,
     }
 
@@ -201,9 +230,10 @@ def _largest(results: dict) -> dict:
 def summary(results: dict, resolution: int | None = None) -> dict:
     """Flat numbers for metrics.json and loggers, at `resolution` (default: the largest evaluated).
 
-    Keys: resolution, n_images, {psnr,ssim,ms_ssim,lpips}_vs_teacher (decoder), {psnr,lpips}_vs_original
-    (decoder), roundtrip_{psnr,lpips}_vs_teacher (student encoder through the teacher decoder),
-    teacher_psnr_vs_original, latent_mse, latent_r2. Undefined values (NaN, inf) are None.
+    Keys: resolution, n_images, {METRICS}_vs_teacher (decoder), {psnr,lpips,chroma_diff,saturation_diff,
+    colour_error}_vs_original (decoder), roundtrip_{psnr,lpips}_vs_teacher (student encoder through the teacher decoder),
+    teacher_psnr_vs_original, latent_mse, latent_r2. Undefined values (NaN, inf) and comparisons that were
+    not evaluated are None.
     """
     if resolution is not None and str(resolution) not in results["resolutions"]:
         raise ConfigError(f"No evaluation at {resolution} px; evaluated: {', '.join(results['resolutions'])}.")
@@ -215,9 +245,12 @@ def summary(results: dict, resolution: int | None = None) -> dict:
         **{f"{k}_vs_teacher": m["decoder_vs_teacher"][k] for k in METRICS},
         "psnr_vs_original": m["decoder_vs_original"]["psnr"],
         "lpips_vs_original": m["decoder_vs_original"]["lpips"],
-        "roundtrip_psnr_vs_teacher": m["encoder_roundtrip_vs_teacher"]["psnr"],
-        "roundtrip_lpips_vs_teacher": m["encoder_roundtrip_vs_teacher"]["lpips"],
-        "teacher_psnr_vs_original": m["teacher_roundtrip_vs_original"]["psnr"],
+        "chroma_diff_vs_original": m["decoder_vs_original"]["chroma_diff"],
+        "saturation_diff_vs_original": m["decoder_vs_original"]["saturation_diff"],
+        "colour_error_vs_original": m["decoder_vs_original"]["colour_error"],
+        "roundtrip_psnr_vs_teacher": m.get("encoder_roundtrip_vs_teacher", {}).get("psnr"),
+        "roundtrip_lpips_vs_teacher": m.get("encoder_roundtrip_vs_teacher", {}).get("lpips"),
+        "teacher_psnr_vs_original": m.get("teacher_roundtrip_vs_original", {}).get("psnr"),
         "latent_mse": run["latents"]["mse"],
         "latent_r2": run["latents"]["r2_mean"],
     }
@@ -233,11 +266,12 @@ def format_table(results: dict) -> str:
     for res, run in sorted(results["resolutions"].items(), key=lambda kv: int(kv[0])):
         for name, m in run["metrics"].items():
             rows.append([name, res, fmt(m["psnr"], ".2f"), fmt(m["ssim"], ".4f"), fmt(m["ms_ssim"], ".4f"),
-                         fmt(m["lpips"], ".4f")])
+                         fmt(m["lpips"], ".4f"), fmt(m["chroma_diff"], "+.2f"), fmt(m["saturation_diff"], "+.3f")])
         lat = run["latents"]
         latent_rows.append([res, fmt(lat["mse"], ".5f"), " ".join(fmt(v, ".3f") for v in lat["r2"]),
                             fmt(lat["r2_mean"], ".4f")])
-    images = markdown_table(["comparison", "px", "PSNR ↑", "SSIM ↑", "MS-SSIM ↑", "LPIPS ↓"], rows)
+    images = markdown_table(["comparison", "px", "PSNR ↑", "SSIM ↑", "MS-SSIM ↑", "LPIPS ↓", "ΔC*ab", "Δsat"],
+                            rows)
     latents = markdown_table(["px", "latent MSE ↓", "R² per channel ↑", "R² mean ↑"], latent_rows)
     return f"{images}\n\n{latents}"
 

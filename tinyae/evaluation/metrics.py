@@ -12,6 +12,10 @@ constants, so the numbers compare with published ones; nothing is clamped here.
   resolution). Five scales with an 11 px window need a short side of at least 161 px; smaller
   images give NaN rather than a number from fewer scales that would not compare with anything.
 - LPIPS: tinyae.evaluation.lpips, with a real pretrained trunk (never a random one).
+- Colour: dim or shifted colours are what users of tiny decoders complain about, and PSNR barely
+  sees them. `chroma_diff` is the mean CIELAB chroma C*ab of `a` minus that of `b` (negative: duller),
+  `saturation_diff` the same for HSV saturation in [0, 1], `colour_error` the absolute chroma
+  difference (per image, so errors of opposite sign do not cancel across images).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+from kornia.color import rgb_to_hsv, rgb_to_lab
 from kornia.metrics import psnr as _kornia_psnr
 from kornia.metrics import ssim as _kornia_ssim
 from pytorch_msssim import ms_ssim as _ms_ssim
@@ -73,9 +78,35 @@ def lpips(a: torch.Tensor, b: torch.Tensor, net: str = "alex") -> torch.Tensor:
     return lpips_distance(a, b, net=net)
 
 
+def mean_chroma(x: torch.Tensor) -> torch.Tensor:
+    """Mean CIELAB chroma C*ab = |(a*, b*)| per image (0 for grey; saturated photo colours reach 60-100)."""
+    lab = rgb_to_lab(_unit(x).clamp(0, 1))
+    return lab[:, 1:].square().sum(1).sqrt().mean(dim=(1, 2))
+
+
+def mean_saturation(x: torch.Tensor) -> torch.Tensor:
+    """Mean HSV saturation in [0, 1] per image."""
+    return rgb_to_hsv(_unit(x).clamp(0, 1))[:, 1].mean(dim=(1, 2))
+
+
+@torch.no_grad()
+def chroma_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean chroma of `a` minus that of `b`, per image: negative when `a`'s colours are duller."""
+    _check_pair(a, b)
+    return mean_chroma(a) - mean_chroma(b)
+
+
+@torch.no_grad()
+def saturation_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    _check_pair(a, b)
+    return mean_saturation(a) - mean_saturation(b)
+
+
 def image_metrics(a: torch.Tensor, b: torch.Tensor, lpips_net: str = "alex") -> dict[str, torch.Tensor]:
-    """All image metrics of a batch pair: {"psnr", "ssim", "ms_ssim", "lpips"} -> (N,) each."""
-    return {"psnr": psnr(a, b), "ssim": ssim(a, b), "ms_ssim": ms_ssim(a, b), "lpips": lpips(a, b, lpips_net)}
+    """All image metrics of a batch pair -> (N,) each: psnr, ssim, ms_ssim, lpips and the colour ones."""
+    chroma = chroma_diff(a, b)
+    return {"psnr": psnr(a, b), "ssim": ssim(a, b), "ms_ssim": ms_ssim(a, b), "lpips": lpips(a, b, lpips_net),
+            "chroma_diff": chroma, "saturation_diff": saturation_diff(a, b), "colour_error": chroma.abs()}
 
 
 @torch.no_grad()

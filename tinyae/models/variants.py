@@ -106,6 +106,9 @@ register_variant("f32", Variant({
 }, "32x layout of taesana (DC-AE f32c32): stride-2 stem, decoder 256 -> 128 -> 64"))
 
 
+ALIASES = {"flux2": "flux_2"}  # the family's name works for its layout too
+
+
 def variant_for_teacher(downscale: int, family: str | None = None) -> str:
     """The layout a teacher's latents call for when the recipe names none."""
     if family == "flux2":
@@ -142,7 +145,7 @@ def _per_stage(side: str, widths: list[int] | None, blocks: list[int] | None, va
 def resolve_arch(config: StudentConfig, latent_channels: int | None = None, downscale: int | None = None,
                  family: str | None = None) -> StudentArch:
     """The architecture a recipe's `student` section asks for, filled in from its variant and the teacher."""
-    name = config.variant or variant_for_teacher(downscale or 8, family)
+    name = ALIASES.get(config.variant, config.variant) or variant_for_teacher(downscale or 8, family)
     if name not in VARIANTS:
         raise ConfigError(f"Unknown student.variant '{name}'; registered: {', '.join(VARIANTS)}.")
     base = {**dataclasses.asdict(StudentArch(latent_channels=1)), **VARIANTS[name].arch}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from tinyae.config import Recipe
 from tinyae.data.images import load_eval_images
-from tinyae.data.source import TrainSource, make_train_loader, make_train_source
+from tinyae.data.source import TrainSource, crop_policy, make_train_loader, make_train_source
 from tinyae.evaluation.evaluate import evaluate, summary, write_report
 from tinyae.evaluation.factors import estimate_factors
 from tinyae.models.presets import TEACHERS
@@ -32,6 +33,7 @@ from tinyae.models.teacher import Teacher, load_teacher
 from tinyae.shipping.export import export_diffusers
 from tinyae.shipping.hub import push_to_hub
 from tinyae.training.checkpoints import TrainState, find_resume_checkpoint, save_checkpoint
+from tinyae.training.health import HEALTH_KEYS, HealthMonitor
 from tinyae.training.samples import sample_grid, save_sample
 from tinyae.training.step import build_parts, build_student, distill_step
 
@@ -55,10 +57,9 @@ def batches(recipe: Recipe, source: TrainSource, start_step: int, rank: int, wor
             continue
         begin = max(first, start_step)
         loader = make_train_loader(
-            source, resolution, recipe.train.batch_size, recipe.train.seed, start_step=begin * accum,
-            num_steps=(end - begin) * accum, rank=rank, world_size=world_size,
-            num_workers=recipe.data.num_workers, max_zoom_out=recipe.data.max_zoom_out, hflip=recipe.data.hflip,
-            pin_memory=torch.cuda.is_available(),
+            source, crop_policy(recipe.data, resolution), recipe.train.batch_size, recipe.train.seed,
+            start_step=begin * accum, num_steps=(end - begin) * accum, rank=rank, world_size=world_size,
+            num_workers=recipe.data.num_workers, pin_memory=torch.cuda.is_available(),
         )
         for i, batch in enumerate(loader):
             yield begin + i // accum, batch
@@ -85,6 +86,7 @@ class RunningMeans:
 def distill(recipe: Recipe) -> Path:
     """Train a student for `recipe`; returns the output folder (student/, metrics.json, samples/, logs/)."""
     cfg, out = recipe.train, Path(recipe.train.output_dir)
+    started = (time.perf_counter(), time.process_time())
     accelerator = Accelerator(
         # Without GPUs, `accelerate launch --num_processes N` must be told to use gloo on the CPU, or each
         # process would silently train alone.
@@ -116,7 +118,7 @@ def distill(recipe: Recipe) -> Path:
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
     parts = build_parts(recipe, teacher, student, accelerator)
     state = TrainState()
-    accelerator.register_for_checkpointing(ema, state, parts.sched)
+    accelerator.register_for_checkpointing(ema, state, parts.sched, parts.adversary)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         logger.info("Resumed from %s at step %d.", resume_from, state.step)
@@ -132,10 +134,11 @@ def distill(recipe: Recipe) -> Path:
 
     progress = tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="distill")
-    running = RunningMeans()
+    running, health = RunningMeans(), HealthMonitor()
     for step, batch in batches(recipe, source, state.step, accelerator.process_index, accelerator.num_processes):
         use_adv = recipe.loss.adv_weight > 0 and step >= recipe.loss.adv_start
-        running.add(distill_step(parts, batch, use_adv))
+        measure = (step + 1) % cfg.log_every == 0  # the gradient comparison costs two extra backward passes
+        running.add(distill_step(parts, batch, use_adv, measure))
         if not accelerator.sync_gradients:
             continue
 
@@ -145,10 +148,12 @@ def distill(recipe: Recipe) -> Path:
         progress.update(1)
         last = state.step == cfg.steps
         if state.step % cfg.log_every == 0 or last:
-            losses = running.pop()
-            progress.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
-            accelerator.log({f"loss/{k}": v for k, v in losses.items()} | {"lr": parts.sched.get_last_lr()[0]},
-                            step=state.step)
+            means = running.pop()  # the one host sync per log interval
+            progress.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
+            accelerator.log({f"{'health' if k in HEALTH_KEYS else 'loss'}/{k}": v for k, v in means.items()}
+                            | {"lr": parts.sched.get_last_lr()[0]}, step=state.step)
+            if accelerator.is_main_process:
+                health.check(means, state.step)
         do_sample = (state.step % cfg.sample_every == 0 or last) and sample_images is not None
         do_checkpoint = state.step % cfg.checkpoint_every == 0 or last
         if do_sample or do_checkpoint:
@@ -162,19 +167,20 @@ def distill(recipe: Recipe) -> Path:
     ema.copy_to(ema_student.parameters())
     if accelerator.is_main_process:
         export_diffusers(ema_student, out / "student", overwrite=True)
-        finish_run(recipe, out, ema_student, teacher, source, state.step)
+        finish_run(recipe, out, ema_student, teacher, source, state.step,
+                   {"wall_s": time.perf_counter() - started[0], "cpu_s": time.process_time() - started[1]})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
 
 
 def finish_run(recipe: Recipe, out: Path, student: Student, teacher: Teacher, source: TrainSource,
-               step: int) -> None:
-    """Evaluate the exported student on held-out images and record what the run was."""
+               step: int, seconds: dict | None = None) -> None:
+    """Evaluate the exported student on held-out images and record what the run was (and what it cost)."""
     preset = TEACHERS.get(recipe.teacher.name)
     run = {"teacher": recipe.teacher.name, "teacher_repo": preset.repo_id if preset else recipe.teacher.name,
            "family": teacher.family, "scaling_factor": teacher.scaling_factor, "shift_factor": teacher.shift_factor,
-           "steps": step, "unreadable_images": source.n_bad, "recipe": recipe.to_dict()}
+           "steps": step, "unreadable_images": source.n_bad, "time": seconds or {}, "recipe": recipe.to_dict()}
     (out / "run.json").write_text(json.dumps(run, indent=2))
     metrics: dict = {"steps": step, "heldout_images": len(source.heldout)}
     if source.heldout:

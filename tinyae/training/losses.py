@@ -1,14 +1,14 @@
-"""Distillation losses, each with its weight beside it.
+"""The reconstruction losses of distillation, each with its weight beside it.
 
-- encoder: match the teacher's diffusion-space latents (MSE, or L1 for sharper latents);
-- decoder: a pixel term, LPIPS with a real pretrained backbone, and an adversarial term
-  from a discriminator that sees the image together with the teacher latent it was decoded
-  from (tinyae.models.discriminator).
+- encoder: match the teacher's diffusion-space latents (MSE, or L1: "for the TAESDXL encoder
+  I think I just used L1 encoder loss at 256x256", github.com/madebyollin/taesd issue 11);
+- decoder: a pixel term, optionally on 8x average-pooled images (TAESD 1.2 kept only "very faint
+  low-res MSE" beside the adversarial term), and LPIPS with a real pretrained backbone (TAESD 1.1
+  had it "at lower weight than adversarial"; 1.2 dropped it: it "can cause recognizable artifacts
+  on faces & eyes").
 
-TAESD's author describes this family of losses in github.com/madebyollin/taesd issues 2,
-11 and 16: the encoder matches the teacher's latents; the decoder is trained as a
-latent-conditioned GAN with a little pixel loss, LPIPS weighted below the adversarial term.
-Every term is returned by name so it can be logged.
+The adversarial terms live in tinyae.training.adversarial. Terms are returned by name as
+(weight, value), so the step sums them and the loop logs them.
 """
 
 from __future__ import annotations
@@ -20,42 +20,35 @@ from torch import nn
 from tinyae.config import LossConfig
 from tinyae.evaluation.lpips import lpips_distance
 
+Terms = dict[str, tuple[float, torch.Tensor]]
+
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
     return F.l1_loss(a.float(), b.float()) if kind == "l1" else F.mse_loss(a.float(), b.float())
 
 
-def generator_adv_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    return -fake_logits.float().mean()
-
-
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Hinge loss: stable for small patch discriminators."""
-    return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()
-
-
 class DistillLoss(nn.Module):
-    """The loss terms of one student step and their weighted sum; weights come from the recipe."""
+    """The reconstruction terms of one student step; the weights come from the recipe."""
 
     def __init__(self, config: LossConfig):
         super().__init__()
         self.config = config
 
-    def encoder_terms(self, student_latents: torch.Tensor, teacher_latents: torch.Tensor
-                      ) -> dict[str, tuple[float, torch.Tensor]]:
+    def encoder_terms(self, student_latents: torch.Tensor, teacher_latents: torch.Tensor) -> Terms:
         c = self.config
         return {"latent": (c.latent_weight, distance(student_latents, teacher_latents, c.latent))}
 
-    def decoder_terms(self, recon: torch.Tensor, target: torch.Tensor, fake_logits: torch.Tensor | None = None
-                      ) -> dict[str, tuple[float, torch.Tensor]]:
+    def decoder_terms(self, recon: torch.Tensor, target: torch.Tensor) -> Terms:
         c = self.config
-        terms = {"pixel": (c.pixel_weight, distance(recon, target, c.pixel))}
+        pooled = (F.avg_pool2d(recon, c.pixel_pool), F.avg_pool2d(target, c.pixel_pool)) if c.pixel_pool > 1 else (
+            recon, target)
+        terms = {}
+        if c.pixel_weight > 0:
+            terms["pixel"] = (c.pixel_weight, distance(*pooled, c.pixel))
         if c.lpips_weight > 0:
             terms["lpips"] = (c.lpips_weight, lpips_distance(recon, target, net=c.lpips_net).mean())
-        if fake_logits is not None:
-            terms["adv"] = (c.adv_weight, generator_adv_loss(fake_logits))
         return terms
 
 
-def weighted_total(terms: dict[str, tuple[float, torch.Tensor]]) -> torch.Tensor:
+def weighted_total(terms: Terms) -> torch.Tensor:
     return sum(weight * value for weight, value in terms.values())

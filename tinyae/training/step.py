@@ -2,8 +2,9 @@
 
 A step takes a batch of crops (with the teacher's latents, when they come from the
 cache), lets the frozen teacher supply what is missing, updates the student (encoder
-matches the latents, decoder reconstructs the image from them) and then the
-discriminator. What it updates is built once per run by `build_parts`.
+matches the latents, decoder reconstructs the image from them, judged by the
+reconstruction terms and the discriminator) and then the discriminator. What it
+updates is built once per run by `build_parts`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from torch import nn
 
 from tinyae.config import Recipe
 from tinyae.errors import ConfigError
-from tinyae.models.discriminator import Discriminator
+from tinyae.models.discriminator import build_discriminator
 from tinyae.models.formats import load_student
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher
 from tinyae.models.variants import resolve_arch
-from tinyae.training.losses import DistillLoss, discriminator_loss, weighted_total
+from tinyae.training.adversarial import Adversary
+from tinyae.training.losses import DistillLoss, weighted_total
 
 
 class StudentStep(nn.Module):
@@ -32,8 +34,10 @@ class StudentStep(nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, images: torch.Tensor, teacher_latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.student.encode(images), self.student.decode(teacher_latents)
+    def forward(self, images: torch.Tensor, teacher_latents: torch.Tensor, round_trip: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        latents = self.student.encode(images)
+        return latents, self.student.decode(teacher_latents), self.student.decode(latents) if round_trip else None
 
 
 def build_student(recipe: Recipe, teacher: Teacher) -> Student:
@@ -50,6 +54,8 @@ def build_student(recipe: Recipe, teacher: Teacher) -> Student:
                               f"1/{teacher.downscale}: start from a student of this teacher's family.")
     else:
         student = Student(resolve_arch(config, teacher.latent_channels, teacher.downscale, teacher.family))
+        if config.mid_grey_init:
+            student.init_output_bias(0.0)
     student.set_gradient_checkpointing(config.gradient_checkpointing)
     return student
 
@@ -63,61 +69,74 @@ class DistillParts:
     teacher: Teacher
     student: Student
     step_model: nn.Module  # StudentStep, maybe wrapped for DDP
-    disc: nn.Module  # the discriminator, maybe wrapped for DDP
     opt: torch.optim.Optimizer
-    d_opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler  # not prepared: it steps once per optimizer step
     loss: DistillLoss
-
-    @property
-    def raw_disc(self) -> Discriminator:
-        return self.accelerator.unwrap_model(self.disc)
+    adversary: Adversary
 
 
 def build_parts(recipe: Recipe, teacher: Teacher, student: Student, accelerator: Accelerator) -> DistillParts:
     """The discriminator, both optimizers and the warm-up schedule for `student`, prepared by accelerate."""
-    train, optim = recipe.train, recipe.optim
-    disc = Discriminator(student.latent_channels, recipe.loss.disc_width)
+    train, optim, loss = recipe.train, recipe.optim, recipe.loss
+    disc = build_discriminator(loss.disc, student.latent_channels, loss.disc_width)
     if train.channels_last:
         student, disc = student.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
     step_model = StudentStep(torch.compile(student) if train.compile else student)
-    opt = torch.optim.Adam(student.parameters(), lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    opt = torch.optim.Adam(student.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                           weight_decay=optim.weight_decay, amsgrad=optim.amsgrad)
     d_opt = torch.optim.Adam(disc.parameters(), lr=optim.disc_lr, betas=tuple(optim.betas))
     warmup = max(optim.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     step_model, disc, opt, d_opt = accelerator.prepare(step_model, disc, opt, d_opt)
-    return DistillParts(recipe, accelerator, teacher, student, step_model, disc, opt, d_opt, sched,
-                        DistillLoss(recipe.loss))
+    seed = train.seed * 1_000_003 + accelerator.process_index
+    adversary = Adversary(loss, disc, accelerator.unwrap_model(disc), d_opt, accelerator, seed)
+    return DistillParts(recipe, accelerator, teacher, student, step_model, opt, sched, DistillLoss(loss), adversary)
 
 
 def _no_clock(part: str) -> None:
     pass
 
 
-def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: bool,
+def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: bool, measure: bool = False,
                  clock: Callable[[str], None] = _no_clock) -> dict[str, torch.Tensor]:
-    """One micro-step on `batch`; returns the loss terms, detached but still on the device (no host sync).
+    """One micro-step on `batch`; returns what to log, detached but still on the device (no host sync).
 
-    The optimizers step when accelerate's gradient accumulation says so. `clock(part)` is
-    called as "teacher", "student" and "disc" finish (the training benchmark times them).
+    The optimizers step when accelerate's gradient accumulation says so. With `measure`, the
+    size of the adversarial gradient on the decoder's output is compared with the
+    reconstruction terms' (`adv_grad_ratio`). `clock(part)` is called as "teacher", "student"
+    and "disc" finish (the training benchmark times them).
     """
-    acc, recipe, teacher = parts.accelerator, parts.recipe, parts.teacher
+    acc, recipe, teacher, adversary = parts.accelerator, parts.recipe, parts.teacher, parts.adversary
+    c = recipe.loss
     images = batch["images"].to(acc.device)
     latents = batch["latents"].to(acc.device) if "latents" in batch else teacher.encode(images)
     target = images
-    if recipe.loss.target == "teacher":
+    if c.target == "teacher":
         target = batch["targets"].to(acc.device) if "targets" in batch else teacher.decode(latents)
     clock("teacher")
     if recipe.train.channels_last:
         images, latents = (x.contiguous(memory_format=torch.channels_last) for x in (images, latents))
 
-    with acc.accumulate(parts.step_model, parts.disc):
+    with acc.accumulate(parts.step_model, adversary.disc):
         # Student: the encoder matches the teacher's latents, the decoder reconstructs the image from them.
-        student_latents, recon = parts.step_model(images, latents)
-        parts.raw_disc.requires_grad_(False)  # the student's step must not train the discriminator
-        fake_logits = parts.raw_disc(recon, latents) if use_adv else None
-        terms = parts.loss.encoder_terms(student_latents, latents) | parts.loss.decoder_terms(recon, target,
-                                                                                               fake_logits)
+        round_trip = use_adv and c.encoder_adv_weight > 0
+        student_latents, recon, rt = parts.step_model(images, latents, round_trip)
+        reconstruction = parts.loss.decoder_terms(recon, target)
+        terms = parts.loss.encoder_terms(student_latents, latents) | reconstruction
+        logged: dict[str, torch.Tensor] = {}
+        if use_adv:
+            last_layer = parts.student.decoder.layers[-1].weight
+            rec_total = weighted_total(reconstruction) if reconstruction else None
+            terms["adv"], logged["adv"] = adversary.generator_term(recon, images, latents, c.adv_weight, rec_total,
+                                                                   last_layer)
+            if round_trip:
+                terms["encoder_adv"], logged["encoder_adv"] = adversary.generator_term(
+                    rt, images, latents, c.encoder_adv_weight)
+            if measure and rec_total is not None:
+                weight, term = terms["adv"]
+                adv_grad, = torch.autograd.grad(weight * term, recon, retain_graph=True)
+                rec_grad, = torch.autograd.grad(rec_total, recon, retain_graph=True)
+                logged["adv_grad_ratio"] = adv_grad.norm() / rec_grad.norm().clamp_min(1e-12)
         acc.backward(weighted_total(terms))
         if acc.sync_gradients and recipe.optim.grad_clip > 0:
             acc.clip_grad_norm_(parts.step_model.parameters(), recipe.optim.grad_clip)
@@ -129,12 +148,6 @@ def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: b
 
         # Discriminator: real images against the student's reconstructions, each with its latent.
         if use_adv:
-            parts.raw_disc.requires_grad_(True)
-            with acc.autocast():
-                d_loss = discriminator_loss(parts.disc(images, latents), parts.disc(recon.detach(), latents))
-            acc.backward(d_loss)
-            parts.d_opt.step()
-            parts.d_opt.zero_grad(set_to_none=True)
-            terms["disc"] = (1.0, d_loss)
+            logged |= adversary.step(images, recon, latents)
         clock("disc")
-    return {name: value.detach() for name, (_, value) in terms.items()}
+    return {name: value.detach() for name, (_, value) in terms.items()} | logged

@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from tinyae.config import Recipe, load_recipe
 from tinyae.data.cache import build_cache, finish_cache, open_cache
 from tinyae.data.images import sample_photos
-from tinyae.data.source import make_train_loader, make_train_source
+from tinyae.data.source import crop_policy, make_train_loader, make_train_source
 from tinyae.models.teacher import build_teacher
 from tinyae.training.step import DistillParts, build_parts, build_student, distill_step
 from tinyae.utils.tables import markdown_table
@@ -48,7 +48,7 @@ def timed_step(parts: DistillParts, batches: Iterator[dict]) -> dict[str, float]
 
     batch = {k: v.to(device) for k, v in next(batches).items()}
     mark()
-    distill_step(parts, batch, use_adv=parts.recipe.loss.adv_weight > 0, clock=mark)
+    distill_step(parts, batch, parts.recipe.loss.adv_weight > 0, clock=mark)
     return {part: b - a for part, a, b in zip(PARTS, clock, clock[1:])}
 
 
@@ -88,14 +88,16 @@ def bench_train(resolutions: tuple[int, ...] = (128, 256), batch_size: int = 2, 
         samples = (steps + 1) * batch_size  # the warm-up step and `steps` timed steps
         start = time.perf_counter()
         cache_dir = build_cache(
-            vae, lambda i, n: source.crops(resolution, recipe.train.seed, i, n), workdir / f"cache-{resolution}",
+            vae, lambda i, n: source.crops(crop_policy(recipe.data, resolution), recipe.train.seed, i, n),
+            workdir / f"cache-{resolution}",
             resolution, samples, shard_size=samples, with_targets=target == "teacher", batch_size=batch_size,
         )
         finish_cache(cache_dir)
         build_seconds = time.perf_counter() - start
         cached = dataclasses.replace(source, caches={resolution: open_cache(cache_dir, vae, resolution)})
         parts = build_parts(recipe, vae, build_student(recipe, vae).to(vae.device), accelerator)
-        loaders = {mode: iter(make_train_loader(src, resolution, batch_size, recipe.train.seed, num_steps=steps + 1))
+        policy = crop_policy(recipe.data, resolution)
+        loaders = {mode: iter(make_train_loader(src, policy, batch_size, recipe.train.seed, num_steps=steps + 1))
                    for mode, src in (("on the fly", source), ("cache", cached))}
         times: dict[str, list[dict[str, float]]] = {mode: [] for mode in loaders}
         for i in range(steps + 1):

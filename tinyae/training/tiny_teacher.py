@@ -31,7 +31,7 @@ from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
-from tinyae.data.images import list_images, load_eval_images, scan_images
+from tinyae.data.images import CropPolicy, list_images, load_eval_images, scan_images
 from tinyae.errors import ConfigError, DataError, ExportError
 from tinyae.evaluation import metrics as image_metrics
 from tinyae.evaluation.factors import as_teacher, estimate_factors
@@ -162,7 +162,7 @@ def train_small_vae(
     params = sum(p.numel() for p in vae.parameters())
     logger.info("AutoencoderKL with %.2fM parameters; %d training images, %d held out",
                 params / 1e6, len(train_files), len(held_files))
-    dataset = RandomCrops(train_files, resolution, seed=seed, max_zoom_out=max_zoom_out)
+    dataset = RandomCrops(train_files, CropPolicy(resolution, max_zoom_out), seed=seed)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=StepSampler(batch_size, num_steps=steps),
                         num_workers=num_workers)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.9, 0.99))

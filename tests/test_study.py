@@ -1,0 +1,50 @@
+"""The quality study trains every arm per seed, evaluates it on the evaluation set, resumes, and reports."""
+
+import json
+import shutil
+
+import pytest
+
+from tinyae.data.images import sample_photos
+from tinyae.errors import ConfigError
+from tinyae.training.study import Study, arms, run_study, write_report
+
+
+def test_every_arm_changes_the_full_recipe_and_the_baseline_is_the_former_default(tmp_path):
+    names = [a.name for a in arms(300)]
+    assert names[:2] == ["full", "baseline"] and len(set(names)) == len(names)
+    study = Study(out=tmp_path, photos=tmp_path, kodak=tmp_path, steps=300)
+    full = study.recipe(arms(300)[0], 0)
+    assert (full.loss.adv_loss, full.loss.adv_scale, full.loss.disc, full.loss.pixel_pool) == (
+        "relativistic", "normalized", "multiscale", 8)
+    assert full.train.steps == 300 and full.data.final_steps == 30 and full.teacher.name == "taef2"
+    for arm in arms(300)[1:]:
+        assert study.recipe(arm, 0).to_dict() != full.to_dict(), arm.name  # each arm changes something
+    baseline = study.recipe(arms(300)[1], 0)
+    assert (baseline.loss.adv_loss, baseline.loss.lpips_weight, baseline.loss.adv_start) == ("hinge", 0.1, 15)
+    with pytest.raises(ConfigError, match="Unknown study arm 'nope'"):
+        Study(out=None, photos=None, kodak=None, arm_names=("nope",)).arms
+
+
+@pytest.mark.slow
+def test_a_tiny_study_trains_evaluates_resumes_and_writes_its_report(tmp_path):
+    photos = sample_photos(tmp_path / "photos")
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    for name in ("astronaut", "coffee"):  # stand-ins for Kodak: two photos the runs do not hold out
+        shutil.copy(photos / f"{name}.png", kodak / f"{name}.png")
+    study = Study(out=tmp_path / "study", photos=photos, kodak=kodak, steps=4, seeds=(0, 1),
+                  arm_names=("full", "baseline"), parallel=2, resolutions=(64,),
+                  overrides={"data": {"resolution": 32, "final_resolution": 48}, "loss": {"disc_width": 8},
+                             "student": {"encoder_blocks": [1], "decoder_blocks": [1]}})
+    runs = run_study(study)
+    assert len(runs) == 4 and all((r / "kodak.json").exists() for r in runs)
+    stamps = [(r / "run.json").stat().st_mtime_ns for r in runs]
+    run_study(study)  # resumes: nothing to do
+    assert [(r / "run.json").stat().st_mtime_ns for r in runs] == stamps
+    report = write_report(study, tmp_path / "docs" / "quality.md", tmp_path / "docs" / "quality")
+    text = report.read_text()
+    assert "| `full`" in text and "| `baseline`" in text and "`baseline` vs `full`" in text
+    assert (tmp_path / "docs" / "quality" / "grid_full.jpg").exists()
+    assert (tmp_path / "docs" / "quality" / "curves.png").exists()
+    assert json.loads((runs[0] / "run.json").read_text())["time"]["cpu_s"] > 0

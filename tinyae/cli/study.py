@@ -1,0 +1,48 @@
+"""The quality study: train students of every arm of the recipe comparison from the TAEF2 teacher, evaluate them
+on Kodak-24 and write docs/quality.md.
+
+    tinyae study --kodak KODAK                       # fetches the Debian photos, 15 arms x 2 seeds, 2 runs at a time
+    tinyae study --kodak KODAK --arms full baseline --seeds 0 1 2 --steps 600
+    tinyae study --kodak KODAK --report-only         # rewrite the report from the finished runs
+
+KODAK is a folder with Kodak-24 (kodim01.png ... kodim24.png, http://r0k.us/graphics/kodak/). Finished runs are
+kept in --out and never trained again, so an interrupted study resumes. Any recipe field given as
+--section.field value applies to every arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from tinyae.config import parse_overrides
+from tinyae.training.study import Study, default_photos, run_study, write_report
+
+HELP = "train and compare the arms of the recipe study, write docs/quality.md"
+OVERRIDES = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kodak", type=Path, required=True, help="folder of the Kodak-24 evaluation images")
+    parser.add_argument("--photos", type=Path, help="training photos (default: fetch Debian's into OUT/photos)")
+    parser.add_argument("--out", type=Path, default=Path("runs/study"), help="runs, logs and the Kodak references")
+    parser.add_argument("--arms", nargs="+", default=[], help="only these arms (default: all)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run, 10%% of them at the end size")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--report", type=Path, default=Path("docs/quality.md"))
+    parser.add_argument("--figures", type=Path, default=Path("docs/quality"))
+    parser.add_argument("--report-only", action="store_true", help="do not train; report the finished runs")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    study = Study(out=args.out, photos=args.photos or default_photos(args.out), kodak=args.kodak, steps=args.steps,
+                  seeds=tuple(args.seeds), arm_names=tuple(args.arms), parallel=args.parallel, threads=args.threads,
+                  overrides=parse_overrides(overrides))
+    if not args.report_only:
+        run_study(study)
+    path = write_report(study, args.report, args.figures, command="tinyae " + shlex.join(args.argv))
+    print(f"Report: {path}")
+

@@ -1,0 +1,401 @@
+"""The quality study: which parts of the published TAESD recipe make a student better, measured on a CPU.
+
+Every arm trains students from the same sharp, real teacher (the TAEF2 pair, FLUX.2 latents)
+on the same photos for the same number of steps, once per seed, with the study recipe
+(recipes/study.yaml: the published recipe at CPU scale) and a few fields changed: one arm
+per change, left out of the full recipe, plus today's former default (`baseline`). Each
+student is then evaluated on Kodak-24 centre crops at 256 and 512 px against the teacher's
+decode and against the original, and `write_report` turns the runs into docs/quality.md:
+a table (means over seeds, with their spread), one comparison grid per arm and the loss curves.
+
+Runs are independent processes (`parallel` at a time, `threads` torch threads each) whose
+output folders make the study resumable: a finished run is never trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from tinyae.config import Recipe, load_recipe
+from tinyae.data.images import list_images, load_eval_images, to_pil
+from tinyae.data.photos import training_photos
+from tinyae.errors import ConfigError, DataError
+from tinyae.evaluation.evaluate import evaluate, summary, teacher_reference
+from tinyae.models.formats import load_student
+from tinyae.models.teacher import load_teacher
+from tinyae.training.loop import distill
+from tinyae.utils.atomic import atomic_file
+from tinyae.utils.tables import fmt, markdown_table
+
+logger = logging.getLogger(__name__)
+
+STUDY_RECIPE = "study"
+RESOLUTIONS = (256, 512)
+# What the study reports; the two round trips would double the cost of evaluating a run.
+COMPARED = ("decoder_vs_teacher", "decoder_vs_original", "teacher_roundtrip_vs_original")
+GRID_IMAGES = ("kodim04", "kodim14", "kodim23")  # a face, a scene with saturated colours, parrots
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    change: str  # what differs from the full recipe, in words
+    overrides: dict = field(default_factory=dict)  # nested recipe fields
+
+
+def baseline_overrides(steps: int) -> dict:
+    """Today's former default recipe: full-resolution MSE + LPIPS + a hinge GAN started after 5% of the steps."""
+    return {"loss": {"pixel_weight": 1.0, "pixel_pool": 1, "lpips_weight": 0.1, "adv_weight": 0.3,
+                     "adv_start": steps // 20, "adv_loss": "hinge", "adv_scale": "raw", "replay": 0, "disc": "patch",
+                     "disc_width": 64},
+            "data": {"crop_scale": "zoom", "color_aug": 0.0}, "optim": {"amsgrad": False},
+            "student": {"mid_grey_init": False}}
+
+
+def arms(steps: int) -> list[Arm]:
+    return [
+        Arm("full", "the published recipe (recipes/study.yaml)"),
+        Arm("baseline", "the former default: full-res MSE 1 + LPIPS 0.1 + hinge GAN 0.3 from 5% of the steps, small "
+                        "patch discriminator, zoomed-out crops, no colour augmentation, plain Adam",
+            baseline_overrides(steps)),
+        Arm("raw_gradient", "adversarial gradient as the loss gives it, not normalised", {"loss": {"adv_scale": "raw"}}),
+        Arm("adaptive_gradient", "VQGAN's adaptive weight instead of the normalisation",
+            {"loss": {"adv_scale": "adaptive"}}),
+        Arm("hinge", "hinge objective instead of relativistic least squares", {"loss": {"adv_loss": "hinge"}}),
+        Arm("no_replay", "no replay buffer of past fakes", {"loss": {"replay": 0}}),
+        Arm("patch_disc", "the small one-scale patch discriminator instead of the multi-depth one",
+            {"loss": {"disc": "patch", "disc_width": 64}}),
+        Arm("full_res_mse", "MSE at full resolution, weight 1, instead of the faint 8x-pooled one",
+            {"loss": {"pixel_pool": 1, "pixel_weight": 1.0}}),
+        Arm("lpips", "LPIPS (AlexNet) 0.1 added", {"loss": {"lpips_weight": 0.1}}),
+        Arm("encoder_l1", "L1 instead of MSE on the encoder's latents", {"loss": {"latent": "l1"}}),
+        Arm("encoder_adv", "the encoder's round trip judged by the discriminator too (weight 0.1)",
+            {"loss": {"encoder_adv_weight": 0.1}}),
+        Arm("zoom_crops", "crops of half to all of the image (zoom 2) instead of any size", {"data": {"crop_scale": "zoom"}}),
+        Arm("no_color_aug", "no colour augmentation", {"data": {"color_aug": 0.0}}),
+        Arm("no_final_phase", "no closing phase at the larger crop size (the same steps at the small one)",
+            {"data": {"final_steps": 0}}),
+        Arm("no_amsgrad_grey", "plain Adam and the default decoder bias (no amsgrad, no mid-grey start)",
+            {"optim": {"amsgrad": False}, "student": {"mid_grey_init": False}}),
+    ]
+
+
+@dataclass
+class Study:
+    out: Path
+    photos: Path
+    kodak: Path
+    steps: int = 300
+    seeds: tuple[int, ...] = (0, 1)
+    arm_names: tuple[str, ...] = ()
+    parallel: int = 2
+    threads: int = 1
+    overrides: dict = field(default_factory=dict)  # applied to every arm (e.g. a shorter smoke of the study)
+    resolutions: tuple[int, ...] = RESOLUTIONS  # Kodak centre crops, px
+
+    @property
+    def arms(self) -> list[Arm]:
+        every = arms(self.steps)
+        if not self.arm_names:
+            return every
+        unknown = sorted(set(self.arm_names) - {a.name for a in every})
+        if unknown:
+            raise ConfigError(f"Unknown study arm '{unknown[0]}'; arms: {', '.join(a.name for a in every)}.")
+        return [a for a in every if a.name in self.arm_names]
+
+    def run_dir(self, arm: Arm, seed: int) -> Path:
+        return self.out / "runs" / arm.name / f"seed{seed}"
+
+    def recipe(self, arm: Arm, seed: int) -> Recipe:
+        common = {"data": {"path": str(self.photos), "final_steps": self.steps // 10},
+                  "train": {"steps": self.steps, "seed": seed, "output_dir": str(self.run_dir(arm, seed))}}
+        return load_recipe(STUDY_RECIPE, _merge(_merge(common, self.overrides), arm.overrides))
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# ---------------------------------------------------------------- running
+
+
+def reference_path(out: Path, resolution: int) -> Path:
+    return out / f"kodak-reference-{resolution}.safetensors"
+
+
+def prepare(study: Study) -> None:
+    """The Kodak crops and the teacher's latents and decodes of them, computed once for every run."""
+    names = [p.stem for p in list_images(study.kodak)]
+    if len(names) < 2:
+        raise DataError(f"'{study.kodak}' should hold the Kodak-24 images (kodim01.png ...); found {len(names)}.")
+    teacher = load_teacher(load_recipe(STUDY_RECIPE).teacher)
+    for resolution in study.resolutions:
+        path = reference_path(study.out, resolution)
+        if not path.exists():
+            images = load_eval_images(list_images(study.kodak), resolution)
+            ref = teacher_reference(teacher, images)
+            atomic_file(path, lambda tmp: save_file({"images": images.contiguous(), **ref}, str(tmp),
+                                                    metadata={"names": json.dumps(names)}))
+
+
+def evaluate_run(run_dir: Path, study_out: Path, resolutions: Sequence[int]) -> dict:
+    """The run's student on the Kodak crops at every study resolution; written to kodak.json."""
+    teacher = load_teacher(load_recipe(STUDY_RECIPE).teacher)
+    student = load_student(run_dir / "student")
+    refs = [load_file(reference_path(study_out, r)) for r in resolutions]
+    names = json.loads(_metadata(reference_path(study_out, resolutions[0]))["names"])
+    results = evaluate(student, teacher, [r.pop("images") for r in refs], names, references=refs,
+                       comparisons=COMPARED)
+    atomic_file(run_dir / "kodak.json", lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(results)) + "\n"))
+    return results
+
+
+def _metadata(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _job(recipe: Recipe, run_dir: Path, study_out: Path, resolutions: Sequence[int], log: Path, threads: int) -> None:
+    """Runs in a fresh process: train (unless done), then evaluate, everything logged to `log`."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    torch.set_num_threads(threads)
+    if not (run_dir / "run.json").exists():
+        distill(recipe)
+    evaluate_run(run_dir, study_out, resolutions)
+
+
+def run_study(study: Study) -> list[Path]:
+    """Train and evaluate every (arm, seed) that is not done yet; returns the run folders."""
+    study.out.mkdir(parents=True, exist_ok=True)
+    prepare(study)
+    jobs = [(arm, seed) for arm in study.arms for seed in study.seeds]
+    context = multiprocessing.get_context("spawn")
+
+    def one(job: tuple[Arm, int]) -> Path:
+        arm, seed = job
+        run_dir = study.run_dir(arm, seed)
+        if (run_dir / "kodak.json").exists():
+            return run_dir
+        if run_dir.exists() and not (run_dir / "run.json").exists():  # killed mid-training: start it afresh
+            shutil.rmtree(run_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        log = run_dir.parent / f"seed{seed}.log"
+        process = context.Process(target=_job, args=(study.recipe(arm, seed), run_dir, study.out, study.resolutions,
+                                                     log, study.threads))
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise DataError(f"Study run {arm.name}/seed{seed} failed (exit {process.exitcode}); see {log}.")
+        logger.info("Study run %s/seed%d done.", arm.name, seed)
+        return run_dir
+
+    with ThreadPoolExecutor(max_workers=study.parallel) as pool:
+        return list(pool.map(one, jobs))
+
+
+# ---------------------------------------------------------------- the report
+
+KEYS = [  # (metrics key in the 512 px summary, header, format, better)
+    ("psnr_vs_teacher", "PSNR vs teacher", ".2f", "high"),
+    ("ssim_vs_teacher", "SSIM vs teacher", ".3f", "high"),
+    ("lpips_vs_teacher", "LPIPS vs teacher", ".3f", "low"),
+    ("psnr_vs_original", "PSNR vs original", ".2f", "high"),
+    ("lpips_vs_original", "LPIPS vs original", ".3f", "low"),
+    ("colour_error_vs_original", "colour error", ".2f", "low"),
+    ("chroma_diff_vs_original", "ΔC*ab", "+.2f", "zero"),
+    ("saturation_diff_vs_original", "Δsat", "+.3f", "zero"),
+    ("latent_r2", "latent R²", ".3f", "high"),
+]
+
+
+def collect(study: Study) -> dict[str, dict]:
+    """Per arm: per resolution, per key, the values over seeds; and the cost per run."""
+    table: dict[str, dict] = {}
+    for arm in study.arms:
+        entry: dict = {"change": arm.change, "values": {}, "cpu_min": [], "wall_min": []}
+        for seed in study.seeds:
+            run_dir = study.run_dir(arm, seed)
+            if not (run_dir / "kodak.json").exists():
+                continue
+            results = json.loads((run_dir / "kodak.json").read_text())
+            for resolution in results["resolutions"]:
+                flat = summary(results, int(resolution))
+                for key, *_ in KEYS:
+                    entry["values"].setdefault(resolution, {}).setdefault(key, []).append(flat[key])
+            spent = json.loads((run_dir / "run.json").read_text()).get("time", {})
+            entry["cpu_min"].append(spent.get("cpu_s", math.nan) / 60)
+            entry["wall_min"].append(spent.get("wall_s", math.nan) / 60)
+        table[arm.name] = entry
+    return table
+
+
+def _mean(values: Sequence[float]) -> float:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else math.nan
+
+
+def _spread(values: Sequence[float]) -> float:
+    """Half the range over seeds: how far one seed may sit from the mean."""
+    values = [v for v in values if v is not None]
+    return (max(values) - min(values)) / 2 if len(values) > 1 else math.nan
+
+
+def comparison_table(table: dict[str, dict], resolution: str) -> str:
+    header = ["arm", *[name for _, name, _, _ in KEYS], "CPU min/run"]
+    rows = []
+    for arm, entry in table.items():
+        values = entry["values"].get(resolution)
+        if not values:
+            continue
+        cells = [f"{fmt(_mean(values[k]), spec)} ± {fmt(_spread(values[k]), spec.lstrip('+'))}" for k, _, spec, _ in KEYS]
+        rows.append([f"`{arm}`", *cells, fmt(_mean(entry["cpu_min"]), ".1f")])
+    return markdown_table(header, rows)
+
+
+def verdicts(table: dict[str, dict], resolution: str, reference: str = "full") -> list[str]:
+    """For each arm and headline metric: is the difference to `reference` larger than the seeds' spread?"""
+    ref = table[reference]["values"].get(resolution)
+    lines = []
+    for arm, entry in table.items():
+        values = entry["values"].get(resolution)
+        if arm == reference or not values or not ref:
+            continue
+        parts = []
+        for key, name, spec, better in KEYS[:6]:
+            delta = _mean(values[key]) - _mean(ref[key])
+            noise = _spread(values[key]) + _spread(ref[key])
+            sign = 1 if better == "high" else -1
+            direction = "better" if sign * delta > 0 else "worse"
+            word = (f"{direction}, one seed: no spread" if math.isnan(noise) else direction if abs(delta) > noise
+                    else "within the seed spread")
+            parts.append(f"{name} {delta:+{spec.lstrip('+')}} ({word})")
+        lines.append(f"- `{arm}` vs `{reference}`: " + "; ".join(parts))
+    return lines
+
+
+def comparison_grid(study: Study, arm: Arm, path: Path) -> Path:
+    """Rows of Kodak crops (smallest resolution): original | teacher | the arm's student (first seed)."""
+    ref = load_file(reference_path(study.out, min(study.resolutions)))
+    names = json.loads(_metadata(reference_path(study.out, min(study.resolutions)))["names"])
+    rows = [names.index(n) for n in GRID_IMAGES if n in names] or list(range(min(3, len(names))))
+    student = load_student(study.run_dir(arm, study.seeds[0]) / "student").eval()
+    with torch.no_grad():
+        decoded = student.decode(ref["z_teacher"][rows]).clamp(-1, 1)
+    cells = torch.stack([ref["images"][rows], ref["teacher"][rows].clamp(-1, 1), decoded], 1)  # (R, 3, C, H, W)
+    r, k, c, h, w = cells.shape
+    grid = cells.permute(2, 0, 3, 1, 4).reshape(c, r * h, k * w)
+    atomic_file(path, lambda tmp: to_pil(grid).save(tmp, format="JPEG", quality=88))
+    return path
+
+
+def loss_curves(study: Study, path: Path) -> Path:
+    """Each logged term over steps, one line per arm (mean over seeds), from the runs' TensorBoard logs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = ["loss/latent", "loss/pixel", "loss/adv", "loss/disc", "health/disc_real_acc", "health/adv_grad_ratio"]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7), constrained_layout=True)
+    for arm in study.arms:
+        series: dict[str, list] = {}
+        for seed in study.seeds:
+            logs = list((study.run_dir(arm, seed) / "logs").rglob("events.out.tfevents.*"))
+            if not logs:
+                continue
+            events = EventAccumulator(str(logs[0])).Reload()
+            for tag in tags:
+                if tag in events.Tags()["scalars"]:
+                    series.setdefault(tag, []).append({e.step: e.value for e in events.Scalars(tag)})
+        for ax, tag in zip(axes.flat, tags):
+            if tag not in series:
+                continue
+            steps = sorted(set.intersection(*(set(s) for s in series[tag])))
+            ax.plot(steps, [statistics.fmean(s[t] for s in series[tag]) for t in steps], label=arm,
+                    lw=2.2 if arm in ("full", "baseline") else 1, ls="-" if arm in ("full", "baseline") else "--")
+    for ax, tag in zip(axes.flat, tags):
+        ax.set(title=tag, xlabel="step")
+        if tag.endswith(("ratio", "latent", "pixel")):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7, ncol=2)
+    atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_report(study: Study, report: Path, figures: Path, command: str = "") -> Path:
+    """docs/quality.md: the table at both resolutions, the verdicts, a grid per arm and the loss curves."""
+    table = collect(study)
+    figures.mkdir(parents=True, exist_ok=True)
+    rel = os.path.relpath(figures, report.parent)
+    grids = {arm.name: comparison_grid(study, arm, figures / f"grid_{arm.name}.jpg") for arm in study.arms
+             if (study.run_dir(arm, study.seeds[0]) / "student").exists()}
+    curves = loss_curves(study, figures / "curves.png")
+    cpu = [m for e in table.values() for m in e["cpu_min"] if math.isfinite(m)]
+    lines = [
+        "# Quality study: which parts of the published recipe make a student better",
+        "",
+        f"Students of the `flux_2` layout trained from the real TAEF2 pair (FLUX.2 latents, 30.0 dB on Kodak-24 "
+        f"at 512 px), {study.steps} steps per run ({study.steps // 10} of them at the closing crop size), seeds "
+        f"{', '.join(map(str, study.seeds))}, on {len(list_images(study.photos))} photos from Debian packages and "
+        f"scikit-image (never Kodak), {study.threads} CPU thread per run. CPU time per run: "
+        f"{min(cpu, default=math.nan):.1f}-{max(cpu, default=math.nan):.1f} min. Evaluated on Kodak-24 centre crops; "
+        "values are means over seeds ± half their range. Reproduce: "
+        f"`{command or 'tinyae study --kodak KODAK'}`.",
+        "",
+        "| arm | what differs from `full` |",
+        "|---|---|",
+        *[f"| `{arm}` | {entry['change']} |" for arm, entry in table.items()],
+        "",
+    ]
+    for resolution in map(str, study.resolutions):
+        lines += [f"## {resolution} px", "", comparison_table(table, resolution), "",
+                  f"Differences to `full` at {resolution} px (counted as real when larger than both arms' "
+                  "spreads added):", "", *verdicts(table, resolution), ""]
+    lines += ["## Loss curves", "", f"![loss curves]({rel}/{curves.name})", "", "## Comparison grids", "",
+              f"Kodak crops at {min(study.resolutions)} px: original | teacher (TAEF2) | the arm's student decoding "
+              "the teacher's latents.", ""]
+    for arm, grid in grids.items():
+        lines += [f"### `{arm}`", "", f"![{arm}]({rel}/{grid.name})", ""]
+    text = "\n".join(lines).rstrip() + "\n"
+    atomic_file(report, lambda tmp: Path(tmp).write_text(text))
+    return report
+
+
+def default_photos(out: Path) -> Path:
+    return training_photos(out / "photos")
