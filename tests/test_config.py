@@ -1,5 +1,7 @@
 """Recipes are data: typed, validated once, overridable from the command line."""
 
+import re
+
 import pytest
 
 from tinyae.config import choose_recipe, load_recipe, parse_overrides
@@ -93,3 +95,13 @@ def test_enumerated_fields_name_their_choices():
     with pytest.raises(ConfigError, match=r"loss\.latent' must be one of mse, l1, got 'l2'"):
         load_recipe("smoke", ["--loss.latent", "l2"])
     assert load_recipe("smoke", ["--train.mixed_precision", "no"]).train.mixed_precision == "no"  # YAML's no
+
+
+@pytest.mark.parametrize("field, value", [
+    ("train.checkpoint_every", "0"), ("train.sample_every", "0"), ("train.log_every", "0"),
+    ("optim.lr", "-1e-4"), ("optim.lr", "0"), ("optim.disc_lr", "-1e-4"), ("optim.weight_decay", "-0.1"),
+    ("optim.betas", "[0.9, 1.0]"), ("optim.grad_clip", "-1"), ("optim.warmup_steps", "-5"),
+])
+def test_values_that_would_fail_or_train_backwards_mid_run_are_refused_at_start(field, value):
+    with pytest.raises(ConfigError, match=rf"Invalid recipe 'smoke': {re.escape(field)} must be"):
+        load_recipe("smoke", [f"--{field}", value])

@@ -1,13 +1,28 @@
 """Training images: recursive folders, deterministic crops, bad files skipped and counted."""
 
+import shutil
+import struct
 import warnings
+import zlib
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
-from tinyae.data.images import CropPolicy, from_uint8, list_images, random_crop, scan_images, to_tensor, to_uint8
+from tinyae.data.images import (
+    CropPolicy,
+    decode_image,
+    from_uint8,
+    list_images,
+    load_rgb,
+    random_crop,
+    scan_images,
+    to_tensor,
+    to_uint8,
+)
 from tinyae.data.source import make_train_loader
 from tinyae.errors import DataError
 
@@ -56,7 +71,7 @@ def test_missing_or_empty_folders_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         list_images(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no jpg, jpeg, png or webp"):
+    with pytest.raises(DataError, match="no jpg, jpeg, png, webp, tif or tiff"):
         list_images(tmp_path / "empty")
 
 
@@ -124,3 +139,84 @@ def test_any_scale_crops_range_from_native_detail_to_the_whole_image(photos):
     any_scale, zoom = CropPolicy(32, hflip=False, scale="any"), CropPolicy(32, hflip=False)
     assert closest(any_scale, native) < 0.02 and closest(any_scale, [thumbnail]) < 0.05  # both ends occur
     assert closest(zoom, native) > 0.05  # zoom crops of a big image never show native-resolution detail
+
+
+# ---------------------------------------------------------------- 16-bit and float pixels, symlinks, truncation
+
+RAMP = np.linspace(0, 65535, 64 * 48).reshape(48, 64).round().astype(np.uint16)  # every 16-bit level range
+
+
+def png16_rgb(path, rgb):
+    """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2, unfiltered rows."""
+    height, width, _ = rgb.shape
+    rows = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+RGB16 = np.stack([RAMP, RAMP // 2, 65535 - RAMP], -1)
+WRITERS = {  # name -> (writer, the 8-bit RGB the file means)
+    "gray16.png": (lambda p: Image.fromarray(RAMP).save(p), np.stack([RAMP / 257] * 3, -1)),  # mode I;16
+    "gray16.tif": (lambda p: tifffile.imwrite(p, RAMP), np.stack([RAMP / 257] * 3, -1)),
+    "gray16_big_endian.tif": (lambda p: tifffile.imwrite(p, RAMP.astype(">u2")), np.stack([RAMP / 257] * 3, -1)),
+    "gray32.tif": (lambda p: tifffile.imwrite(p, RAMP.astype(np.int32)), np.stack([RAMP / 257] * 3, -1)),  # mode I
+    "float.tif": (lambda p: tifffile.imwrite(p, (RAMP / 65535).astype(np.float32)),
+                  np.stack([RAMP / 257] * 3, -1)),  # mode F in [0, 1]
+    "rgb16.png": (lambda p: png16_rgb(p, RGB16), RGB16 / 257),
+    "rgb16.tif": (lambda p: tifffile.imwrite(p, RGB16, photometric="rgb"), RGB16 / 257),
+}
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_16_bit_and_float_images_are_scaled_to_8_bits_not_clipped(tmp_path, name):
+    write, expected = WRITERS[name]
+    write(tmp_path / name)
+    good, bad = scan_images(tmp_path)
+    assert [p.name for p in good] == [name] and bad == []
+    pixels = np.asarray(load_rgb(tmp_path / name)).astype(np.float64)
+    assert pixels.shape == (48, 64, 3) and np.abs(pixels - expected).max() <= 1.0
+    with Image.open(tmp_path / name) as img:  # a decoded image from a dataset is scaled the same way
+        img.load()
+        assert np.array_equal(np.asarray(decode_image(img)), np.asarray(load_rgb(tmp_path / name)))
+
+
+def test_pixels_of_unknown_range_are_skipped_with_a_warning_and_counted(tmp_path, photos):
+    Image.open(photos / "astronaut.png").save(tmp_path / "ok.png")
+    tifffile.imwrite(tmp_path / "hdr.tif", (RAMP / 65535 * 16).astype(np.float32))  # float pixels up to 16
+    tifffile.imwrite(tmp_path / "float_rgb.tif", (RGB16 / 65535).astype(np.float32), photometric="rgb")
+    with pytest.warns(UserWarning) as record:
+        good, bad = scan_images(tmp_path)
+    assert [p.name for p in good] == ["ok.png"] and sorted(p.name for p in bad) == ["float_rgb.tif", "hdr.tif"]
+    messages = " ".join(str(w.message) for w in record)
+    assert "hdr.tif" in messages and "float pixels in [0, 16" in messages and "float_rgb.tif" in messages
+
+
+def test_a_truncated_jpeg_is_counted_as_unreadable_at_the_scan(tmp_path, photos):
+    Image.open(photos / "astronaut.png").convert("RGB").save(tmp_path / "whole.jpg")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "trailing.jpg").write_bytes(data + b"\x00" * 16)  # junk after the end marker still decodes
+    with pytest.warns(UserWarning, match="cut.jpg.*truncated"):
+        good, bad = scan_images(tmp_path)
+    assert [p.name for p in good] == ["trailing.jpg", "whole.jpg"] and [p.name for p in bad] == ["cut.jpg"]
+
+
+def test_folders_reached_through_symlinks_are_searched_and_loops_are_not_followed(tmp_path, photos):
+    elsewhere = tmp_path / "disk2" / "set1"
+    elsewhere.mkdir(parents=True)
+    shutil.copy(photos / "astronaut.png", elsewhere / "a.png")
+    shutil.copy(photos / "coffee.png", elsewhere / "b.png")
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy(photos / "chelsea.png", root / "c.png")
+    (root / "set1").symlink_to(elsewhere, target_is_directory=True)
+    (root / "again").symlink_to(elsewhere, target_is_directory=True)  # the same folder twice: read once
+    (elsewhere / "up").symlink_to(root, target_is_directory=True)  # a loop back to the root
+    with pytest.warns(UserWarning, match="already searched"):
+        files = list_images(root)
+    assert [str(p.relative_to(root)) for p in files] == ["again/a.png", "again/b.png", "c.png"]

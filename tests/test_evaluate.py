@@ -9,6 +9,7 @@ from conftest import small_vae
 from PIL import Image
 from torch import nn
 
+from tinyae.cli import main as tinyae_cli
 from tinyae.data.images import list_images, load_eval_images
 from tinyae.errors import ConfigError, DataError
 from tinyae.evaluation.evaluate import (
@@ -165,3 +166,43 @@ def test_bad_inputs_get_clear_errors(models):
     other = Teacher(small_vae(latent_channels=16), scaling_factor=1.0, name="sixteen")
     with pytest.raises(ConfigError, match="has 4 latent channels but the teacher .sixteen. has 16"):
         evaluate(student, other, torch.zeros(1, 3, 64, 64))
+
+
+# ---------------------------------------------------------------- odd folders and typos
+
+
+def test_a_truncated_jpeg_is_skipped_and_counted_like_any_unreadable_image(models, photos, tmp_path):
+    student, teacher = models
+    folder = tmp_path / "kodak"
+    folder.mkdir()
+    for path in list_images(photos)[:5]:
+        Image.open(path).convert("RGB").save(folder / f"{path.stem}.jpg")
+    data = (folder / "astronaut.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.warns(UserWarning) as record:
+        results, images = evaluate_folder(student, teacher, folder, resolutions=[32], progress=False)
+    warned = [str(w.message) for w in record]
+    assert [m for m in warned if "cut.jpg" in m and "truncated" in m] and [m for m in warned if "broken.png" in m]
+    run = results["resolutions"]["32"]
+    assert run["n_images"] == 5 and len(run["images"]) == 5 and "cut.jpg" not in run["images"]
+    assert images[0].shape == (5, 3, 32, 32)
+    assert results["unreadable_images"] == ["broken.png", "cut.jpg"]
+
+
+def test_every_resolution_is_checked_before_any_image_is_read(models, photos, monkeypatch):
+    student, teacher = models
+    monkeypatch.setattr("tinyae.evaluation.evaluate.scan_images", lambda *a, **k: pytest.fail("images were read"))
+    with pytest.raises(DataError, match="60 px .*multiple of .*8"):
+        evaluate_folder(student, teacher, photos, resolutions=[64, 60], progress=False)
+
+
+def test_a_local_path_typo_is_not_reported_as_a_missing_hub_repo(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for flag, typo in (("--student", "runs/smok"), ("--teacher", "runs/vea")):
+        args = {"--student": "runs/smok", "--teacher": "tiny", "--data": str(photos)} | {flag: typo}
+        with pytest.raises(SystemExit):
+            tinyae_cli(["evaluate", *[item for pair in args.items() for item in pair]])
+        err = capsys.readouterr().err
+        assert f"'{typo}'" in err and "'runs' exists" in err and "Could not fetch" not in err, err

@@ -157,6 +157,16 @@ class Recipe:
              "loss.pixel_pool must be at least 1 and divide data.resolution"),
             (self.loss.replay >= 0, "loss.replay cannot be negative"),
             (len(self.optim.betas) == 2, "optim.betas must have two values"),
+            # Steps are divided by these intervals: 0 would fail after the first step.
+            (self.train.log_every > 0, "train.log_every must be positive"),
+            (self.train.sample_every > 0, "train.sample_every must be positive"),
+            (self.train.checkpoint_every > 0, "train.checkpoint_every must be positive"),
+            (self.optim.lr > 0, "optim.lr must be positive"),
+            (self.optim.disc_lr >= 0, "optim.disc_lr must be >= 0"),
+            (self.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+            (all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be in [0, 1)"),
+            (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)"),
+            (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -19,3 +19,15 @@ class DataError(TinyaeError, ValueError):
 
 class ExportError(TinyaeError, OSError):
     """An export target exists, or weights are in a layout tinyae does not know."""
+
+
+class OutputError(TinyaeError, OSError):
+    """An output folder cannot be written (permissions, a read-only file system)."""
+
+
+class DiskFullError(OutputError):
+    """A write ran out of space (or quota); what was there before is kept."""
+
+
+class CheckpointError(TinyaeError):
+    """A checkpoint to resume from is incomplete or damaged."""

@@ -18,6 +18,7 @@ from tinyae.config import TeacherConfig
 from tinyae.evaluation.evaluate import evaluate_folder, format_table, write_report
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
+from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
 
 HELP = "PSNR/SSIM/MS-SSIM/LPIPS of a student against its teacher on an image folder"
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_writable(args.out, "--out")  # before loading and computing, not after
     teacher = load_teacher(TeacherConfig(name=args.teacher, subfolder=args.teacher_subfolder, dtype=args.dtype),
                            device=args.device)
     student = load_student(args.student).to(args.device)
@@ -47,4 +49,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
                                       args.lpips_net)
     paths = write_report(results, args.out, student, teacher, images, args.grid_images)
     print(format_table(results))
+    if results["unreadable_images"]:
+        skipped = results["unreadable_images"]
+        print(f"\nSkipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''}: {', '.join(skipped)}")
     print(f"\nReport: {paths['md']} (+ eval.json, grids)")

@@ -14,6 +14,7 @@ import shlex
 import torch
 
 from tinyae.evaluation.inspection import inspect_vae, load_images, open_vae, summary
+from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
 
 HELP = "recommended scaling/shift factors, posterior, outliers and locality of a VAE's latents"
@@ -47,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_writable(args.out, "--out")  # before opening the VAE and decoding anything
     vae = open_vae(args.vae, args.subfolder, args.dtype, args.device, args.random_weights)
     images, sources = load_images(args.data, args.resolution, args.max_images)
     report = inspect_vae(

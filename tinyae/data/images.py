@@ -1,14 +1,16 @@
 """Image helpers that everything else builds on: reading files, tensors in [-1, 1], crops, sample photos.
 
 Images are float tensors (3, H, W) in [-1, 1] (diffusers' convention) made from 8-bit
-pixels; uint8 <-> float goes through one pair of functions, so a crop stored in the
-teacher cache reads back bit-identical to one drawn on the fly.
+pixels (16-bit and float files are scaled to 8 bits on reading, `to_rgb`); uint8 <-> float
+goes through one pair of functions, so a crop stored in the teacher cache reads back
+bit-identical to one drawn on the fly.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tinyae.errors import DataError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
 BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 BUILTIN_PHOTOS = "builtin:skimage"  # data.path value: scikit-image's sample photos (offline smoke runs)
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -29,20 +31,60 @@ SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "mo
 
 
 def list_images(root: str | Path) -> list[Path]:
-    """All image files under `root`, sorted; a clear error if there are none."""
+    """All image files under `root`, sorted; folder symlinks are followed, each real folder searched once.
+
+    A link back to a folder already searched (a loop, or a second link to the same folder)
+    is not followed, with a warning; a clear error if there are no images.
+    """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"Image folder '{root}' does not exist; pass --data DIR with a folder of jpg/png/webp images.")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        raise DataError(f"Image folder '{root}' does not exist; pass --data DIR with a folder of jpg/png/webp/tif "
+                        "images.")
+    files, searched = [], {}
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.stat(folder)
+        key = (real.st_dev, real.st_ino)
+        if key in searched:
+            warnings.warn(f"Not following '{folder}': it leads to '{searched[key]}', already searched.", stacklevel=2)
+            subfolders[:] = []
+            continue
+        searched[key] = folder
+        subfolders.sort()
+        files += [Path(folder) / name for name in names if Path(name).suffix.lower() in IMAGE_EXTENSIONS
+                  and os.path.isfile(os.path.join(folder, name))]
     if not files:
-        raise DataError(f"Image folder '{root}' holds no jpg, jpeg, png or webp files (searched recursively).")
-    return files
+        raise DataError(f"Image folder '{root}' holds no jpg, jpeg, png, webp, tif or tiff files (searched "
+                        "recursively).")
+    return sorted(files)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode PIL reads; 16-bit and float pixels are scaled, not clipped.
+
+    16-bit integers (I;16*, and I, which PIL uses for 16-bit data) are divided by 257 and
+    float pixels (F) are taken to be in [0, 1]; values outside those ranges have no known
+    scale, so they raise ValueError (one of BAD_IMAGE_ERRORS: the image is skipped and counted).
+    """
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        pixels = np.asarray(img)
+        low, high = int(pixels.min()), int(pixels.max())
+        if low < 0 or high > 65535:
+            raise ValueError(f"{img.mode} pixels in [{low}, {high}] are not 16-bit values, so their scale is unknown")
+        return Image.fromarray(np.round(pixels.astype(np.float32) / 257).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        pixels = np.asarray(img, dtype=np.float32)
+        low, high = float(np.nanmin(pixels)), float(np.nanmax(pixels))
+        if not np.isfinite(pixels).all() or low < 0 or high > 1:
+            raise ValueError(f"float pixels in [{low:g}, {high:g}] (or not finite) are not in [0, 1], so their scale "
+                             "is unknown")
+        return Image.fromarray(np.round(pixels * 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
 
 
 def load_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
         img.load()
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 def decode_image(payload: Any) -> Image.Image:
@@ -50,19 +92,39 @@ def decode_image(payload: Any) -> Image.Image:
     if isinstance(payload, dict):  # datasets.Image(decode=False)
         payload = payload.get("bytes") or payload.get("path")
     if isinstance(payload, Image.Image):
-        return payload.convert("RGB")
+        return to_rgb(payload)
     if payload is None:
         raise ValueError("the sample holds no image")
     return load_rgb(io.BytesIO(payload) if isinstance(payload, (bytes, bytearray)) else payload)
 
 
+def _check_readable(path: Path) -> None:
+    """Raise one of BAD_IMAGE_ERRORS unless the whole file decodes to pixels `to_rgb` can scale.
+
+    Cheap where the format allows: PNG's verify checks every chunk's CRC without inflating,
+    and a JPEG that ends with its end-of-image marker is whole (one that does not is decoded
+    at 1/8 scale, which reads every byte: truncated ones fail, trailing junk does not).
+    """
+    with Image.open(path) as img:
+        if img.format == "PNG":
+            img.verify()
+            return
+        if img.format == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(-2, os.SEEK_END)
+                if f.read(2) == b"\xff\xd9":
+                    return
+            img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+        img.load()
+        to_rgb(img)
+
+
 def scan_images(root: str | Path) -> tuple[list[Path], list[Path]]:
-    """Split a folder into readable and unreadable images, warning once per bad file."""
+    """Split a folder into readable and unreadable images (truncated, or of unknown pixel range), warning once each."""
     good, bad = [], []
     for path in list_images(root):
         try:
-            with Image.open(path) as img:
-                img.verify()
+            _check_readable(path)
             good.append(path)
         except BAD_IMAGE_ERRORS as exc:
             warnings.warn(f"Skipping unreadable image {path}: {exc}", stacklevel=2)

@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from tinyae.data.images import load_eval_images, scan_images
+from tinyae.data.images import BAD_IMAGE_ERRORS, center_crop, load_rgb, scan_images
 from tinyae.errors import ConfigError, DataError
 from tinyae.evaluation import metrics
 from tinyae.evaluation.lpips import load_lpips
@@ -129,9 +130,7 @@ def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor
         raise ConfigError(f"Unknown comparison '{unknown[0]}'; known: {', '.join(COMPARISONS)}.")
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise DataError(f"Evaluation images must be a non-empty (N, 3, H, W) tensor, got {tuple(images.shape)}.")
-    if images.shape[-1] % teacher.downscale or images.shape[-2] % teacher.downscale:
-        raise DataError(f"Evaluation images of {tuple(images.shape[-2:])} px are not a multiple of the teacher's "
-                        f"downscale factor {teacher.downscale}; choose a resolution divisible by it.")
+    check_resolutions(student, teacher, images.shape[-2:])
     if names is not None and len(names) != images.shape[0]:
         raise DataError(f"Got {len(names)} names for {images.shape[0]} evaluation images.")
     per_image = {name: {m: [] for m in METRICS} for name in comparisons}
@@ -185,6 +184,8 @@ def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequ
     sizes = [x.shape[-1] for x in sets]
     if len(set(sizes)) != len(sizes):
         raise ConfigError(f"Each image set needs its own resolution, got {sizes}.")
+    for x in sets:  # every size before any work
+        check_resolutions(student, teacher, x.shape[-2:])
     was_training = student.training
     student.eval()
     try:
@@ -212,14 +213,44 @@ def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequ
     }
 
 
+def check_resolutions(student: nn.Module, teacher: nn.Module, sizes: Sequence[int]) -> None:
+    """Refuse sizes the models cannot encode (each must be a multiple of both downscale factors)."""
+    factors = {"teacher": teacher.downscale, "student": getattr(student, "downscale", teacher.downscale)}
+    for size in sizes:
+        for who, factor in factors.items():
+            if size <= 0 or size % factor:
+                raise DataError(f"Evaluation images of {int(size)} px are not a positive multiple of the {who}'s "
+                                f"downscale factor {factor}; choose a resolution divisible by it.")
+
+
 def evaluate_folder(student: nn.Module, teacher: nn.Module, data: str | Path, resolutions: Sequence[int] = (256,),
                     limit: int | None = None, batch_size: int = 4, lpips_net: str = "alex",
                     progress: bool = True) -> tuple[dict, list[torch.Tensor]]:
-    """Evaluate on the centre crops of a folder's images at each resolution; returns (results, image sets)."""
-    files, _ = scan_images(data)
+    """Evaluate on the centre crops of a folder's images at each resolution; returns (results, image sets).
+
+    Every resolution is checked before an image is read. Files that cannot be read (also
+    truncated ones) are skipped with a warning and listed in results["unreadable_images"].
+    """
+    check_resolutions(student, teacher, resolutions)
+    files, bad = scan_images(data)
     files = files[:limit] if limit else files
-    sets = [load_eval_images(files, r) for r in resolutions]
-    results = evaluate(student, teacher, sets, [f.name for f in files], batch_size, lpips_net, progress)
+    crops: dict[int, list[torch.Tensor]] = {r: [] for r in resolutions}
+    names, unreadable = [], [p.name for p in bad]
+    for path in files:
+        try:
+            image = load_rgb(path)  # decoded once, cropped at every resolution
+        except BAD_IMAGE_ERRORS as exc:
+            warnings.warn(f"Skipping unreadable image {path}: {exc}", stacklevel=2)
+            unreadable.append(path.name)
+            continue
+        for r in resolutions:
+            crops[r].append(center_crop(image, r))
+        names.append(path.name)
+    if not names:
+        raise DataError(f"None of the images under '{data}' could be read.")
+    sets = [torch.stack(crops[r]) for r in resolutions]
+    results = evaluate(student, teacher, sets, names, batch_size, lpips_net, progress)
+    results["unreadable_images"] = sorted(unreadable)
     return results, sets
 
 

@@ -29,7 +29,7 @@ from tinyae.config import StudentConfig
 from tinyae.errors import ConfigError, ExportError
 from tinyae.models.student import CONFIG_NAME, Student
 from tinyae.models.variants import StudentArch, resolve_arch
-from tinyae.utils.hub_access import fetch_snapshot, looks_like_repo_id
+from tinyae.utils.hub_access import fetch_snapshot, local_path_typo, looks_like_repo_id
 from tinyae.utils.weights import read_weights
 
 ENCODER_PREFIX = "encoder.layers."
@@ -271,7 +271,9 @@ def load_student(path: str | Path, family: str | None = None) -> Student:
     is_prefix = path.parent.is_dir() and any(path.parent.glob(f"{glob.escape(path.name)}_encoder.*"))
     if not path.exists() and not is_prefix:
         if not looks_like_repo_id(str(path)):
-            raise ExportError(f"No student weights at '{path}': pass an AutoencoderTiny folder, a TAESD pair "
+            typo = local_path_typo(str(path))
+            where = f" (nothing there, though '{typo}' exists: a typo?)" if typo else ""
+            raise ExportError(f"No student weights at '{path}'{where}: pass an AutoencoderTiny folder, a TAESD pair "
                               "(folder, file or prefix), a checkpoint folder or a Hub repo id.")
         path = fetch_snapshot(str(path), [CONFIG_NAME, "diffusion_pytorch_model*.safetensors", "*_encoder.*",
                                           "*_decoder.*"], "the student")

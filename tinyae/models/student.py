@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 from tinyae.config import StudentConfig
 from tinyae.errors import ExportError
 from tinyae.models.variants import StudentArch, resolve_arch
-from tinyae.utils.atomic import atomic_folder
+from tinyae.utils.atomic import atomic_files, atomic_folder
 from tinyae.utils.hub_access import fetch_snapshot, looks_like_repo_id
 from tinyae.utils.weights import cast_state, read_weights
 
@@ -221,15 +221,18 @@ class Student(nn.Module):
 
     def write_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None,
                          fp16_variant: bool = False) -> None:
-        """config.json + diffusion_pytorch_model.safetensors (+ the fp16 variant) into an existing folder."""
-        folder = Path(folder)
+        """config.json + diffusion_pytorch_model.safetensors (+ the fp16 variant) into an existing folder.
+
+        The files take their names together once all are written (tinyae.utils.atomic.atomic_files).
+        """
         config = {"_class_name": self.diffusers_class_name, "_diffusers_version": diffusers.__version__,
                   **self.diffusers_config()}
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        save_file(cast_state(self.state_dict(), dtype), folder / WEIGHTS_NAME, metadata={"format": "pt"})
-        if fp16_variant:
-            save_file(cast_state(self.state_dict(), torch.float16), folder / FP16_WEIGHTS_NAME,
-                      metadata={"format": "pt"})
+        with atomic_files(folder) as stage:
+            stage(CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+            save_file(cast_state(self.state_dict(), dtype), stage(WEIGHTS_NAME), metadata={"format": "pt"})
+            if fp16_variant:
+                save_file(cast_state(self.state_dict(), torch.float16), stage(FP16_WEIGHTS_NAME),
+                          metadata={"format": "pt"})
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False, dtype: torch.dtype | None = None,
                         fp16_variant: bool = False) -> Path:

@@ -23,7 +23,7 @@ from tinyae.models.formats import family_of_pair, is_pair, load_student
 from tinyae.models.presets import TEACHERS, TeacherPreset
 from tinyae.models.tiny_autoencoder import diffusers_model
 from tinyae.utils.dtypes import DTYPES
-from tinyae.utils.hub_access import hub_unreachable, not_on_hub_message, quiet_hub
+from tinyae.utils.hub_access import hub_unreachable, local_path_typo, not_on_hub_message, quiet_hub
 
 
 class Teacher(nn.Module):
@@ -120,6 +120,9 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
     preset = TEACHERS.get(config.name)
     source = preset.repo_id if preset else config.name
     subfolder = config.subfolder if config.subfolder is not None else (preset.subfolder if preset else None)
+    if preset is None and (typo := local_path_typo(source)):
+        raise TeacherLoadError(f"No teacher VAE at '{source}' (nothing there, though '{typo}' exists: a typo?): pass "
+                               f"a local diffusers VAE folder, a preset ({', '.join(TEACHERS)}) or a Hub repo id.")
     if preset is None and not Path(source).exists() and source.count("/") != 1:
         raise TeacherLoadError(
             f"Unknown teacher '{source}': pass a preset ({', '.join(TEACHERS)}), a Hub repo id (owner/name) "

@@ -7,19 +7,17 @@
   and Forge's models/VAE-taesd unchanged;
 - all: both in one folder, which is also what the Hub gets.
 
-Folders are written into a temporary sibling and renamed into place in one step, so an
+Folders are written into a hidden temporary sibling and renamed into place in one step, so an
 interrupted export never leaves a half-written folder that a pipeline would load, and an
 existing target is never replaced unless asked. A TAESD pair may go into an existing folder
-(ComfyUI's), so it is written beside its targets and renamed file by file, after checking
-that none of them exists.
+(ComfyUI's), so its files are written beside their targets under hidden `.tmp` names (which
+ComfyUI does not list) and renamed once all four are complete, after checking that none of
+them exists. Temporaries a killed export left behind are removed by the next write there.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from safetensors.torch import save_file
 from tinyae.errors import ExportError
 from tinyae.models.formats import FAMILIES, check_family, family_info, load_student, to_taesd
 from tinyae.models.student import Student
-from tinyae.utils.atomic import atomic_folder
+from tinyae.utils.atomic import atomic_files, atomic_folder, check_writable, reporting_write_errors
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
 from tinyae.utils.weights import cast_state
 
@@ -42,15 +40,17 @@ def taesd_file_names(family: str) -> list[str]:
 
 
 def write_taesd(student, folder: Path, family: str, dtype: torch.dtype | None = None) -> list[Path]:
+    """The four files of the pair, renamed into `folder` together once all are written."""
     check_family(student, family)
     encoder, decoder = to_taesd(cast_state(student.state_dict(), dtype))
-    paths = [folder / name for name in taesd_file_names(family)]
-    for path, state in zip(paths, (encoder, decoder, encoder, decoder)):
-        if path.suffix == ".safetensors":
-            save_file(state, path, metadata={"format": "pt"})
-        else:
-            torch.save(state, path)
-    return paths
+    names = taesd_file_names(family)
+    with atomic_files(folder) as stage:
+        for name, state in zip(names, (encoder, decoder, encoder, decoder)):
+            if name.endswith(".safetensors"):
+                save_file(state, stage(name), metadata={"format": "pt"})
+            else:
+                torch.save(state, stage(name))
+    return [Path(folder) / name for name in names]
 
 
 def export_diffusers(student: Student, directory: str | Path, overwrite: bool = False,
@@ -73,15 +73,8 @@ def export_taesd(student, directory: str | Path, family: str, dtype: torch.dtype
     if existing and not overwrite:
         raise ExportError(f"'{directory / existing[0]}' already exists; pass overwrite=True (--overwrite) or "
                           "choose another folder.")
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tinyae-taesd.tmp-", dir=directory))
-    try:
-        write_taesd(student, tmp, family, dtype)
-        for name in names:
-            os.replace(tmp / name, directory / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return [directory / name for name in names]
+    with reporting_write_errors(directory / names[0], what=f"the {family_info(family).prefix} pair"):
+        return write_taesd(student, directory, family, dtype)
 
 
 def export_all(student, directory: str | Path, family: str, dtype: torch.dtype | None = None,
@@ -126,6 +119,8 @@ def export_student(source: str | Path, to: str = "all", family: str | None = Non
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"Unknown dtype '{dtype}'; pass {' or '.join(EXPORT_DTYPES)}.")
     source = Path(source)
+    out = Path(out) if out else source.resolve().with_name(f"{source.resolve().name}-{to}")
+    check_writable(out, "--out")  # before loading anything
     student = load_student(source)
     family = family or run_info(source).get("family")
     if family is None and to != "diffusers":
@@ -133,7 +128,6 @@ def export_student(source: str | Path, to: str = "all", family: str | None = Non
                           f"({', '.join(FAMILIES)}): the TAESD file names depend on it.")
     if family is not None:
         check_family(student, family, f"'{source}'")
-    out = Path(out) if out else source.resolve().with_name(f"{source.resolve().name}-{to}")
     if to == "diffusers":
         export_diffusers(student, out, overwrite, fp16_variant=dtype == "fp16")
     elif to == "taesd":

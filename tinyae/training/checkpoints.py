@@ -1,26 +1,30 @@
-"""Checkpoints of a run: written whole or not at all, found again by `--resume latest`.
+"""Checkpoints of a run: written whole or not at all, checked before they are resumed.
 
 A checkpoint is accelerate's state (models, optimizers, RNGs and the registered
 objects: EMA, step counter, schedule) plus the EMA student as an AutoencoderTiny
-folder (`student_ema/`), so any checkpoint exports without the training code.
+folder (`student_ema/`), so any checkpoint exports without the training code, and
+`tinyae.json`: its step, the recipe it was trained with and the run's resume history.
+It is written into `.tmp-checkpoint-N` and renamed; a save that fails (a full disk)
+removes that folder and says which checkpoint is the last good one.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 from accelerate import Accelerator
 
-from tinyae.errors import ConfigError
-from tinyae.models.student import Student
-
-logger = logging.getLogger(__name__)
+from tinyae.models.student import CONFIG_NAME, Student
+from tinyae.utils.atomic import reporting_write_errors, share
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+RECORD_NAME = "tinyae.json"  # the checkpoint's step, recipe and resume history
+TORCH_ARCHIVES = (".bin", ".pkl", ".pt", ".pth")  # torch.save's zip files (optimizers, RNG and custom states)
 
 
 class TrainState:
@@ -43,42 +47,102 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_resume_checkpoint(output_dir: Path, resume: str | None) -> Path | None:
-    """The checkpoint `--resume` names (None: a new run), refusing to start a new run over an old one."""
-    if resume is None:
-        if list_checkpoints(output_dir):
-            raise ConfigError(
-                f"'{output_dir}' already holds checkpoints of a run: pass --resume latest to continue it, "
-                "or choose another --output."
-            )
-        return None
-    if resume == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            logger.warning("No checkpoint in %s to resume from: starting from step 0.", output_dir)
-            return None
-        return checkpoints[-1]
-    path = Path(resume)
-    if not path.is_dir():
-        raise ConfigError(f"Checkpoint '{resume}' does not exist; pass --resume latest or a checkpoint-N folder.")
-    return path
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, ema_student: Student, limit: int) -> Path:
-    """Save into a temporary folder, then rename: a crash mid-save never replaces a good checkpoint."""
+def remove_interrupted_saves(output_dir: Path) -> None:
+    """Delete the `.tmp-checkpoint-N` folders of saves that were killed; put back a checkpoint caught mid-replace."""
     root = Path(output_dir) / "checkpoints"
-    final, tmp = root / f"checkpoint-{step}", root / f".tmp-checkpoint-{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ema_student.save_pretrained(tmp / "student_ema")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in list_checkpoints(output_dir)[:-limit] if limit > 0 else []:
+    for old in root.glob(".old-checkpoint-*"):
+        final = root / old.name.removeprefix(".old-")
+        if final.exists():
             shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+    for tmp in root.glob(".tmp-checkpoint-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, ema_student: Student, limit: int,
+                    record: dict | None = None) -> Path:
+    """Save into a temporary folder, then rename: a crash mid-save never replaces a good checkpoint.
+
+    `record` (the recipe and resume history) goes to tinyae.json with the step.
+    """
+    root = Path(output_dir) / "checkpoints"
+    final, tmp, old = root / f"checkpoint-{step}", root / f".tmp-checkpoint-{step}", root / f".old-checkpoint-{step}"
+    previous = list_checkpoints(output_dir)
+    kept = "nothing was replaced and the partial checkpoint was removed; " + (
+        f"the last good checkpoint is '{previous[-1]}' (--resume latest continues from it)" if previous
+        else "there is no earlier checkpoint")
+    with reporting_write_errors(final, kept):
+        try:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                ema_student.save_pretrained(tmp / "student_ema")
+                if record is not None:
+                    (tmp / RECORD_NAME).write_text(json.dumps({"step": step, **record}, indent=2) + "\n")
+                share(tmp)  # accelerate's safetensors files are private to their writer
+                if final.exists():
+                    os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+                for stale in list_checkpoints(output_dir)[:-limit] if limit > 0 else []:
+                    shutil.rmtree(stale, ignore_errors=True)
+        except BaseException:
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
     accelerator.wait_for_everyone()
     return final
+
+
+def read_record(checkpoint: Path) -> dict:
+    """The checkpoint's tinyae.json ({} for checkpoints written before tinyae recorded it)."""
+    path = Path(checkpoint) / RECORD_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """None if every file of the checkpoint reads whole, else a sentence naming the first one that does not.
+
+    safetensors files must be as long as their header says, torch archives must pass the
+    zip CRC checks, JSON must parse: what a truncated copy or a torn write breaks.
+    """
+    checkpoint = Path(checkpoint)
+    for required in (checkpoint / "model.safetensors", checkpoint / "student_ema" / CONFIG_NAME):
+        if not required.is_file():
+            return f"'{required}' is missing"
+    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
+        problem = _file_damage(path)
+        if problem:
+            return f"'{path}' is truncated or damaged ({problem})"
+    return None
+
+
+def _file_damage(path: Path) -> str | None:
+    size = path.stat().st_size
+    try:
+        if path.suffix == ".safetensors":
+            with open(path, "rb") as f:
+                header_size = int.from_bytes(f.read(8), "little")
+                if size < 8 + header_size:
+                    return f"{size} bytes, shorter than its {header_size}-byte header"
+                header = json.loads(f.read(header_size))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            if size != 8 + header_size + end:
+                return f"{size} bytes where its header describes {8 + header_size + end}"
+        elif path.suffix in TORCH_ARCHIVES:
+            if not zipfile.is_zipfile(path):
+                return f"{size} bytes, not a complete torch archive"
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"its entry {bad} fails its CRC check"
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError, TypeError) as exc:
+        return str(exc)
+    return None

@@ -32,10 +32,12 @@ from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher, load_teacher
 from tinyae.shipping.export import export_diffusers
 from tinyae.shipping.hub import push_to_hub
-from tinyae.training.checkpoints import TrainState, find_resume_checkpoint, save_checkpoint
+from tinyae.training.checkpoints import TrainState, save_checkpoint
 from tinyae.training.health import HEALTH_KEYS, HealthMonitor
+from tinyae.training.resume import apply_recipe, check_student, plan_run
 from tinyae.training.samples import sample_grid, save_sample
 from tinyae.training.step import build_parts, build_student, distill_step
+from tinyae.utils.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def distill(recipe: Recipe) -> Path:
         log_with=cfg.log_with,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
-    resume_from = find_resume_checkpoint(out, cfg.resume)  # fail before any work
+    plan = plan_run(recipe, accelerator.is_main_process)  # output folder and resume policy: fail before any work
     set_seed(cfg.seed)
 
     # The frozen teacher and the data it encodes.
@@ -119,14 +121,16 @@ def distill(recipe: Recipe) -> Path:
     parts = build_parts(recipe, teacher, student, accelerator)
     state = TrainState()
     accelerator.register_for_checkpointing(ema, state, parts.sched, parts.adversary)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        logger.info("Resumed from %s at step %d.", resume_from, state.step)
+    if plan.checkpoint is not None:
+        check_student(plan, student)
+        accelerator.load_state(str(plan.checkpoint))
+        apply_recipe(recipe, parts, ema)  # the checkpoint saved its own lr, betas and EMA decay
+        logger.info(plan.summary())
     ema.to(accelerator.device)
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        atomic_file(out / "recipe.json", lambda path: path.write_text(json.dumps(recipe.to_dict(), indent=2)))
     accelerator.init_trackers("tinyae", config=_flat(recipe.to_dict()))
     sample_size = recipe.data.final_resolution or recipe.data.resolution
     heldout = source.heldout
@@ -161,13 +165,13 @@ def distill(recipe: Recipe) -> Path:
         if do_sample and accelerator.is_main_process:
             save_sample(accelerator, out, state.step, sample_grid(ema_student, teacher, sample_images))
         if do_checkpoint:
-            save_checkpoint(accelerator, out, state.step, ema_student, cfg.checkpoints_total_limit)
+            save_checkpoint(accelerator, out, state.step, ema_student, cfg.checkpoints_total_limit, plan.record(recipe))
     progress.close()
 
     ema.copy_to(ema_student.parameters())
     if accelerator.is_main_process:
         export_diffusers(ema_student, out / "student", overwrite=True)
-        finish_run(recipe, out, ema_student, teacher, source, state.step,
+        finish_run(recipe, out, ema_student, teacher, source, state.step, plan.resumes,
                    {"wall_s": time.perf_counter() - started[0], "cpu_s": time.process_time() - started[1]})
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -175,13 +179,15 @@ def distill(recipe: Recipe) -> Path:
 
 
 def finish_run(recipe: Recipe, out: Path, student: Student, teacher: Teacher, source: TrainSource,
-               step: int, seconds: dict | None = None) -> None:
-    """Evaluate the exported student on held-out images and record what the run was (and what it cost)."""
+               step: int, resumes: list[dict] | None = None, seconds: dict | None = None) -> None:
+    """Evaluate the exported student on held-out images; record what the run was, each resume's changes and
+    what this session cost (wall and CPU seconds)."""
     preset = TEACHERS.get(recipe.teacher.name)
     run = {"teacher": recipe.teacher.name, "teacher_repo": preset.repo_id if preset else recipe.teacher.name,
            "family": teacher.family, "scaling_factor": teacher.scaling_factor, "shift_factor": teacher.shift_factor,
-           "steps": step, "unreadable_images": source.n_bad, "time": seconds or {}, "recipe": recipe.to_dict()}
-    (out / "run.json").write_text(json.dumps(run, indent=2))
+           "steps": step, "unreadable_images": source.n_bad, "time": seconds or {}, "recipe": recipe.to_dict(),
+           "resumes": resumes or []}
+    atomic_file(out / "run.json", lambda path: path.write_text(json.dumps(run, indent=2)))
     metrics: dict = {"steps": step, "heldout_images": len(source.heldout)}
     if source.heldout:
         size = recipe.data.final_resolution or recipe.data.resolution
@@ -189,7 +195,7 @@ def finish_run(recipe: Recipe, out: Path, student: Student, teacher: Teacher, so
         results = evaluate(student, teacher, images)
         write_report(results, out / "eval", student=student, teacher=teacher, images=images)
         metrics |= summary(results)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_file(out / "metrics.json", lambda path: path.write_text(json.dumps(metrics, indent=2)))
     logger.info("Student written to %s; metrics: %s", out / "student", json.dumps(metrics))
     if recipe.train.push_to_hub:
         push_to_hub(out, recipe.train.push_to_hub)

@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from tinyae.data.images import to_pil
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher
+from tinyae.utils.atomic import atomic_file
 
 
 @torch.no_grad()
@@ -27,8 +28,7 @@ def sample_grid(student: Student, teacher: Teacher, images: torch.Tensor) -> tor
 def save_sample(accelerator: Accelerator, out: Path, step: int, grid: torch.Tensor) -> Path:
     """samples/step-NNNNNNN.png, and the same grid to TensorBoard."""
     path = out / "samples" / f"step-{step:07d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(grid).save(path)
+    atomic_file(path, lambda tmp: to_pil(grid).save(tmp, format="png"))
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.log_images({"samples": grid[None].add(1).div(2).clamp(0, 1).numpy()}, step=step)

@@ -2,19 +2,42 @@
 
 Weights, caches and reports are read by other programs (pipelines, ComfyUI, later
 runs); a truncated file that still parses would be worse than a missing one.
+
+Temporaries are hidden, end in `.tmp` and name their writer (host and pid): ComfyUI lists
+every file under its model folders whose extension is a model's (`.safetensors`, `.pth`,
+...; hidden folders included: `recursive_search` and `filter_files_extensions` in
+https://github.com/comfyanonymous/ComfyUI/blob/master/folder_paths.py) and diffusers loads
+fixed file names, so neither picks one up; and since a `kill -9` runs no cleanup, every write into a
+folder first removes the temporaries there whose writer is gone. Everything written gets
+the umask's permissions (safetensors and mkstemp would make it private to its writer), and
+a full disk or an unwritable folder becomes one sentence (DiskFullError, OutputError).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tinyae.errors import ExportError
+from tinyae.errors import DiskFullError, ExportError, OutputError, TinyaeError
+
+logger = logging.getLogger(__name__)
+
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+# .<name>.tinyae-<host>-<pid>-<random or "old">.tmp
+TEMPORARY = re.compile(r"^\.(?P<base>.+)\.tinyae-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<tag>\w+)\.tmp$")
+LEGACY_TEMPORARY = re.compile(r"^\.tinyae-taesd\.tmp-\w+$")  # TAESD exports before writers were named
+DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+NOT_WRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                errno.EROFS: "read-only file system"}
 
 
 def _shareable_mode(directory: bool) -> int:
@@ -24,45 +47,228 @@ def _shareable_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+def share(path: str | Path) -> None:
+    """Give a file, or a folder and everything in it, the modes the umask allows (as `open` would)."""
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if not path.is_dir():
+        os.chmod(path, _shareable_mode(directory=False))
+        return
+    os.chmod(path, _shareable_mode(directory=True))
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), _shareable_mode(directory=True))
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), _shareable_mode(directory=False))
+
+
+# ---------------------------------------------------------------- temporaries
+
+
+def temporary_prefix(name: str) -> str:
+    """The start of a temporary's name for `name` (mkstemp/mkdtemp add a random part; end it with `.tmp`)."""
+    return f".{name}.tinyae-{_HOST}-{os.getpid()}-"
+
+
+def _writer_is_gone(match: re.Match) -> bool:
+    """Only a writer on this host that no longer runs; a live one (or one elsewhere) may still be writing."""
+    if match["host"] != _HOST or int(match["pid"]) == os.getpid():
+        return False
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove what killed tinyae writers left in `folder`, first putting back a folder caught mid-replacement."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if LEGACY_TEMPORARY.match(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+            continue
+        match = TEMPORARY.match(entry.name)
+        if match is None or not _writer_is_gone(match):
+            continue
+        path, target = Path(entry.path), Path(folder) / match["base"]
+        if match["tag"] == "old" and not target.exists():
+            os.replace(path, target)  # killed between moving the old folder aside and the new one in
+            logger.warning("Restored %s, which an interrupted replacement had moved aside.", target)
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        logger.info("Removed %d temporaries left in %s by interrupted tinyae runs.", len(removed), folder)
+    return removed
+
+
+def final_path(path: str | Path) -> Path:
+    """`path` with any temporary folder in it replaced by the folder it becomes (for messages)."""
+    parts = [TEMPORARY.match(p)["base"] if TEMPORARY.match(p) else p for p in Path(path).parts]
+    return Path(*parts)
+
+
+# ---------------------------------------------------------------- failed writes in one sentence
+
+
+def failed_write_errno(exc: BaseException) -> int | None:
+    """The errno behind a failed write, also where libraries hide it.
+
+    safetensors puts Rust's "(os error 28)" in its message; torch's zip writer reports only
+    that it wrote short ("unexpected pos ...", "file write failed"), which on a local disk
+    means it ran out of space (its message is kept as the cause).
+    """
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    text = str(exc)
+    if match := re.search(r"\(os error (\d+)\)", text):
+        return int(match[1])
+    if "unexpected pos" in text or "file write failed" in text:
+        return errno.ENOSPC
+    return None
+
+
+def free_space(path: str | Path) -> str:
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free"
+    except OSError:
+        return "free space unknown"
+
+
+@contextmanager
+def reporting_write_errors(target: str | Path, kept: str = "nothing was replaced", what: str | None = None
+                           ) -> Iterator[None]:
+    """Turn a full disk or an unwritable folder met while writing `target` into one sentence.
+
+    `kept` says what the user still has (the default suits writes that replace atomically);
+    `what` names the write (default: the target's name).
+    """
+    try:
+        yield
+    except TinyaeError:
+        raise
+    except Exception as exc:
+        code = failed_write_errno(exc)
+        target = final_path(target)
+        what = what or f"'{target.name}'"
+        if code in DISK_FULL:
+            raise DiskFullError(f"Disk full at '{target.parent}' ({DISK_FULL[code]}; {free_space(target)} now) "
+                                f"while writing {what}: {kept}; free some space and run again.") from exc
+        if code in NOT_WRITABLE:
+            raise OutputError(f"Cannot write to '{target}': {NOT_WRITABLE[code]}; {kept}; choose another output "
+                              "folder or make this one writable.") from exc
+        raise
+
+
+def check_writable(path: str | Path, option: str = "--out") -> None:
+    """Fail at start, not after the work, if `path` (to be created or written into) cannot be written."""
+    path = Path(path)
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"Cannot write to '{path}': '{folder}' is a file, not a folder; choose another {option}.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix("write-check"), suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = NOT_WRITABLE.get(exc.errno) or DISK_FULL.get(exc.errno) or exc.strerror or str(exc)
+        raise OutputError(f"Cannot write to '{path}': {reason} in '{folder}'; choose another {option} or make "
+                          "that folder writable.") from None
+
+
+# ---------------------------------------------------------------- the writers
+
+
 @contextmanager
 def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder that becomes `target` only if the block finishes."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise ExportError(f"'{target}' already exists; pass overwrite=True (--overwrite) or choose another folder.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, _shareable_mode(directory=True))
+    with reporting_write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(target.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(target.name), suffix=".tmp", dir=target.parent))
+        try:
+            yield tmp
+            share(tmp)
+            if target.exists():
+                old = target.with_name(f"{temporary_prefix(target.name)}old.tmp")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_files(folder: str | Path) -> Iterator[Callable[[str], Path]]:
+    """Write several files of `folder` under temporary names and rename them in only once all are written.
+
+    The block calls `stage(name)` for the path to write `name` to. A reader never sees part
+    of the set under the names it loads; on an error the staged files are removed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    staged: dict[str, Path] = {}
+
+    def stage(name: str) -> Path:
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(name), suffix=".tmp", dir=folder)
+        os.close(fd)
+        staged[name] = Path(tmp)
+        return staged[name]
+
     try:
-        yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        yield stage
+        for name, tmp in staged.items():
+            share(tmp)
+            os.replace(tmp, folder / name)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_file(path: str | Path, write: Callable[[Path], object], fsync: bool = False) -> None:
     """Call `write(tmp)` on a temporary sibling, then rename it to `path` (after fsync if asked)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.chmod(tmp, _shareable_mode(directory=False))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with reporting_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
+        fd, name = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            write(tmp)
+            if fsync:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            share(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | Path) -> str:

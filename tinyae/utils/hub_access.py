@@ -56,8 +56,18 @@ def not_on_hub_message(repo_id: str, what: str = "", subfolder: str | None = Non
             f"and {pass_it}.")
 
 
+def local_path_typo(text: str) -> str | None:
+    """For `owner/name` where nothing exists but the folder `owner` does: that folder (a mistyped local path)."""
+    path = Path(text)
+    if path.exists() or not path.parent.is_dir() or str(path.parent) in ("", "."):
+        return None
+    return str(path.parent)
+
+
 def looks_like_repo_id(text: str) -> bool:
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not text.startswith((".", "/"))
+    """owner/name, unless `owner` is a local folder (then it is a local path that does not exist)."""
+    return (re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not text.startswith((".", "/"))
+            and local_path_typo(text) is None)
 
 
 def fetch_snapshot(repo_id: str, allow_patterns: list[str], what: str) -> Path:
