@@ -243,3 +243,10 @@ def test_crops_that_do_not_divide_into_the_teachers_latents_are_refused_before_t
                                    "data": {"resolution": 48, "final_resolution": 64}})
     with pytest.raises(ConfigError, match="multiples of 32"):
         build_student(recipe, load_teacher(recipe.teacher))
+
+
+def test_flux2_crops_must_tile_into_2x2_latent_patches(vae_dirs):
+    recipe = load_recipe("smoke", {"teacher": {"name": str(vae_dirs / "flux2")},
+                                   "data": {"resolution": 40, "final_resolution": 64}})
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        build_student(recipe, load_teacher(recipe.teacher))

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tiny_pipelines
 import torch
 from diffusers import AutoencoderTiny, DDIMScheduler, FluxPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
@@ -131,3 +132,9 @@ def test_the_flux2_preview_decoder_is_the_shipped_taef2_and_serves_flux2_pipelin
 def test_families_without_a_published_diffusers_decoder_say_what_to_pass():
     with pytest.raises(ExportError, match="No published tiny decoder of family 'sana'"):
         load_preview_decoder(family="sana")
+
+
+def test_a_student_saved_for_its_family_previews_for_it_without_being_told(tmp_path):
+    tiny_pipelines.tiny_student("qwen-image").save_pretrained(tmp_path / "qwen", family="qwen-image")
+    decoder = load_preview_decoder(tmp_path / "qwen")  # the folder's config names the family
+    assert type(decoder).__name__ == "TinyAutoencoder" and decoder.config.latents_std == [1.0] * 16

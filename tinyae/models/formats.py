@@ -10,15 +10,16 @@ Two layouts hold the same tensors:
 
 Architecture (latent channels, width, blocks per stage) is read off the tensors, not
 the file name, and checked tensor by tensor against the Student it builds, so a file
-of another layout fails with a sentence instead of a silent half-load. `.pth` files are
-read with `torch.load(weights_only=True)` only: weights from strangers must not run code.
+of another layout fails with a sentence instead of a silent half-load. An encoder published
+without its decoder (taesana_encoder.pth) loads for training only (`encoder_only`): the decoder
+is then new, in the layout ComfyUI builds for the file's prefix (tinyae.models.families). `.pth`
+files are read with `torch.load(weights_only=True)` only: weights from strangers must not run code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import logging
 import re
 import warnings
@@ -207,13 +208,6 @@ def is_pair(path: str | Path) -> bool:
     return path.parent.is_dir() and any(path.parent.glob(f"{glob.escape(path.name)}_encoder.*"))
 
 
-def family_of_pair(path: str | Path) -> str | None:
-    """The family whose file names a pair carries (taef2_* -> flux2), if any."""
-    encoder, _ = find_pair(path, decoder_optional=True)
-    prefix = PAIR_NAME.fullmatch(encoder.name)["prefix"]
-    return next((name for name, info in FAMILIES.items() if info.prefix == prefix), None)
-
-
 def find_pair(path: str | Path, family: str | None = None,
               decoder_optional: bool = False) -> tuple[Path, Path | None]:
     """(encoder, decoder) files from a folder, either file of the pair, or a prefix like `dir/taesdxl`.
@@ -267,16 +261,20 @@ def _pick(folder: Path, prefix: str, role: str) -> Path:
 def load_taesd(encoder_path: str | Path, decoder_path: str | Path | None = None) -> Student:
     """A Student from a TAESD pair; without `decoder_path`, its decoder is new (the family's layout) and untrained."""
     encoder = read_weights(encoder_path)
+    prefix = PAIR_NAME.fullmatch(Path(encoder_path).name)["prefix"]
+    family = next((name for name, info in FAMILIES.items() if info.prefix == prefix), None)
     if decoder_path is None:
-        prefix = PAIR_NAME.fullmatch(Path(encoder_path).name)["prefix"]
-        family = next((info for info in FAMILIES.values() if info.prefix == prefix), None)
-        arch = arch_from_pair(encoder, None, (f"'{encoder_path}'", "its decoder"), family and family.variant)
+        arch = arch_from_pair(encoder, None, (f"'{encoder_path}'", "its decoder"),
+                              FAMILIES[family].variant if family else None)
         student = Student(arch).load_weights(from_taesd(encoder, {}), f"The encoder '{encoder_path}'", "encoder")
         logger.warning("'%s' comes without its decoder: the decoder starts untrained.", encoder_path)
-        return student
-    decoder = read_weights(decoder_path)
-    arch = arch_from_pair(encoder, decoder, (f"'{encoder_path}'", f"'{decoder_path}'"))
-    return Student(arch).load_weights(from_taesd(encoder, decoder), f"The pair '{encoder_path}' + '{decoder_path}'")
+    else:
+        decoder = read_weights(decoder_path)
+        arch = arch_from_pair(encoder, decoder, (f"'{encoder_path}'", f"'{decoder_path}'"))
+        student = Student(arch).load_weights(from_taesd(encoder, decoder),
+                                             f"The pair '{encoder_path}' + '{decoder_path}'")
+    student.family = family
+    return student
 
 
 def load_student(path: str | Path, family: str | None = None, encoder_only: bool = False) -> Student:
@@ -307,9 +305,3 @@ def load_student(path: str | Path, family: str | None = None, encoder_only: bool
     if family is not None:
         check_family(student, family, f"'{path}'")
     return student
-
-
-def family_of_folder(path: str | Path) -> str | None:
-    """The family a TinyAutoencoder folder was saved for (its config's `family`), if any."""
-    config = Path(path) / CONFIG_NAME
-    return json.loads(config.read_text()).get("family") if config.is_file() else None

@@ -127,6 +127,7 @@ class Student(nn.Module):
         if isinstance(arch, StudentConfig):
             arch = resolve_arch(arch)
         self.arch = arch
+        self.family: str | None = None  # the family its files were saved for, when they say (TinyAutoencoder, pair)
         self.encoder = TinyEncoder(arch)
         self.decoder = TinyDecoder(arch)
 
@@ -274,4 +275,6 @@ class Student(nn.Module):
         weights = next((folder / name for name in WEIGHTS_NAMES if (folder / name).is_file()), None)
         if weights is None:
             raise ExportError(f"'{folder}' has a {CONFIG_NAME} but no {WEIGHTS_NAME}.")
-        return cls(arch).load_weights(read_weights(weights), f"'{weights}'")
+        student = cls(arch).load_weights(read_weights(weights), f"'{weights}'")
+        student.family = cfg.get("family")
+        return student

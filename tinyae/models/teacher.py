@@ -24,7 +24,7 @@ from torch import nn
 
 from tinyae.config import TeacherConfig
 from tinyae.errors import TeacherLoadError
-from tinyae.models.formats import family_of_pair, is_pair, load_student
+from tinyae.models.formats import is_pair, load_student
 from tinyae.models.latent_space import IDENTITY, LatentSpace, PatchNormSpace, PerChannelSpace, ScalarSpace
 from tinyae.models.presets import TEACHERS, TeacherPreset
 from tinyae.models.tiny_autoencoder import TinyAutoencoder, diffusers_model
@@ -55,11 +55,12 @@ VAE_CLASSES: dict[str, VaeClass] = {
 
 
 def vae_class_info(vae: nn.Module) -> VaeClass:
-    name = type(vae).__name__
-    if name not in VAE_CLASSES:
-        raise TeacherLoadError(f"Teacher VAE class '{name}' is not supported; tinyae distills from "
-                               f"{', '.join(sorted(VAE_CLASSES))}.")
-    return VAE_CLASSES[name]
+    """The entry of the VAE's class, or of the nearest supported class it derives from."""
+    for cls in type(vae).__mro__:
+        if cls.__name__ in VAE_CLASSES:
+            return VAE_CLASSES[cls.__name__]
+    raise TeacherLoadError(f"Teacher VAE class '{type(vae).__name__}' is not supported; tinyae distills from "
+                           f"{', '.join(sorted(VAE_CLASSES))}.")
 
 
 class Teacher(nn.Module):
@@ -104,6 +105,11 @@ class Teacher(nn.Module):
     def downscale(self) -> int:
         ratio = getattr(self.vae, "spatial_compression_ratio", None)  # DC-AE, Qwen-Image, Wan
         return int(ratio) if ratio else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides the teacher takes: multiples of its downscale, times FLUX.2's 2x2 patch."""
+        return self.downscale * (self.latent_space.patch if isinstance(self.latent_space, PatchNormSpace) else 1)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -195,8 +201,9 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
         raise TeacherLoadError(f"The shipped teacher '{config.name}' is missing at {source}; restore weights/ from "
                                "the repository.")
     if is_pair(source):  # a tiny autoencoder as the teacher: its latents are the space the student learns
-        family = preset.family if preset else family_of_pair(source)
-        vae = nn.Module.to(diffusers_model(load_student(source, family), family), DTYPES[config.dtype])
+        student = load_student(source, preset.family if preset else None)
+        family = preset.family if preset else student.family
+        vae = nn.Module.to(diffusers_model(student, family), DTYPES[config.dtype])
         family = family or guess_family(vae, IDENTITY)
         return Teacher(vae, name=config.name, family=family,
                        latent_space=resolve_space(vae, config, preset)).to(device)

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from tinyae.errors import ExportError
-from tinyae.models.formats import FAMILIES, check_family, family_info, family_of_folder, load_student, to_taesd
+from tinyae.models.formats import FAMILIES, check_family, family_info, load_student, to_taesd
 from tinyae.models.student import Student
 from tinyae.utils.atomic import atomic_folder
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
@@ -136,7 +136,7 @@ def export_student(source: str | Path, to: str = "all", family: str | None = Non
         raise ExportError(f"Unknown dtype '{dtype}'; pass {' or '.join(EXPORT_DTYPES)}.")
     source = Path(source)
     student = load_student(source)
-    family = family or run_info(source).get("family") or family_of_folder(source)
+    family = family or run_info(source).get("family") or student.family
     if family is None and to != "diffusers":
         raise ExportError(f"No run.json near '{source}' says which family the student belongs to; pass --family "
                           f"({', '.join(FAMILIES)}): the TAESD file names depend on it.")

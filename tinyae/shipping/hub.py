@@ -55,11 +55,11 @@ def build_upload_folder(source: str | Path, folder: str | Path, repo_id: str = "
     """Write everything an upload of `source` would contain into `folder` (atomically)."""
     student_dir, run_dir = locate_run(source)
     run = run_info(student_dir)
-    family = family or run.get("family")
+    student = load_student(student_dir)
+    family = family or run.get("family") or student.family
     if family is None:
         raise ExportError(f"No run.json near '{source}' says which family the student belongs to; pass --family "
                           f"({', '.join(FAMILIES)}).")
-    student = load_student(student_dir)
     check_family(student, family, f"'{student_dir}'")
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None

@@ -25,7 +25,7 @@ from torch import nn
 
 from tinyae.data.images import to_pil
 from tinyae.errors import ExportError
-from tinyae.models.formats import FAMILIES, family_info, family_of_folder, family_of_pair, is_pair, load_student
+from tinyae.models.formats import FAMILIES, family_info, load_student
 from tinyae.models.tiny_autoencoder import TinyAutoencoder, diffusers_model
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.resources import weights_dir
@@ -60,10 +60,8 @@ def load_preview_decoder(path_or_repo: str | Path | None = None, family: str | N
         path_or_repo = published_decoder(family)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     student = load_student(path_or_repo, family)
-    if family is None and Path(path_or_repo).exists():
-        family = family_of_pair(path_or_repo) if is_pair(path_or_repo) else family_of_folder(path_or_repo)
     # nn.Module.to: diffusers 0.42's ModelMixin.to warns on every dtype cast, needed or not.
-    model = nn.Module.to(diffusers_model(student, family), dtype=dtype)
+    model = nn.Module.to(diffusers_model(student, family or student.family), dtype=dtype)
     if device is not None:
         model.to(device)
     return model.eval().requires_grad_(False)

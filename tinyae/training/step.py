@@ -43,9 +43,9 @@ def build_student(recipe: Recipe, teacher: Teacher) -> Student:
         raise ConfigError(f"student.latent_channels={config.latent_channels} but the teacher has "
                           f"{teacher.latent_channels}; drop the override or pick the matching teacher.")
     for size in (recipe.data.resolution, recipe.data.final_resolution):
-        if size is not None and size % teacher.downscale:
-            raise ConfigError(f"Crops of {size} px do not divide into the teacher's 1/{teacher.downscale} latents; "
-                              f"set data.resolution and data.final_resolution to multiples of {teacher.downscale}.")
+        if size is not None and size % teacher.size_multiple:
+            raise ConfigError(f"Crops of {size} px do not divide into the teacher's latents; set data.resolution "
+                              f"and data.final_resolution to multiples of {teacher.size_multiple}.")
     if config.init:  # an encoder published alone (taesana_encoder.pth) starts the encoder; the decoder is new
         student = load_student(config.init, encoder_only=True)
         if student.latent_channels != teacher.latent_channels or student.downscale != teacher.downscale:
