@@ -169,15 +169,16 @@ def test_offline_or_gated_presets_fail_in_one_sentence_naming_the_repo(name, rep
 # ---------------------------------------------------------------- students inside the pipelines
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_a_student_is_the_pipelines_vae_and_its_preview_is_the_output_image(family, tmp_path):
+@pytest.mark.parametrize("pipeline_name", FAMILIES + ["flux2-dev"])
+def test_a_student_is_the_pipelines_vae_and_its_preview_is_the_output_image(pipeline_name, tmp_path):
+    family = pipeline_name.removesuffix("-dev")
     tiny_student(family).save_pretrained(tmp_path / "student", family=family)
     vae = TinyAutoencoder.from_pretrained(tmp_path / "student")  # what users load, from the folder
-    pipe = pipeline(family, vae)
-    baseline = generate(family, pipe)
+    pipe = pipeline(pipeline_name, vae)
+    baseline = generate(pipeline_name, pipe)
     seen = []
     previews = PreviewCallback(vae, on_preview=lambda step, ims: seen.append((step, ims)), height=SIZE, width=SIZE)
-    assert np.array_equal(generate(family, pipe, previews), baseline)  # previews only read the latents
+    assert np.array_equal(generate(pipeline_name, pipe, previews), baseline)  # previews only read the latents
     assert [step for step, _ in seen] == [0, 1] and seen[-1][1][0].size == (SIZE, SIZE)
     # The last preview decodes the final latents with pipe.vae's weights: it is the output image.
     assert np.array_equal(np.asarray(seen[-1][1][0]), (baseline[0] * 255).round().astype(np.uint8))

@@ -11,6 +11,7 @@ from diffusers import (
     AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
+    Flux2Pipeline,
     Flux2Transformer2DModel,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
@@ -74,16 +75,19 @@ def tiny_student(family: str, seed: int = 0) -> Student:
 
 
 def pipeline(family: str, vae):
-    """The family's diffusers pipeline around `vae`, with a tiny transformer and no text encoder."""
+    """The family's diffusers pipeline around `vae`, with a tiny transformer and no text encoder.
+
+    "flux2" is FLUX.2 [klein]'s Flux2KleinPipeline, "flux2-dev" FLUX.2 [dev]'s Flux2Pipeline (guidance-distilled).
+    """
     torch.manual_seed(0)
     scheduler = FlowMatchEulerDiscreteScheduler()
-    if family == "flux2":
+    if family in ("flux2", "flux2-dev"):
         transformer = Flux2Transformer2DModel(patch_size=1, in_channels=128, num_layers=1, num_single_layers=1,
                                               attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
                                               timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
-                                              guidance_embeds=False)
-        pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
-                                  transformer=transformer)
+                                              guidance_embeds=family == "flux2-dev")
+        pipeline_class = Flux2Pipeline if family == "flux2-dev" else Flux2KleinPipeline
+        pipe = pipeline_class(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, transformer=transformer)
     elif family == "sana":
         transformer = SanaTransformer2DModel(patch_size=1, in_channels=32, out_channels=32, num_layers=1,
                                              num_attention_heads=2, attention_head_dim=4, num_cross_attention_heads=2,
@@ -106,8 +110,9 @@ def generate(family: str, pipe, callback=None, output_type: str = "np"):
     gen = torch.Generator().manual_seed(1)
     common = dict(height=SIZE, width=SIZE, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
                   output_type=output_type, callback_on_step_end=callback)
-    if family == "flux2":
-        return pipe(prompt_embeds=torch.randn(1, 8, 16, generator=gen), guidance_scale=1.0, **common).images
+    if family in ("flux2", "flux2-dev"):
+        guidance = 4.0 if family == "flux2-dev" else 1.0
+        return pipe(prompt_embeds=torch.randn(1, 8, 16, generator=gen), guidance_scale=guidance, **common).images
     if family == "sana":
         embeds, mask = torch.randn(1, 8, 8, generator=gen), torch.ones(1, 8)
         return pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt=None,
