@@ -5,9 +5,20 @@ import time
 
 import pytest
 import torch
+from tiny_pipelines import VAES
 
 from tinyae.errors import ConfigError, TinyaeError
-from tinyae.evaluation.bench import PeakRSS, bench, describe, format_table, load_models, measure, write_report
+from tinyae.evaluation.bench import (
+    PeakRSS,
+    bench,
+    default_student,
+    describe,
+    format_table,
+    load_models,
+    measure,
+    write_report,
+)
+from tinyae.evaluation.factors import as_teacher
 from tinyae.models.student import Student
 
 
@@ -64,7 +75,8 @@ def test_report_files_and_table(results, tmp_path):
 
 
 def test_weights_free_teachers_are_labelled(tmp_path):
-    (label, student), teachers = load_models("default", ["sd"])
+    students, teachers = load_models("default", ["sd"])
+    label, student = students["sd"]
     assert label == "default Student (random weights)" and student.latent_channels == 4
     assert teachers["sd"].name == "sd (random weights)"
     assert sum(p.numel() for p in teachers["sd"].vae.decoder.parameters()) > 40e6  # the real SD VAE architecture
@@ -79,3 +91,15 @@ def test_bad_arguments_are_clear(tmp_path):
         load_models(str(tmp_path / "missing"), ["sd"])
     with pytest.raises(ConfigError, match="dtype"):
         load_models("default", ["sd"], dtype="int8")
+
+
+def test_each_teacher_is_measured_beside_the_student_of_its_own_family():
+    teachers = {family: as_teacher(build()) for family, build in VAES.items()}
+    students = {name: ("default", default_student(t).eval()) for name, t in teachers.items()}
+    assert students["sana"][1].downscale == 32 and students["flux2"][1].arch.pool
+    results = bench(students, teachers, resolutions=[64], repeats=1)
+    names = {r["teacher"]: r["student"] for r in results["ratios"]}
+    assert names == {"flux2": "student:flux2", "sana": "student:sana", "qwen-image": "student:qwen-image"}
+    by_model = {(m["model"], m["op"]): m for m in results["measurements"]}
+    assert all(by_model[(name, "decode")]["median_s"] > 0 for name in names.values())
+    assert "latents unpatchify" in describe(results) and "against student:sana" in describe(results)

@@ -8,7 +8,7 @@ from tinyae.config import choose_recipe, load_recipe, parse_overrides
 from tinyae.errors import ConfigError
 
 
-@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux", "smoke"])
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux", "flux2", "sana", "qwen-image", "smoke"])
 def test_every_shipped_recipe_loads_and_validates(name):
     recipe = load_recipe(name)
     assert recipe.name == name
@@ -16,7 +16,7 @@ def test_every_shipped_recipe_loads_and_validates(name):
 
 
 def test_gpu_recipes_follow_the_public_taesd_recipe():
-    for name in ["sd", "sdxl", "sd3", "flux"]:
+    for name in ["sd", "sdxl", "sd3", "flux", "flux2", "sana", "qwen-image"]:
         r = load_recipe(name)
         assert r.teacher.name == name
         assert r.optim.lr == 3e-4 and r.optim.betas == [0.9, 0.9]

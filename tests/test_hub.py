@@ -1,6 +1,7 @@
 """Publishing: the exact folder a push would upload, its model card, and clear failures that keep it."""
 
 import json
+import warnings
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -8,6 +9,7 @@ import pytest
 import torch
 from diffusers import AutoencoderTiny
 from huggingface_hub import ModelCard
+from tiny_pipelines import tiny_student
 
 from tinyae.cli import main as tinyae_cli
 from tinyae.data.images import center_crop, load_rgb, to_pil
@@ -131,3 +133,31 @@ def test_push_script_dry_run(run_dir, capsys):
     tinyae_cli(["push", "--student", str(run_dir), "--repo-id", "you/tinyae-sd", "--dry-run"])
     assert "Would upload" in capsys.readouterr().out
     assert ModelCard.load(run_dir.parent / "sd-hub" / "README.md").data.base_model == "stabilityai/sd-vae-ft-mse"
+
+
+@pytest.mark.parametrize("family, teacher_repo, base_model, pipeline_class", [
+    ("flux2", "black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-4B", "Flux2KleinPipeline"),
+    ("flux2", str(Path("/weights/taesd-upstream/taef2")), "black-forest-labs/FLUX.2-klein-4B", "Flux2KleinPipeline"),
+    ("sana", "mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers", "mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers",
+     "SanaPipeline"),
+    ("qwen-image", "Qwen/Qwen-Image", "Qwen/Qwen-Image", "QwenImagePipeline"),
+])
+def test_cards_of_the_new_families_name_their_base_model_class_and_files(family, teacher_repo, base_model,
+                                                                         pipeline_class, tmp_path):
+    out = tmp_path / "run"
+    tiny_student(family).save_pretrained(out / "student", family=family)
+    (out / "run.json").write_text(json.dumps({"teacher": family, "teacher_repo": teacher_repo, "family": family,
+                                              "base_model": "black-forest-labs/FLUX.2-klein-4B"
+                                              if family == "flux2" else None}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the slim test student is not ComfyUI's layout
+        folder = build_upload_folder(out, tmp_path / "upload", repo_id="someone/tiny")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == base_model and family in card.data.tags
+    assert "from tinyae import TinyAutoencoder" in card.text and pipeline_class in card.text
+    assert 'TinyAutoencoder.from_pretrained("someone/tiny", torch_dtype=torch.bfloat16)' in card.text
+    prefix = {"flux2": "taef2", "sana": "taesana", "qwen-image": None}[family]
+    if prefix:
+        assert (folder / f"{prefix}_decoder.safetensors").is_file() and f"{prefix}_decoder" in card.text
+    else:  # no TAESD pair exists for Qwen-Image (ComfyUI previews it with a video model): diffusers files only
+        assert not list(folder.glob("*_decoder.*")) and "ComfyUI" not in card.text

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tiny_pipelines
 import torch
 from diffusers import AutoencoderTiny, DDIMScheduler, FluxPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
@@ -10,7 +11,7 @@ from tinyae.config import StudentConfig
 from tinyae.errors import ExportError
 from tinyae.models.student import Student
 from tinyae.models.tiny_autoencoder import diffusers_model
-from tinyae.shipping.preview import PreviewCallback, load_preview_decoder, unpack_flux_latents
+from tinyae.shipping.preview import PreviewCallback, load_preview_decoder, unpack_latents
 
 STEPS = 4
 
@@ -79,8 +80,8 @@ def test_flux_packed_latents_are_unpacked_like_the_pipeline_does():
     decoder = diffusers_model(tiny_student(latent_channels=16, seed=2)).eval()
     latents = torch.randn(1, 16, 8, 12)  # a 64 x 96 image
     packed = FluxPipeline._pack_latents(latents, 1, 16, 8, 12)
-    assert torch.equal(unpack_flux_latents(packed, 64, 96), FluxPipeline._unpack_latents(packed, 64, 96, 8))
-    assert torch.equal(unpack_flux_latents(packed, 64, 96), latents)
+    assert torch.equal(unpack_latents(packed, 64, 96), FluxPipeline._unpack_latents(packed, 64, 96, 8))
+    assert torch.equal(unpack_latents(packed, 64, 96), latents)
 
     wide = PreviewCallback(decoder, on_preview=print, height=64, width=96)
     from_packed, from_grid = wide.decode(packed)[0], wide.decode(latents)[0]
@@ -88,7 +89,7 @@ def test_flux_packed_latents_are_unpacked_like_the_pipeline_does():
 
     square = torch.randn(1, 16, 8, 8)
     unsized = PreviewCallback(decoder, on_preview=print)
-    assert torch.equal(unpack_flux_latents(FluxPipeline._pack_latents(square, 1, 16, 8, 8)), square)
+    assert torch.equal(unpack_latents(FluxPipeline._pack_latents(square, 1, 16, 8, 8)), square)
     assert unsized.decode(FluxPipeline._pack_latents(square, 1, 16, 8, 8))[0].size == (64, 64)
     with pytest.raises(ValueError, match="pass the image height and width"):
         unsized.decode(packed)
@@ -117,3 +118,23 @@ def test_preview_decoder_errors_are_one_clear_sentence(student_dir):
         load_preview_decoder(student_dir, family="flux")
     with pytest.raises(ValueError, match="on_preview"):
         PreviewCallback(load_preview_decoder(student_dir))
+
+
+def test_the_flux2_preview_decoder_is_the_shipped_taef2_and_serves_flux2_pipelines():
+    decoder = load_preview_decoder(family="flux2")  # no download: the published pair ships with tinyae
+    assert type(decoder).__name__ == "TinyAutoencoder" and decoder.config.latent_channels == 32
+    assert torch.equal(decoder.bn.running_var, torch.ones(128)) and decoder.config.batch_norm_eps == 0.0
+    tokens = torch.randn(1, 16, 128)  # FLUX.2's packed 128-channel tokens of a 64 x 64 image
+    image = PreviewCallback(decoder, on_preview=print, height=64, width=64).decode(tokens)[0]
+    assert image.size == (64, 64)
+
+
+def test_families_without_a_published_diffusers_decoder_say_what_to_pass():
+    with pytest.raises(ExportError, match="No published tiny decoder of family 'sana'"):
+        load_preview_decoder(family="sana")
+
+
+def test_a_student_saved_for_its_family_previews_for_it_without_being_told(tmp_path):
+    tiny_pipelines.tiny_student("qwen-image").save_pretrained(tmp_path / "qwen", family="qwen-image")
+    decoder = load_preview_decoder(tmp_path / "qwen")  # the folder's config names the family
+    assert type(decoder).__name__ == "TinyAutoencoder" and decoder.config.latents_std == [1.0] * 16

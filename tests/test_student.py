@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 from diffusers import AutoencoderTiny
+from safetensors.torch import save_file
 
 from tinyae.config import StudentConfig
 from tinyae.errors import ConfigError
+from tinyae.models.formats import load_student, to_taesd
 from tinyae.models.student import Student
 from tinyae.models.tiny_autoencoder import TinyAutoencoder
 from tinyae.models.variants import resolve_arch
@@ -104,6 +106,21 @@ def test_the_variant_follows_the_teacher_unless_named():
     assert not resolve_arch(StudentConfig(), latent_channels=16, downscale=8).pool
     with pytest.raises(ConfigError, match="downscales 8x but the teacher 32x"):
         resolve_arch(StudentConfig(variant="taesd"), latent_channels=32, downscale=32)
+
+
+def test_16x_teachers_get_the_f16_layout_whose_pair_reads_back(tmp_path):
+    arch = resolve_arch(StudentConfig(), latent_channels=48, downscale=16)  # e.g. Wan 2.2's f16c48 VAE
+    assert arch == resolve_arch(StudentConfig(variant="f16", latent_channels=48)) and arch.encoder_stem == (64,)
+    torch.manual_seed(0)
+    student = Student(arch)
+    assert student.encode(torch.zeros(1, 3, 64, 64)).shape == (1, 48, 4, 4)
+    assert student.decode(torch.zeros(1, 48, 4, 4)).shape == (1, 3, 64, 64)
+    encoder, decoder = to_taesd(student.state_dict())
+    save_file(encoder, tmp_path / "mine_encoder.safetensors")
+    save_file(decoder, tmp_path / "mine_decoder.safetensors")
+    again = load_student(tmp_path / "mine_encoder.safetensors")  # the stride-2 stem is read off the tensors
+    assert again.arch == arch and all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                                          student.state_dict().values()))
 
 
 def test_per_stage_overrides_name_the_field_that_does_not_fit():

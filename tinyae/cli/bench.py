@@ -1,11 +1,13 @@
 """Latency and peak memory of a student against its teacher(s), in one run.
 
     tinyae bench --student default --teacher sd sdxl --resolutions 256 512 --repeats 3 --threads 2
+    tinyae bench --student default --teacher flux2 sana qwen-image --resolutions 256 512
     tinyae bench --student runs/sdxl/student --teacher sdxl --device cuda --dtype fp16 --batch 1 4
 
 Preset teachers are built from their architecture with random weights (no download; speed does
-not depend on weights) unless --teacher-weights; `--student default` is the default student
-architecture with random weights. Writes bench.json, bench.md and bench.png to --out.
+not depend on weights) unless --teacher-weights; `--student default` gives each teacher the
+default student of its family (random weights), measured beside it. Writes bench.json, bench.md
+and bench.png to --out.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    student, teachers = load_models(args.student, args.teacher, args.device, args.dtype, args.teacher_weights)
-    results = bench(student, teachers, args.resolutions, args.batch, args.repeats, args.warmup,
+    students, teachers = load_models(args.student, args.teacher, args.device, args.dtype, args.teacher_weights)
+    results = bench(students, teachers, args.resolutions, args.batch, args.repeats, args.warmup,
                     log=lambda line: print(line, file=sys.stderr, flush=True))
     paths = write_report(results, args.out)
     print(describe(results))

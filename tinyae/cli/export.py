@@ -3,9 +3,10 @@
     tinyae export --student runs/sd/student --to taesd --dtype fp16 --out ComfyUI/models/vae_approx
     tinyae export --checkpoint runs/sd/checkpoints/checkpoint-5000 --to all
 
-diffusers: an AutoencoderTiny folder (fp16 adds the fp16 variant next to the fp32 weights).
-taesd: <prefix>_encoder/_decoder .pth + .safetensors (prefix taesd, taesdxl, taesd3 or taef1);
-the target folder may exist, existing files are kept unless --overwrite.
+diffusers: an AutoencoderTiny folder, or a TinyAutoencoder one for FLUX.2, Sana and Qwen-Image students
+(fp16 adds the fp16 variant next to the fp32 weights).
+taesd: <prefix>_encoder/_decoder .pth + .safetensors (prefix taesd, taesdxl, taesd3, taef1, taef2 or
+taesana; Qwen-Image has none); the target folder may exist, existing files are kept unless --overwrite.
 all: both in one new folder. The default --out is <source>-<to> beside the source.
 """
 
@@ -17,7 +18,7 @@ from tinyae.models.formats import FAMILIES
 from tinyae.shipping.export import TARGETS, checkpoint_student, export_student
 from tinyae.utils.dtypes import EXPORT_DTYPES
 
-HELP = "write a student as an AutoencoderTiny folder and/or a TAESD pair (ComfyUI, Forge)"
+HELP = "write a student as an AutoencoderTiny/TinyAutoencoder folder and/or a TAESD pair (ComfyUI, Forge)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="a checkpoint-N folder from training (its student_ema/ is exported)")
     source.add_argument("--student", help="an AutoencoderTiny folder, a TAESD pair or a training output folder")
     parser.add_argument("--to", choices=TARGETS, default="all")
-    parser.add_argument("--family", choices=list(FAMILIES), help="names the TAESD files (default: from run.json)")
+    parser.add_argument("--family", choices=list(FAMILIES),
+                        help="names the TAESD files and fixes which pipelines the diffusers folder serves "
+                             "(default: from run.json or the folder's config)")
     parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp32")
     parser.add_argument("--out", help="target folder (default: <source>-<to>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing target")

@@ -1,9 +1,11 @@
-"""Inspect a VAE's latent space before distilling it: scale/shift factors, posterior, recurring outliers, locality.
+"""Inspect a VAE's latent space before distilling it: factors, per-channel statistics, posterior, outliers, locality.
 
     tinyae inspect-vae --vae sd --data photos/ --out reports/sd
-    tinyae inspect-vae --vae path/to/student   # AutoencoderTiny folders work too
+    tinyae inspect-vae --vae qwen-image --data photos/   # per-channel latents_mean / latents_std, estimated
+    tinyae inspect-vae --vae path/to/student             # AutoencoderTiny / TinyAutoencoder folders work too
 
-Writes report.md, report.json and PNG figures to --out and prints the recommended factors.
+Writes report.md, report.json and PNG figures to --out and prints the recommended factors
+(per channel for the families that normalise per channel: Qwen-Image, FLUX.2).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from tinyae.evaluation.inspection import inspect_vae, load_images, open_vae, sum
 from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
 
-HELP = "recommended scaling/shift factors, posterior, outliers and locality of a VAE's latents"
+HELP = "recommended scaling/shift (or per-channel) factors, posterior, outliers and locality of a VAE's latents"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", "--teacher", dest="vae", required=True,
-                        help="preset (sd, sdxl, sd3, flux, tiny), Hub repo id, or local diffusers VAE folder "
-                             "(AutoencoderKL or AutoencoderTiny)")
+                        help="preset (sd, sdxl, sd3, flux, flux2, sana, qwen-image, tiny), Hub repo id, or local "
+                             "diffusers VAE folder (any class tinyae distills from, students too)")
     parser.add_argument("--subfolder", help="subfolder of the repo or folder holding the VAE (e.g. vae)")
     parser.add_argument("--random-weights", action="store_true",
                         help="a preset's architecture with random weights: only architecture checks mean anything")

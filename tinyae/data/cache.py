@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from tinyae.data.images import from_uint8, to_uint8
 from tinyae.errors import DataError
+from tinyae.models.latent_space import LatentSpace
 from tinyae.utils.atomic import atomic_file, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -65,23 +66,27 @@ def teacher_record(teacher) -> dict[str, Any]:
         "name": teacher.name,
         "fingerprint": teacher_fingerprint(teacher),
         "dtype": str(teacher.dtype).removeprefix("torch."),
-        "scaling_factor": teacher.scaling_factor,
+        "scaling_factor": teacher.scaling_factor,  # None unless the latent space is scalar
         "shift_factor": teacher.shift_factor,
+        "latent_space": teacher.latent_space.to_dict(),
         "latent_channels": teacher.latent_channels,
         "downscale": teacher.downscale,
     }
 
 
 def _describe_teacher(t: dict) -> str:
-    return (f"teacher '{t['name']}' ({t['dtype']}, weights {t['fingerprint'][:12]}, scaling {t['scaling_factor']:g}, "
-            f"shift {t['shift_factor']:g}, {t['latent_channels']} latent channels, f{t['downscale']})")
+    space = LatentSpace.from_dict(t["latent_space"]).describe() if "latent_space" in t else \
+        f"scaling {t['scaling_factor']:g}, shift {t['shift_factor']:g}"
+    return (f"teacher '{t['name']}' ({t['dtype']}, weights {t['fingerprint'][:12]}, latents {space}, "
+            f"{t['latent_channels']} latent channels, f{t['downscale']})")
 
 
 def check_teacher(recorded: dict, teacher, where: str) -> None:
     """Refuse a cache whose latents another teacher (or other factors) would not reproduce."""
     current = teacher_record(teacher)
-    same_space = all(current[k] == recorded[k] for k in ("scaling_factor", "shift_factor", "latent_channels",
-                                                         "downscale"))
+    keys = ("latent_space" if "latent_space" in recorded else "scaling_factor", "shift_factor", "latent_channels",
+            "downscale")  # caches written before latent spaces recorded their scalar factors only
+    same_space = all(current[k] == recorded[k] for k in keys)
     # Weights cast to another dtype hash differently; then the name has to vouch for them.
     same_weights = (current["fingerprint"] == recorded["fingerprint"] if current["dtype"] == recorded["dtype"]
                     else current["name"] == recorded["name"])

@@ -41,6 +41,7 @@ from tinyae.models.formats import load_student
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher, build_teacher, load_teacher
+from tinyae.models.variants import resolve_arch
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.tables import fmt, markdown_table
@@ -195,13 +196,20 @@ def _params(model: nn.Module) -> dict[str, int]:
     return {part: sum(p.numel() for p in getattr(parts, part).parameters()) for part in ("encoder", "decoder")}
 
 
+def default_student(teacher: Teacher) -> Student:
+    """The student a recipe without a student section would train for `teacher` (its family's variant)."""
+    return Student(resolve_arch(StudentConfig(), teacher.latent_channels, teacher.downscale, teacher.family))
+
+
 def load_models(student: str, teachers: Sequence[str], device: str = "cpu", dtype: str = "fp32",
-                teacher_weights: bool = False) -> tuple[tuple[str, Student], dict[str, Teacher]]:
-    """(label, student) and {name: teacher} for a benchmark.
+                teacher_weights: bool = False) -> tuple[dict[str, tuple[str, nn.Module]], dict[str, Teacher]]:
+    """({teacher name: (label, its student)}, {name: teacher}) for a benchmark.
 
     A preset with a known architecture is built weights-free unless `teacher_weights`;
     other names (the tiny preset, Hub ids, folders) are loaded. `student` is anything
-    `tinyae.models.formats.load_student` reads, or "default": the default architecture with random weights.
+    `tinyae.models.formats.load_student` reads, benchmarked against every teacher, or "default":
+    for each teacher the default student of its family (f8 TAESD shape, FLUX.2's pool variant,
+    Sana's f32 layout) with random weights.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"Unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}.")
@@ -212,12 +220,17 @@ def load_models(student: str, teachers: Sequence[str], device: str = "cpu", dtyp
             built[name] = build_teacher(name, device=device, dtype=dtype)
         else:
             built[name] = load_teacher(TeacherConfig(name=name, dtype=dtype), device=device)
+    students: dict[str, tuple[str, nn.Module]] = {}
     if student == "default":
-        channels = next(iter(built.values())).latent_channels
-        model, label = Student(StudentConfig(latent_channels=channels)), "default Student (random weights)"
+        by_arch: dict[object, Student] = {}
+        for name, teacher in built.items():
+            model = default_student(teacher)
+            model = by_arch.setdefault(model.arch, model.to(device, DTYPES[dtype]).eval())
+            students[name] = ("default Student (random weights)", model)
     else:
-        model, label = load_student(student), f"student {student}"
-    return (label, model.to(device, DTYPES[dtype]).eval()), built
+        model = load_student(student).to(device, DTYPES[dtype]).eval()
+        students = {name: (f"student {student}", model) for name in built}
+    return students, built
 
 
 def _device_name(device: torch.device) -> str:
@@ -232,20 +245,36 @@ def _device_name(device: torch.device) -> str:
 
 # ---------------------------------------------------------------- benchmark
 
-def bench(student: tuple[str, nn.Module], teachers: dict[str, Teacher], resolutions: Sequence[int] = (256, 512),
-          batch_sizes: Sequence[int] = (1,), repeats: int = 3, warmup: int = 1,
-          log: Callable[[str], None] | None = None) -> dict:
-    """Latency and peak memory of encode/decode for the student and each teacher, same inputs, same run.
+def _student_names(students: dict[str, tuple[str, nn.Module]]) -> dict[str, str]:
+    """Teacher name -> the name its student is measured under: "student", or "student:<first teacher>" if several."""
+    firsts: dict[int, str] = {}
+    for teacher, (_, model) in students.items():
+        firsts.setdefault(id(model), teacher)
+    if len(firsts) <= 1:
+        return {teacher: "student" for teacher in students}
+    return {teacher: f"student:{firsts[id(model)]}" for teacher, (_, model) in students.items()}
 
-    Returns {"format", "environment", "models", "measurements": [{model, op, resolution, batch,
-    median_s, min_s, times_s, peak_mem_mb, memory_method}], "ratios": [{teacher, op, resolution, batch,
-    latency, memory}]} with ratios = teacher / student (latency: how many times faster the student is).
+
+def bench(student: tuple[str, nn.Module] | dict[str, tuple[str, nn.Module]], teachers: dict[str, Teacher],
+          resolutions: Sequence[int] = (256, 512), batch_sizes: Sequence[int] = (1,), repeats: int = 3,
+          warmup: int = 1, log: Callable[[str], None] | None = None) -> dict:
+    """Latency and peak memory of encode/decode for each teacher and its student, same inputs, same run.
+
+    `student` is one (label, model) for every teacher, or {teacher name: (label, model)} (teachers of
+    different latent spaces need different students). Returns {"format", "environment", "models",
+    "measurements": [{model, op, resolution, batch, median_s, min_s, times_s, peak_mem_mb, memory_method}],
+    "ratios": [{teacher, student, op, resolution, batch, latency, memory}]} with ratios = teacher / its
+    student (latency: how many times faster the student is).
     """
-    label, student_model = student
-    device = next(student_model.parameters()).device
-    dtype = next(student_model.parameters()).dtype
-    models: dict[str, tuple[nn.Module, int, int]] = {"student": (student_model, student_model.latent_channels,
-                                                                 student_model.downscale)}
+    students = student if isinstance(student, dict) else {name: student for name in teachers} or {"": student}
+    names = _student_names(students)
+    first = next(iter(students.values()))[1]
+    device, dtype = next(first.parameters()).device, next(first.parameters()).dtype
+    models: dict[str, tuple[nn.Module, int, int]] = {}
+    labels: dict[str, str] = {}
+    for teacher_name, (label, model) in students.items():
+        models[names[teacher_name]] = (model, model.latent_channels, model.downscale)
+        labels[names[teacher_name]] = label
     for name, teacher in teachers.items():
         models[name] = (teacher, teacher.latent_channels, teacher.downscale)
     measurements = []
@@ -259,6 +288,8 @@ def bench(student: tuple[str, nn.Module], teachers: dict[str, Teacher], resoluti
                     measurements.append({"model": name, "op": op, "resolution": resolution, "batch": batch, **result})
                     if log:
                         log(_line(measurements[-1]))
+    student_info = {name: {"label": labels[name], "params": _params(models[name][0]),
+                           "random_weights": labels[name].startswith("default")} for name in labels}
     return {
         "format": FORMAT,
         "environment": {
@@ -267,13 +298,13 @@ def bench(student: tuple[str, nn.Module], teachers: dict[str, Teacher], resoluti
             "repeats": repeats, "warmup": warmup,
         },
         "models": {
-            "student": {"label": label, "params": _params(student_model),
-                        "random_weights": label.startswith("default")},
-            **{name: {"label": t.name, "params": _params(t), "random_weights": "random weights" in t.name}
+            **student_info,
+            **{name: {"label": t.name, "params": _params(t), "random_weights": "random weights" in t.name,
+                      "latent_space": t.latent_space.describe(), "student": names[name]}
                for name, t in teachers.items()},
         },
         "measurements": measurements,
-        "ratios": _ratios(measurements, list(teachers)),
+        "ratios": _ratios(measurements, {name: names[name] for name in teachers}),
     }
 
 
@@ -284,17 +315,18 @@ def _line(m: dict) -> str:
             f"peak +{m['peak_mem_mb']:.0f} MB")
 
 
-def _ratios(measurements: list[dict], teachers: list[str]) -> list[dict]:
+def _ratios(measurements: list[dict], pairs: dict[str, str]) -> list[dict]:
+    """Teacher / student of each measurement of a teacher, `pairs` naming each teacher's student."""
     by_key = {(m["model"], m["op"], m["resolution"], m["batch"]): m for m in measurements}
     ratios = []
     for (model, op, res, batch), m in by_key.items():
-        if model not in teachers:
+        if model not in pairs:
             continue
-        s = by_key[("student", op, res, batch)]
+        s = by_key[(pairs[model], op, res, batch)]
         latency = m["median_s"] / s["median_s"] if m["median_s"] and s["median_s"] else None
         memory = m["peak_mem_mb"] / s["peak_mem_mb"] if m["peak_mem_mb"] and s["peak_mem_mb"] else None
-        ratios.append({"teacher": model, "op": op, "resolution": res, "batch": batch, "latency": latency,
-                       "memory": memory})
+        ratios.append({"teacher": model, "student": pairs[model], "op": op, "resolution": res, "batch": batch,
+                       "latency": latency, "memory": memory})
     return ratios
 
 
@@ -317,13 +349,14 @@ def describe(results: dict) -> str:
     """The lines that say what was measured on what, printed above the table."""
     env, models = results["environment"], results["models"]
     lines = [f"{env['device']} ({env['device_name']}), {env['dtype']}, {env['threads']} threads, torch {env['torch']}; "
-             f"median (and min) of {env['repeats']} after {env['warmup']} warm-up; ratios = teacher / student, "
+             f"median (and min) of {env['repeats']} after {env['warmup']} warm-up; ratios = teacher / its student, "
              "of median time and of peak memory."]
     for name, info in models.items():
         p = info["params"]
         weights = " - random weights: speed only, no quality" if info["random_weights"] else ""
+        against = f", latents {info['latent_space']}, against {info['student']}" if "student" in info else ""
         lines.append(f"{name}: {info['label']}, {p['encoder'] / 1e6:.2f}M encoder + {p['decoder'] / 1e6:.2f}M decoder "
-                     f"params{weights}")
+                     f"params{against}{weights}")
     methods = sorted({m["memory_method"] for m in results["measurements"] if m["peak_mem_mb"] is not None})
     lines.append(f"Peak memory: {', '.join(methods)} during the first call, in MB.")
     return "\n".join(lines)
@@ -346,7 +379,7 @@ def plot_latency(results: dict, path: str | Path) -> Path:
         for (model, batch), points in series.items():
             xs, ys = zip(*sorted(points))
             label = results["models"][model]["label"] + (f", batch {batch}" if batch != 1 else "")
-            ax.plot(xs, ys, marker="o", linestyle="-" if model == "student" else "--", label=label)
+            ax.plot(xs, ys, marker="o", linestyle="-" if model.startswith("student") else "--", label=label)
         ax.set(title=op, xlabel="resolution (px)", ylabel="median latency (s)", yscale="log")
         for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis(FuncFormatter(lambda v, _: f"{v:g}"))

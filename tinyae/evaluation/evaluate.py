@@ -34,6 +34,7 @@ from tinyae.data.images import BAD_IMAGE_ERRORS, center_crop, load_rgb, scan_ima
 from tinyae.errors import ConfigError, DataError
 from tinyae.evaluation import metrics
 from tinyae.evaluation.lpips import load_lpips
+from tinyae.models.latent_space import LatentSpace
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.tables import fmt, markdown_table
 
@@ -110,6 +111,8 @@ def _describe(model: nn.Module, fallback: str) -> dict:
     for key in ("scaling_factor", "shift_factor"):
         if isinstance(getattr(model, key, None), float):
             info[key] = getattr(model, key)
+    if isinstance(getattr(model, "latent_space", None), LatentSpace):
+        info["latent_space"] = model.latent_space.describe()
     for part in ("encoder", "decoder"):
         if isinstance(getattr(model, part, None), nn.Module):
             info[f"{part}_params"] = _count_params(getattr(model, part))

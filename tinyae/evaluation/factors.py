@@ -2,8 +2,11 @@
 
 The latent-diffusion paper chose SD's scaling_factor = 1 / std of the latents over a
 data set, so the diffusion model sees roughly unit variance; a different autoencoder
-needs its own factors, estimated the same way. Training (`--estimate-factors`), the
-latent-space report and the tiny teacher's training all use `estimate_factors`.
+needs its own factors, estimated the same way. Per-channel families (Qwen-Image, FLUX.2)
+normalise each channel instead, so the estimate carries per-channel means and stds too,
+computed in the layout the family's latent space normalises (FLUX.2: 2x2-patchified).
+Training (`--estimate-factors`), the latent-space report and the tiny teacher's training
+all use `estimate_factors`.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from tinyae.config import TeacherConfig
 from tinyae.errors import DataError
 from tinyae.models.student import Student
-from tinyae.models.teacher import Teacher
+from tinyae.models.teacher import Teacher, guess_family, resolve_space
 from tinyae.models.tiny_autoencoder import diffusers_model
 
 
 def as_teacher(model: nn.Module) -> Teacher:
-    """A Teacher, a diffusers AutoencoderKL/AutoencoderTiny or a tinyae Student, as a Teacher."""
+    """A Teacher, a diffusers VAE (any class tinyae distills from) or a tinyae Student, as a Teacher."""
     if isinstance(model, Teacher):
         return model
     if isinstance(model, Student):
@@ -30,8 +34,8 @@ def as_teacher(model: nn.Module) -> Teacher:
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "encode") or not hasattr(model, "decode"):
         raise TypeError(f"Expected a Teacher, a diffusers VAE or a Student, got {type(model).__name__}.")
-    return Teacher(model, config.get("scaling_factor") or 1.0, config.get("shift_factor") or 0.0,
-                   name=type(model).__name__)
+    space = resolve_space(model, TeacherConfig(name=type(model).__name__), None)
+    return Teacher(model, name=type(model).__name__, family=guess_family(model, space), latent_space=space)
 
 
 def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterable[torch.Tensor]:
@@ -48,8 +52,8 @@ def encode_raw(teacher: Teacher, images: torch.Tensor | Iterable[torch.Tensor],
     """Raw (unscaled) latent means and log-variances on the CPU; log-variance is None for a deterministic VAE."""
     means, logvars = [], []
     for batch in _batches(images, batch_size):
-        if teacher.is_tiny:
-            means.append(teacher.vae.encode(batch.to(teacher.device, teacher.dtype)).latents.float().cpu())
+        if teacher.deterministic:
+            means.append(teacher.encode_raw(batch).cpu())
         else:
             mean, logvar = teacher.posterior(batch)
             means.append(mean.cpu())
@@ -164,7 +168,9 @@ def estimate_factors(teacher_or_vae: nn.Module, images: torch.Tensor | Iterable[
     batches (which may differ in size, e.g. centre crops and random crops).
 
     The posterior mean is used by default because that is what `Teacher.encode` hands the student;
-    `sample=True` draws from the posterior as the latent-diffusion paper did.
+    `sample=True` draws from the posterior as the latent-diffusion paper did. The latents are
+    taken in the teacher's `latent_space.stats_view`, so `teacher.latent_space.fitted(estimate)`
+    is the same convention with these numbers.
     """
     teacher, noise = as_teacher(teacher_or_vae), torch.Generator().manual_seed(seed)
     latents = []
@@ -172,7 +178,7 @@ def estimate_factors(teacher_or_vae: nn.Module, images: torch.Tensor | Iterable[
         mean, logvar = encode_raw(teacher, batch, batch_size)
         if sample and logvar is not None:
             mean = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=noise)
-        latents.append(mean)
+        latents.append(teacher.latent_space.stats_view(mean))
     if not latents:
         raise DataError("No images to encode.")
     return factors_from_latents(latents, num_bootstrap, confidence, seed)

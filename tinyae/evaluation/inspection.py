@@ -32,7 +32,7 @@ from tinyae.config import TeacherConfig
 from tinyae.data.images import list_images, load_eval_images, sample_photos
 from tinyae.errors import DataError, ExportError
 from tinyae.evaluation import metrics
-from tinyae.evaluation.factors import as_teacher, encode_raw, factors_from_latents
+from tinyae.evaluation.factors import FactorEstimate, as_teacher, encode_raw, factors_from_latents
 from tinyae.models.teacher import Teacher, build_teacher, load_teacher
 from tinyae.utils.atomic import atomic_folder, check_writable
 from tinyae.utils.tables import fmt
@@ -52,9 +52,38 @@ def raw_decoder(teacher: Teacher) -> Callable[[torch.Tensor], torch.Tensor]:
 
     @torch.no_grad()
     def decode(raw: torch.Tensor) -> torch.Tensor:
-        return teacher.vae.decode(raw.to(teacher.device, teacher.dtype)).sample.float().cpu()
+        return teacher.decode_raw(raw).cpu()
 
     return decode
+
+
+def latent_space_stats(teacher: Teacher, mean: torch.Tensor, factors: FactorEstimate, num_bootstrap: int = 4000,
+                       seed: int = 0) -> dict:
+    """The family's latent space as configured, and the same convention fitted to these images.
+
+    Per-channel families (Qwen-Image: latents_mean/std; FLUX.2: batch-norm statistics of the
+    2x2-patchified channels) get per-channel estimates with intervals next to the configured
+    values; scalar families get the scalar factors, which the "factors" section details.
+    """
+    space = teacher.latent_space
+    view = space.stats_view(mean)
+    est = factors if view is mean else factors_from_latents(view, num_bootstrap, seed=seed)
+    fitted = space.fitted(est)
+    z = space.from_raw(mean)
+    section = {"kind": space.kind, "describe": space.describe(), "configured": space.to_dict(),
+               "recommended": fitted.to_dict(),
+               "in_space": {"mean": float(z.mean()), "std": float(z.std()),
+                            "per_channel_std": z.transpose(0, 1).flatten(1).std(1).tolist()}}
+    if space.kind in ("per-channel", "patch-norm"):
+        configured_std = (torch.tensor(space.std) if space.kind == "per-channel" else
+                          (torch.tensor(space.var) + space.eps).sqrt()).tolist()
+        section["channels"] = [
+            {"channel": c, "configured_mean": float(space.mean[c]), "mean": est.per_channel_shift[c],
+             "mean_ci": list(est.per_channel_shift_ci[c]), "configured_std": configured_std[c],
+             "std": 1 / est.per_channel_scaling[c],
+             "std_ci": [1 / est.per_channel_scaling_ci[c][1], 1 / est.per_channel_scaling_ci[c][0]]}
+            for c in range(len(space.mean))]
+    return section
 
 
 # ---------------------------------------------------------------- posterior
@@ -301,7 +330,7 @@ def inspect_vae(vae: nn.Module, images: torch.Tensor, out: str | Path | None = N
                         f"pass a resolution divisible by {ds}.")
     mean, logvar = encode_raw(teacher, images, batch_size)
     factors = factors_from_latents(mean, num_bootstrap, seed=seed)
-    diffusion = (mean - teacher.shift_factor) * teacher.scaling_factor
+    space = latent_space_stats(teacher, mean, factors, num_bootstrap, seed)
     report: dict = {
         "vae": {
             "name": teacher.name, "class": type(teacher.vae).__name__,
@@ -311,13 +340,13 @@ def inspect_vae(vae: nn.Module, images: torch.Tensor, out: str | Path | None = N
         },
         "data": {"num_images": len(images), "resolution": list(images.shape[-2:]), "sources": sources or []},
         "factors": factors.to_dict(),
-        "with_configured_factors": {"mean": float(diffusion.mean()), "std": float(diffusion.std()),
-                                    "per_channel_std": diffusion.transpose(0, 1).flatten(1).std(1).tolist()},
+        "latent_space": space,
     }
 
     anomalies = find_anomalies(mean, "mean", z_threshold, min_frequency)
     if logvar is None:
-        report["posterior"] = {"note": "deterministic VAE (AutoencoderTiny): no posterior, only latent means are checked."}
+        report["posterior"] = {"note": f"deterministic VAE ({type(teacher.vae).__name__}): no posterior, only latent "
+                                       "means are checked."}
     else:
         report["posterior"] = posterior_stats(mean, logvar, seed=seed)
         anomalies = find_anomalies(logvar, "logvar", z_threshold, min_frequency) + anomalies
@@ -508,14 +537,22 @@ def summary(report: dict) -> str:
     lines = [
         f"{v['name']} ({v['class']}, {v['latent_channels']} latent channels) over {report['data']['num_images']} images:",
         f"  recommended scaling_factor = {f['scaling_factor']:.4g}  ({conf}% CI {_ci(f['scaling_ci'])}; "
-        f"configured {v['configured_scaling_factor']:.4g}{_verdict(v['configured_scaling_factor'], f['scaling_ci'])})",
+        f"{_configured(v['configured_scaling_factor'], f['scaling_ci'])})",
         f"  recommended shift_factor   = {f['shift_factor']:.4g}  ({conf}% CI {_ci(f['shift_ci'])}; "
-        f"configured {v['configured_shift_factor']:.4g}{_verdict(v['configured_shift_factor'], f['shift_ci'])})",
+        f"{_configured(v['configured_shift_factor'], f['shift_ci'])})",
         f"  without a shift (SD/SDXL pipelines ignore shift_factor): scaling_factor = "
         f"{f['scaling_factor_without_shift']:.4g} {_ci(f['scaling_without_shift_ci'])}",
-        f"  with the configured factors the latents have mean {report['with_configured_factors']['mean']:.3g}, "
-        f"std {report['with_configured_factors']['std']:.3g}",
     ]
+    space = report["latent_space"]
+    if "channels" in space:
+        chans = space["channels"]
+        inside_mean = sum(c["mean_ci"][0] <= c["configured_mean"] <= c["mean_ci"][1] for c in chans)
+        inside_std = sum(c["std_ci"][0] <= c["configured_std"] <= c["std_ci"][1] for c in chans)
+        lines.append(f"  latent space {space['describe']}: the configured per-channel means lie inside their {conf}% "
+                     f"intervals for {inside_mean}/{len(chans)} channels, the stds for {inside_std}/{len(chans)} "
+                     "(report.json: recommended per-channel values)")
+    lines.append(f"  in the configured latent space the latents have mean {space['in_space']['mean']:.3g}, "
+                 f"std {space['in_space']['std']:.3g}")
     post = report["posterior"]
     if "note" in post:
         lines.append(f"  posterior: {post['note']}")
@@ -547,6 +584,12 @@ def _verdict(value: float, ci: list | tuple) -> str:
     return ", inside the interval" if ci[0] <= value <= ci[1] else ", outside the interval"
 
 
+def _configured(value: float | None, ci: list | tuple) -> str:
+    if value is None:
+        return "not used: the latent space is not scalar"
+    return f"configured {value:.4g}{_verdict(value, ci)}"
+
+
 def render_markdown(report: dict) -> str:
     v, f, d = report["vae"], report["factors"], report["data"]
     conf = round(100 * f["confidence"])
@@ -568,17 +611,28 @@ def render_markdown(report: dict) -> str:
            f"Raw latents z; diffusion-space latents are (z - shift_factor) * scaling_factor. "
            f"Intervals: {conf}% bootstrap over images (percentile interval, expanded for few images).", "",
            "| | estimated | interval | configured |", "|---|---|---|---|",
-           f"| scaling_factor = 1/std | {f['scaling_factor']:.4g} | {_ci(f['scaling_ci'])} | {v['configured_scaling_factor']:.4g} |",
-           f"| shift_factor = mean | {f['shift_factor']:.4g} | {_ci(f['shift_ci'])} | {v['configured_shift_factor']:.4g} |",
+           f"| scaling_factor = 1/std | {f['scaling_factor']:.4g} | {_ci(f['scaling_ci'])} | "
+           f"{fmt(v['configured_scaling_factor'], '.4g')} |",
+           f"| shift_factor = mean | {f['shift_factor']:.4g} | {_ci(f['shift_ci'])} | "
+           f"{fmt(v['configured_shift_factor'], '.4g')} |",
            f"| scaling_factor without shift = 1/RMS | {f['scaling_factor_without_shift']:.4g} | "
            f"{_ci(f['scaling_without_shift_ci'])} | |", "",
-           f"With the configured factors the latents have mean {report['with_configured_factors']['mean']:.3g} and "
-           f"std {report['with_configured_factors']['std']:.3g} (1 would be unit variance).", "",
            "| channel | scaling (1/std) | interval | shift (mean) | interval |", "|---|---|---|---|---|"]
     for c in range(v["latent_channels"]):
         md.append(f"| {c} | {f['per_channel_scaling'][c]:.4g} | {_ci(f['per_channel_scaling_ci'][c])} | "
                   f"{f['per_channel_shift'][c]:.4g} | {_ci(f['per_channel_shift_ci'][c])} |")
-    md += ["", "![per-channel histograms](latent_histograms.png)", "", "## Posterior", ""]
+    space = report["latent_space"]
+    md += ["", "![per-channel histograms](latent_histograms.png)", "", "## Latent space", "",
+           f"The family's space (what its diffusion model sees and the student learns): {space['describe']}. "
+           f"In it, these latents have mean {space['in_space']['mean']:.3g} and std {space['in_space']['std']:.3g}."]
+    if "channels" in space:
+        md += ["", "Per-channel statistics the space normalises by, configured and estimated here "
+               f"({conf}% intervals); `recommended` in report.json holds the estimated space.", "",
+               "| channel | configured mean | mean | interval | configured std | std | interval |",
+               "|---|---|---|---|---|---|---|"]
+        md += [f"| {c['channel']} | {c['configured_mean']:.4g} | {c['mean']:.4g} | {_ci(c['mean_ci'])} | "
+               f"{c['configured_std']:.4g} | {c['std']:.4g} | {_ci(c['std_ci'])} |" for c in space["channels"]]
+    md += ["", "## Posterior", ""]
     post = report["posterior"]
     if "note" in post:
         md += [post["note"]]

@@ -10,25 +10,28 @@ Two layouts hold the same tensors:
 
 Architecture (latent channels, width, blocks per stage) is read off the tensors, not
 the file name, and checked tensor by tensor against the Student it builds, so a file
-of another layout fails with a sentence instead of a silent half-load. `.pth` files are
-read with `torch.load(weights_only=True)` only: weights from strangers must not run code.
+of another layout fails with a sentence instead of a silent half-load. An encoder published
+without its decoder (taesana_encoder.pth) loads for training only (`encoder_only`): the decoder
+is then new, in the layout ComfyUI builds for the file's prefix (tinyae.models.families). `.pth`
+files are read with `torch.load(weights_only=True)` only: weights from strangers must not run code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import logging
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tinyae.config import StudentConfig
 from tinyae.errors import ConfigError, ExportError
+from tinyae.models.families import FAMILIES, family_info
 from tinyae.models.student import CONFIG_NAME, Student
-from tinyae.models.variants import StudentArch, resolve_arch
+from tinyae.models.variants import StudentArch, resolve_arch, variant_for_teacher
 from tinyae.utils.hub_access import fetch_snapshot, local_path_typo, looks_like_repo_id
 from tinyae.utils.weights import read_weights
 
@@ -38,29 +41,7 @@ CLAMP_OFFSET = 1  # the original decoder's index 0 is a Clamp module without par
 PAIR_NAME = re.compile(r"(?P<prefix>.+)_(?P<role>encoder|decoder)\.(?P<ext>safetensors|pth|pt)")
 PAIR_EXTENSIONS = ("safetensors", "pth", "pt")  # preference order: safetensors cannot hold code
 
-
-@dataclass(frozen=True)
-class Family:
-    prefix: str  # TAESD file-name prefix that ComfyUI / Forge look for
-    latent_channels: int
-    repo_id: str | None  # the published TAESD of this family in diffusers layout on the Hub, if there is one
-    variant: str = "taesd"  # the layout ComfyUI builds for this prefix (tinyae.models.variants)
-
-
-FAMILIES: dict[str, Family] = {
-    "sd": Family("taesd", 4, "madebyollin/taesd"),
-    "sdxl": Family("taesdxl", 4, "madebyollin/taesdxl"),
-    "sd3": Family("taesd3", 16, "madebyollin/taesd3"),
-    "flux": Family("taef1", 16, "madebyollin/taef1"),
-    "flux2": Family("taef2", 32, None, "flux_2"),
-    "sana": Family("taesana", 32, None, "f32"),
-}
-
-
-def family_info(family: str) -> Family:
-    if family not in FAMILIES:
-        raise ExportError(f"Unknown family '{family}'; pass one of {', '.join(FAMILIES)}.")
-    return FAMILIES[family]
+logger = logging.getLogger(__name__)
 
 
 def check_family(student: Student, family: str, source: object = "the student") -> None:
@@ -74,8 +55,8 @@ def check_family(student: Student, family: str, source: object = "the student") 
         raise ExportError(f"{source} has {student.latent_channels} latent channels but family '{family}' uses "
                           f"{info.latent_channels}; pick the family of the teacher it was distilled from.")
     standard = resolve_arch(StudentConfig(variant=info.variant, latent_channels=info.latent_channels))
-    if student.arch != dataclasses.replace(standard, act_fn=student.arch.act_fn,
-                                           upsample_fn=student.arch.upsample_fn) or student.arch.act_fn != "relu":
+    if info.prefix is not None and (student.arch != dataclasses.replace(
+            standard, act_fn=student.arch.act_fn, upsample_fn=student.arch.upsample_fn) or student.arch.act_fn != "relu"):
         warnings.warn(f"{source} is not in the '{info.variant}' layout that ComfyUI and Forge build for "
                       f"{info.prefix}_*: tinyae.load_student reads its pair, they do not (use the diffusers "
                       "export there).", stacklevel=2)
@@ -154,41 +135,62 @@ def _stages(state: dict[str, torch.Tensor], layers: list[tuple[int, str]]) -> tu
     return widths, blocks, pools
 
 
-def arch_from_pair(encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor],
-                   names: tuple[str, str] = ("the encoder", "the decoder")) -> StudentArch:
-    """A TAESD pair's layout, read from its tensors (stride and activations from where parameterless layers sit)."""
-    enc_layers = _layers(encoder, names[0])
-    dec_layers = [(i - CLAMP_OFFSET, kind) for i, kind in _layers(decoder, names[1])]
-    enc_in = int(encoder[f"{enc_layers[0][0]}.weight"].shape[1])
-    dec_out = int(decoder[f"{dec_layers[-1][0] + CLAMP_OFFSET}.weight"].shape[0])
+def _encoder_layout(encoder: dict[str, torch.Tensor], name: str) -> dict:
+    """StudentArch fields of a TAESD encoder file, read from its tensors (the stride from where activations sit)."""
+    layers = _layers(encoder, name)
+    enc_in = int(encoder[f"{layers[0][0]}.weight"].shape[1])
     if enc_in != 3:
-        raise ExportError(f"{names[0]} takes {enc_in} input channels, not 3 (RGB): is it a decoder?")
-    if dec_out != 3:
-        raise ExportError(f"{names[1]} writes {dec_out} channels, not 3 (RGB): is it an encoder?")
+        raise ExportError(f"{name} takes {enc_in} input channels, not 3 (RGB): is it a decoder?")
     # Leading encoder convs followed by a parameterless layer (an activation) are the stride-2 stem (taesana's);
     # a single leading conv straight into a block is TAESD's entry conv.
-    first_block = next((k for k, (_, kind) in enumerate(enc_layers) if kind == "block"), len(enc_layers) - 1)
-    leading = enc_layers[:first_block]
-    gaps = [enc_layers[k + 1][0] > index + 1 for k, (index, _) in enumerate(leading)]
+    first_block = next((k for k, (_, kind) in enumerate(layers) if kind == "block"), len(layers) - 1)
+    leading = layers[:first_block]
+    gaps = [layers[k + 1][0] > index + 1 for k, (index, _) in enumerate(leading)]
     if all(gaps):
         stem = [int(encoder[f"{index}.weight"].shape[0]) for index, _ in leading]
-        enc_body = [(leading[-1][0], "conv")] + enc_layers[first_block:]
+        body = [(leading[-1][0], "conv")] + layers[first_block:]
     elif len(leading) == 1:
-        stem, enc_body = [], enc_layers
+        stem, body = [], layers
     else:
-        raise ExportError(f"{names[0]} starts with {len(leading)} convs that are neither TAESD's entry conv nor "
+        raise ExportError(f"{name} starts with {len(leading)} convs that are neither TAESD's entry conv nor "
                           "a stride-2 stem; tinyae cannot tell their strides.")
-    enc_widths, enc_blocks, enc_pools = _stages(encoder, enc_body)
-    dec_widths, dec_blocks, dec_pools = _stages(decoder, [(i + CLAMP_OFFSET, k) for i, k in dec_layers])
-    pool = enc_pools[-1] or dec_pools[0]  # pool branches anywhere else fail the tensor-by-tensor load
-    latent_channels = int(encoder[f"{enc_layers[-1][0]}.weight"].shape[0])
-    decoder_in = int(decoder[f"{dec_layers[0][0] + CLAMP_OFFSET}.weight"].shape[1])
-    if latent_channels != decoder_in:
-        raise ExportError(f"{names[0]} writes {latent_channels} latent channels but {names[1]} reads {decoder_in}: "
-                          "the two files are not a pair.")
-    try:
-        return StudentArch(latent_channels=latent_channels, encoder_widths=enc_widths, decoder_widths=dec_widths,
-                           encoder_blocks=enc_blocks, decoder_blocks=dec_blocks, encoder_stem=stem, pool=pool)
+    widths, blocks, pools = _stages(encoder, body)
+    return {"latent_channels": int(encoder[f"{layers[-1][0]}.weight"].shape[0]), "encoder_widths": widths,
+            "encoder_blocks": blocks, "encoder_stem": stem, "pool": pools[-1]}
+
+
+def _decoder_layout(decoder: dict[str, torch.Tensor], name: str) -> dict:
+    """StudentArch fields of a TAESD decoder file (its index 0 is the parameterless Clamp)."""
+    layers = _layers(decoder, name)
+    dec_out = int(decoder[f"{layers[-1][0]}.weight"].shape[0])
+    if dec_out != 3:
+        raise ExportError(f"{name} writes {dec_out} channels, not 3 (RGB): is it an encoder?")
+    widths, blocks, pools = _stages(decoder, layers)
+    return {"latent_channels": int(decoder[f"{layers[0][0]}.weight"].shape[1]), "decoder_widths": widths,
+            "decoder_blocks": blocks, "pool": pools[0]}
+
+
+def arch_from_pair(encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor] | None,
+                   names: tuple[str, str] = ("the encoder", "the decoder"), variant: str | None = None) -> StudentArch:
+    """A TAESD pair's layout, read from its tensors.
+
+    With `decoder` None (an encoder published alone, such as taesana's) the decoder's layout is
+    `variant`'s (else the default one for the encoder's downscale), so a fresh decoder can be trained.
+    """
+    enc = _encoder_layout(encoder, names[0])
+    if decoder is None:
+        downscale = 2 ** (len(enc["encoder_stem"]) + len(enc["encoder_widths"]) - 1)
+        name = variant or variant_for_teacher(downscale, "flux2" if enc["pool"] else None)
+        standard = resolve_arch(StudentConfig(variant=name, latent_channels=enc["latent_channels"]))
+        dec = {"latent_channels": enc["latent_channels"], "decoder_widths": standard.decoder_widths,
+               "decoder_blocks": standard.decoder_blocks, "pool": enc["pool"]}
+    else:
+        dec = _decoder_layout(decoder, names[1])
+    if enc["latent_channels"] != dec["latent_channels"]:
+        raise ExportError(f"{names[0]} writes {enc['latent_channels']} latent channels but {names[1]} reads "
+                          f"{dec['latent_channels']}: the two files are not a pair.")
+    try:  # pool branches anywhere but the deepest stages fail the tensor-by-tensor load
+        return StudentArch(**{**enc, **dec, "pool": enc["pool"] or dec["pool"]})
     except ConfigError as exc:
         raise ExportError(f"{names[0]} / {names[1]}: {exc}") from None
 
@@ -206,15 +208,12 @@ def is_pair(path: str | Path) -> bool:
     return path.parent.is_dir() and any(path.parent.glob(f"{glob.escape(path.name)}_encoder.*"))
 
 
-def family_of_pair(path: str | Path) -> str | None:
-    """The family whose file names a pair carries (taef2_* -> flux2), if any."""
-    encoder, _ = find_pair(path)
-    prefix = PAIR_NAME.fullmatch(encoder.name)["prefix"]
-    return next((name for name, info in FAMILIES.items() if info.prefix == prefix), None)
+def find_pair(path: str | Path, family: str | None = None,
+              decoder_optional: bool = False) -> tuple[Path, Path | None]:
+    """(encoder, decoder) files from a folder, either file of the pair, or a prefix like `dir/taesdxl`.
 
-
-def find_pair(path: str | Path, family: str | None = None) -> tuple[Path, Path]:
-    """(encoder, decoder) files from a folder, either file of the pair, or a prefix like `dir/taesdxl`."""
+    With `decoder_optional`, an encoder published alone (taesana_encoder.pth) gives (encoder, None).
+    """
     path = Path(path)
     if path.is_file():
         match = PAIR_NAME.fullmatch(path.name)
@@ -227,6 +226,8 @@ def find_pair(path: str | Path, family: str | None = None) -> tuple[Path, Path]:
         prefixes = sorted({m["prefix"] for p in path.iterdir() if (m := PAIR_NAME.fullmatch(p.name))})
         if family is not None:
             prefix = family_info(family).prefix
+            if prefix is None:
+                raise ExportError(f"Family '{family}' has no TAESD pair format; load its diffusers folder instead.")
             if prefix not in prefixes:
                 found = f"; it has {', '.join(prefixes)}" if prefixes else ""
                 raise ExportError(f"'{path}' holds no {prefix}_encoder/{prefix}_decoder pair for family "
@@ -241,7 +242,10 @@ def find_pair(path: str | Path, family: str | None = None) -> tuple[Path, Path]:
                               f"({', '.join(FAMILIES)}) or the path of one file.")
     else:
         folder, prefix = path.parent, path.name
-    return _pick(folder, prefix, "encoder"), _pick(folder, prefix, "decoder")
+    encoder = _pick(folder, prefix, "encoder")
+    if decoder_optional and not any((folder / f"{prefix}_decoder.{ext}").is_file() for ext in PAIR_EXTENSIONS):
+        return encoder, None
+    return encoder, _pick(folder, prefix, "decoder")
 
 
 def _pick(folder: Path, prefix: str, role: str) -> Path:
@@ -250,22 +254,37 @@ def _pick(folder: Path, prefix: str, role: str) -> Path:
         if candidate.is_file():
             return candidate
     raise ExportError(f"No {prefix}_{role}.safetensors or .pth in '{folder}': a TAESD model is two files, "
-                      "encoder and decoder, side by side.")
+                      "encoder and decoder, side by side (an encoder alone is read only to initialise training, "
+                      "as --student.init).")
 
 
-def load_taesd(encoder_path: str | Path, decoder_path: str | Path) -> Student:
-    encoder, decoder = read_weights(encoder_path), read_weights(decoder_path)
-    arch = arch_from_pair(encoder, decoder, (f"'{encoder_path}'", f"'{decoder_path}'"))
-    return Student(arch).load_weights(from_taesd(encoder, decoder), f"The pair '{encoder_path}' + '{decoder_path}'")
+def load_taesd(encoder_path: str | Path, decoder_path: str | Path | None = None) -> Student:
+    """A Student from a TAESD pair; without `decoder_path`, its decoder is new (the family's layout) and untrained."""
+    encoder = read_weights(encoder_path)
+    prefix = PAIR_NAME.fullmatch(Path(encoder_path).name)["prefix"]
+    family = next((name for name, info in FAMILIES.items() if info.prefix == prefix), None)
+    if decoder_path is None:
+        arch = arch_from_pair(encoder, None, (f"'{encoder_path}'", "its decoder"),
+                              FAMILIES[family].variant if family else None)
+        student = Student(arch).load_weights(from_taesd(encoder, {}), f"The encoder '{encoder_path}'", "encoder")
+        logger.warning("'%s' comes without its decoder: the decoder starts untrained.", encoder_path)
+    else:
+        decoder = read_weights(decoder_path)
+        arch = arch_from_pair(encoder, decoder, (f"'{encoder_path}'", f"'{decoder_path}'"))
+        student = Student(arch).load_weights(from_taesd(encoder, decoder),
+                                             f"The pair '{encoder_path}' + '{decoder_path}'")
+    student.family = family
+    return student
 
 
-def load_student(path: str | Path, family: str | None = None) -> Student:
+def load_student(path: str | Path, family: str | None = None, encoder_only: bool = False) -> Student:
     """A float32 Student from an AutoencoderTiny folder, a TAESD pair, a checkpoint or a Hub repo id.
 
-    `path` may be a folder (AutoencoderTiny, a TAESD pair, a training checkpoint with
-    `student_ema/` or a training output with `student/`), either file of a pair, a prefix
-    such as `models/vae_approx/taesdxl`, or an `owner/name` Hub repo. `family` picks the
-    pair in a folder holding several and checks the latent channels.
+    `path` may be a folder (AutoencoderTiny/TinyAutoencoder, a TAESD pair, a training checkpoint
+    with `student_ema/` or a training output with `student/`), either file of a pair, a prefix
+    such as `models/vae_approx/taesdxl`, or an `owner/name` Hub repo. `family` picks the pair in
+    a folder holding several and checks the latent channels. `encoder_only` accepts an encoder
+    published without its decoder (taesana): the decoder is then new, to be trained.
     """
     path = Path(path)
     is_prefix = path.parent.is_dir() and any(path.parent.glob(f"{glob.escape(path.name)}_encoder.*"))
@@ -284,7 +303,7 @@ def load_student(path: str | Path, family: str | None = None) -> Student:
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         student = Student.from_pretrained(path)
     else:
-        student = load_taesd(*find_pair(path, family))
+        student = load_taesd(*find_pair(path, family, decoder_optional=encoder_only))
     if family is not None:
         check_family(student, family, f"'{path}'")
     return student

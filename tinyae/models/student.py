@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 
 from tinyae.config import StudentConfig
 from tinyae.errors import ExportError
+from tinyae.models.families import pipeline_vae
 from tinyae.models.variants import StudentArch, resolve_arch
 from tinyae.utils.atomic import atomic_files, atomic_folder
 from tinyae.utils.hub_access import fetch_snapshot, looks_like_repo_id
@@ -126,6 +127,7 @@ class Student(nn.Module):
         if isinstance(arch, StudentConfig):
             arch = resolve_arch(arch)
         self.arch = arch
+        self.family: str | None = None  # the family its files were saved for, when they say (TinyAutoencoder, pair)
         self.encoder = TinyEncoder(arch)
         self.decoder = TinyDecoder(arch)
 
@@ -158,14 +160,19 @@ class Student(nn.Module):
 
     # ------------------------------------------------------------ diffusers
 
-    def diffusers_config(self) -> dict:
+    def diffusers_class_name(self, family: str | None = None) -> str:
+        """AutoencoderTiny where it holds the layout and works as the family's `pipe.vae`, else TinyAutoencoder."""
+        return "AutoencoderTiny" if self.arch.autoencoder_tiny and pipeline_vae(family) == "plain" else "TinyAutoencoder"
+
+    def diffusers_config(self, family: str | None = None) -> dict:
         """Constructor arguments of the diffusers class that holds these tensors (factors 1/0: latents are scaled)."""
         a = self.arch
-        if not a.autoencoder_tiny:
+        if self.diffusers_class_name(family) == "TinyAutoencoder":
             return {"latent_channels": a.latent_channels, "encoder_widths": list(a.encoder_widths),
                     "decoder_widths": list(a.decoder_widths), "encoder_blocks": list(a.encoder_blocks),
                     "decoder_blocks": list(a.decoder_blocks), "encoder_stem": list(a.encoder_stem), "pool": a.pool,
-                    "act_fn": a.act_fn, "upsample_fn": a.upsample_fn, "scaling_factor": 1.0, "shift_factor": 0.0}
+                    "act_fn": a.act_fn, "upsample_fn": a.upsample_fn, "scaling_factor": 1.0, "shift_factor": 0.0,
+                    "family": family}
         return {
             "in_channels": 3,
             "out_channels": 3,
@@ -184,10 +191,6 @@ class Student(nn.Module):
             "shift_factor": 0.0,
         }
 
-    @property
-    def diffusers_class_name(self) -> str:
-        return "AutoencoderTiny" if self.arch.autoencoder_tiny else "TinyAutoencoder"
-
     @staticmethod
     def arch_from_diffusers(cfg: dict) -> StudentArch:
         """Inverse of `diffusers_config` for either class; refuses configs tinyae cannot represent."""
@@ -205,9 +208,12 @@ class Student(nn.Module):
                            decoder_blocks=cfg.get("num_decoder_blocks", [3, 3, 3, 1]),
                            act_fn=cfg.get("act_fn", "relu"), upsample_fn=cfg.get("upsample_fn", "nearest"))
 
-    def load_weights(self, state: dict[str, torch.Tensor], source: str) -> "Student":
-        """Load a state dict that must match this architecture tensor for tensor, or say what differs."""
-        expected = self.state_dict()
+    def load_weights(self, state: dict[str, torch.Tensor], source: str, part: str | None = None) -> "Student":
+        """Load a state dict that must match this architecture tensor for tensor, or say what differs.
+
+        `part` ("encoder" or "decoder") loads that side only and leaves the other as it is.
+        """
+        expected = {k: v for k, v in self.state_dict().items() if part is None or k.startswith(f"{part}.")}
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
         wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -216,17 +222,18 @@ class Student(nn.Module):
                       f"'{wrong[0]}' has shape {tuple(state[wrong[0]].shape)}, expected "
                       f"{tuple(expected[wrong[0]].shape)}")
             raise ExportError(f"{source} does not match the student architecture it describes ({detail}).")
-        self.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        self.load_state_dict({k: v.float() for k, v in state.items()}, strict=part is None)
         return self
 
     def write_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None,
-                         fp16_variant: bool = False) -> None:
+                         fp16_variant: bool = False, family: str | None = None) -> None:
         """config.json + diffusion_pytorch_model.safetensors (+ the fp16 variant) into an existing folder.
 
+        `family` makes the folder work as `pipe.vae` in that family's pipelines (tinyae.models.families).
         The files take their names together once all are written (tinyae.utils.atomic.atomic_files).
         """
-        config = {"_class_name": self.diffusers_class_name, "_diffusers_version": diffusers.__version__,
-                  **self.diffusers_config()}
+        config = {"_class_name": self.diffusers_class_name(family), "_diffusers_version": diffusers.__version__,
+                  **self.diffusers_config(family)}
         with atomic_files(folder) as stage:
             stage(CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             save_file(cast_state(self.state_dict(), dtype), stage(WEIGHTS_NAME), metadata={"format": "pt"})
@@ -235,10 +242,10 @@ class Student(nn.Module):
                           metadata={"format": "pt"})
 
     def save_pretrained(self, directory: str | Path, overwrite: bool = False, dtype: torch.dtype | None = None,
-                        fp16_variant: bool = False) -> Path:
+                        fp16_variant: bool = False, family: str | None = None) -> Path:
         """A diffusers folder (AutoencoderTiny or TinyAutoencoder), written all or nothing."""
         with atomic_folder(directory, overwrite) as tmp:
-            self.write_pretrained(tmp, dtype, fp16_variant)
+            self.write_pretrained(tmp, dtype, fp16_variant, family)
         return Path(directory)
 
     @classmethod
@@ -269,4 +276,6 @@ class Student(nn.Module):
         weights = next((folder / name for name in WEIGHTS_NAMES if (folder / name).is_file()), None)
         if weights is None:
             raise ExportError(f"'{folder}' has a {CONFIG_NAME} but no {WEIGHTS_NAME}.")
-        return cls(arch).load_weights(read_weights(weights), f"'{weights}'")
+        student = cls(arch).load_weights(read_weights(weights), f"'{weights}'")
+        student.family = cfg.get("family")
+        return student

@@ -10,6 +10,8 @@ the decoder, an optional stride-2 stem in front of the encoder, and FLUX.2's Gro
   stage ("flux_2 required global pooling/norm for accurate distillation", taef2);
 - `f32`: the 32x layout of taesana (DC-AE f32c32): two stride-2 stem convs before an f8
   encoder, and a six-stage decoder whose widths narrow 256 -> 128 -> 64.
+- `f16`: tinyae's 16x layout on the same pattern (one stride-2 stem conv, a five-stage decoder
+  128 -> 64), for f16 teachers such as Wan 2.2's VAE; no published TAESD uses it.
 
 Any field of `StudentConfig` left unset comes from the variant; a variant left unset comes
 from the teacher (`variant_for_teacher`). Register new layouts with `register_variant`.
@@ -104,6 +106,10 @@ register_variant("f32", Variant({
     "encoder_stem": (32, 64), "encoder_widths": (64, 64, 64, 64), "encoder_blocks": (1, 3, 3, 3),
     "decoder_widths": (256, 128, 64, 64, 64, 64), "decoder_blocks": (3, 3, 3, 3, 3, 1),
 }, "32x layout of taesana (DC-AE f32c32): stride-2 stem, decoder 256 -> 128 -> 64"))
+register_variant("f16", Variant({
+    "encoder_stem": (64,), "encoder_widths": (64, 64, 64, 64), "encoder_blocks": (1, 3, 3, 3),
+    "decoder_widths": (128, 64, 64, 64, 64), "decoder_blocks": (3, 3, 3, 3, 1),
+}, "16x layout on the f32 pattern: one stride-2 stem conv, decoder 128 -> 64"))
 
 
 ALIASES = {"flux2": "flux_2"}  # the family's name works for its layout too
@@ -113,8 +119,8 @@ def variant_for_teacher(downscale: int, family: str | None = None) -> str:
     """The layout a teacher's latents call for when the recipe names none."""
     if family == "flux2":
         return "flux_2"
-    if downscale == 32:
-        return "f32"
+    if downscale in (16, 32):
+        return f"f{downscale}"
     if downscale != 8:
         raise ConfigError(f"No student variant is registered for a {downscale}x teacher; set student.encoder_widths, "
                           "decoder_widths, encoder_blocks and decoder_blocks (one stage per 2x) yourself.")

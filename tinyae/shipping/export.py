@@ -1,11 +1,13 @@
 """Export a student where people use it, atomically.
 
 - diffusers: an AutoencoderTiny folder (config.json + diffusion_pytorch_model.safetensors),
-  optionally with the fp16 variant (`from_pretrained(dir, variant="fp16")`);
+  optionally with the fp16 variant (`from_pretrained(dir, variant="fp16")`), or a TinyAutoencoder
+  folder where AutoencoderTiny cannot hold the layout or serve the family's pipelines (FLUX.2,
+  Sana, Qwen-Image: tinyae.models.families);
 - taesd: the original pair `<prefix>_encoder/_decoder` as .pth and .safetensors twins, named
-  for the family (taesd, taesdxl, taesd3, taef1) so they drop into ComfyUI's models/vae_approx
-  and Forge's models/VAE-taesd unchanged;
-- all: both in one folder, which is also what the Hub gets.
+  for the family (taesd, taesdxl, taesd3, taef1, taef2, taesana) so they drop into ComfyUI's
+  models/vae_approx and Forge's models/VAE-taesd unchanged;
+- all: both in one folder (the pair only for families that have one), which is also what the Hub gets.
 
 Folders are written into a hidden temporary sibling and renamed into place in one step, so an
 interrupted export never leaves a half-written folder that a pipeline would load, and an
@@ -36,6 +38,9 @@ TARGETS = ("diffusers", "taesd", "all")
 
 def taesd_file_names(family: str) -> list[str]:
     prefix = family_info(family).prefix
+    if prefix is None:
+        raise ExportError(f"Family '{family}' has no TAESD pair that ComfyUI or Forge load (they preview it with a "
+                          "video model of another architecture); export --to diffusers instead.")
     return [f"{prefix}_{role}.{ext}" for ext in ("safetensors", "pth") for role in ("encoder", "decoder")]
 
 
@@ -55,10 +60,11 @@ def write_taesd(student, folder: Path, family: str, dtype: torch.dtype | None = 
 
 def export_diffusers(student: Student, directory: str | Path, overwrite: bool = False,
                      dtype: torch.dtype | None = None, extra: Callable[[Path], None] | None = None,
-                     fp16_variant: bool = False) -> Path:
-    """Write an AutoencoderTiny folder: config.json + diffusion_pytorch_model.safetensors (+ the fp16 variant)."""
+                     fp16_variant: bool = False, family: str | None = None) -> Path:
+    """Write an AutoencoderTiny (or TinyAutoencoder) folder: config.json + diffusion_pytorch_model.safetensors
+    (+ the fp16 variant); `family` makes it work as `pipe.vae` in that family's pipelines."""
     with atomic_folder(directory, overwrite) as tmp:
-        student.write_pretrained(tmp, dtype, fp16_variant)
+        student.write_pretrained(tmp, dtype, fp16_variant, family)
         if extra is not None:
             extra(tmp)
     return Path(directory)
@@ -79,15 +85,18 @@ def export_taesd(student, directory: str | Path, family: str, dtype: torch.dtype
 
 def export_all(student, directory: str | Path, family: str, dtype: torch.dtype | None = None,
                overwrite: bool = False, extra: Callable[[Path], None] | None = None) -> Path:
-    """One folder for every consumer: AutoencoderTiny files plus the TAESD pair.
+    """One folder for every consumer: the diffusers files plus the TAESD pair (for families that have one).
 
     With dtype fp16 the pair is stored in fp16 and the diffusers weights get their fp16
     variant, while the main diffusers file stays fp32 so nothing is lost by default.
     """
     half = dtype == torch.float16
     with atomic_folder(directory, overwrite) as tmp:
-        student.write_pretrained(tmp, fp16_variant=half)
-        write_taesd(student, tmp, family, dtype)
+        student.write_pretrained(tmp, fp16_variant=half, family=family)
+        if family_info(family).prefix is not None:
+            write_taesd(student, tmp, family, dtype)
+        else:
+            check_family(student, family)
         if extra is not None:
             extra(tmp)
     return Path(directory)
@@ -122,14 +131,14 @@ def export_student(source: str | Path, to: str = "all", family: str | None = Non
     out = Path(out) if out else source.resolve().with_name(f"{source.resolve().name}-{to}")
     check_writable(out, "--out")  # before loading anything
     student = load_student(source)
-    family = family or run_info(source).get("family")
+    family = family or run_info(source).get("family") or student.family
     if family is None and to != "diffusers":
         raise ExportError(f"No run.json near '{source}' says which family the student belongs to; pass --family "
                           f"({', '.join(FAMILIES)}): the TAESD file names depend on it.")
     if family is not None:
         check_family(student, family, f"'{source}'")
     if to == "diffusers":
-        export_diffusers(student, out, overwrite, fp16_variant=dtype == "fp16")
+        export_diffusers(student, out, overwrite, fp16_variant=dtype == "fp16", family=family)
     elif to == "taesd":
         export_taesd(student, out, family, DTYPES[dtype], overwrite)
     else:

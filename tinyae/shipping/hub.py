@@ -21,13 +21,15 @@ from tinyae.models.formats import FAMILIES, check_family, family_info, load_stud
 from tinyae.shipping.export import export_all, run_info
 from tinyae.utils.hub_access import looks_like_repo_id
 
-# Per family: the pipeline its users run (for the card's snippet), a Hub tag, a readable name.
+# Per family: the pipeline its users run, a repo of it and its usual dtype (for the card's snippet), and a Hub tag.
 PIPELINES = {
-    "sd": ("StableDiffusionPipeline", "stable-diffusion-v1-5/stable-diffusion-v1-5", "stable-diffusion",
-           "Stable Diffusion 1.x / 2.x"),
-    "sdxl": ("StableDiffusionXLPipeline", "stabilityai/stable-diffusion-xl-base-1.0", "stable-diffusion-xl", "SDXL"),
-    "sd3": ("StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3-medium-diffusers", "sd3", "SD3 / SD3.5"),
-    "flux": ("FluxPipeline", "black-forest-labs/FLUX.1-schnell", "flux", "FLUX.1"),
+    "sd": ("StableDiffusionPipeline", "stable-diffusion-v1-5/stable-diffusion-v1-5", "float16", "stable-diffusion"),
+    "sdxl": ("StableDiffusionXLPipeline", "stabilityai/stable-diffusion-xl-base-1.0", "float16", "stable-diffusion-xl"),
+    "sd3": ("StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3-medium-diffusers", "float16", "sd3"),
+    "flux": ("FluxPipeline", "black-forest-labs/FLUX.1-schnell", "bfloat16", "flux"),
+    "flux2": ("Flux2KleinPipeline", "black-forest-labs/FLUX.2-klein-4B", "bfloat16", "flux2"),
+    "sana": ("SanaPipeline", "Efficient-Large-Model/Sana_1600M_1024px_diffusers", "bfloat16", "sana"),
+    "qwen-image": ("QwenImagePipeline", "Qwen/Qwen-Image", "bfloat16", "qwen-image"),
 }
 SAMPLE_NAME = "samples.png"
 
@@ -53,11 +55,11 @@ def build_upload_folder(source: str | Path, folder: str | Path, repo_id: str = "
     """Write everything an upload of `source` would contain into `folder` (atomically)."""
     student_dir, run_dir = locate_run(source)
     run = run_info(student_dir)
-    family = family or run.get("family")
+    student = load_student(student_dir)
+    family = family or run.get("family") or student.family
     if family is None:
         raise ExportError(f"No run.json near '{source}' says which family the student belongs to; pass --family "
                           f"({', '.join(FAMILIES)}).")
-    student = load_student(student_dir)
     check_family(student, family, f"'{student_dir}'")
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
@@ -79,16 +81,19 @@ def model_card(student, repo_id: str, family: str, run: dict | None = None, metr
                sample: str | None = None) -> ModelCard:
     run = run or {}
     teacher_repo = run.get("teacher_repo")
-    pipeline_class, pipeline_repo, family_tag, family_name = PIPELINES[family]
-    prefix = family_info(family).prefix
+    teacher_repo = teacher_repo if teacher_repo and looks_like_repo_id(teacher_repo) else None
+    pipeline_class, pipeline_repo, dtype, family_tag = PIPELINES[family]
+    info = family_info(family)
+    family_name, prefix = info.name, info.prefix
+    model_class = student.diffusers_class_name(family)
     data = ModelCardData(
         library_name="diffusers",
         tags=["tinyae", "taesd", "autoencoder", "vae", "distillation", family_tag],
-        base_model=teacher_repo if teacher_repo and looks_like_repo_id(teacher_repo) else None,
+        base_model=teacher_repo or run.get("base_model"),  # the teacher VAE's repo, or the model it stands for
     )
     n_enc = sum(p.numel() for p in student.encoder.parameters())
     n_dec = sum(p.numel() for p in student.decoder.parameters())
-    teacher = f"[`{teacher_repo}`](https://huggingface.co/{teacher_repo})" if data.base_model else "its teacher VAE"
+    teacher = f"[`{teacher_repo}`](https://huggingface.co/{teacher_repo})" if teacher_repo else "its teacher VAE"
     lines = [
         f"# {repo_id.split('/')[-1]}",
         "",
@@ -106,18 +111,24 @@ def model_card(student, repo_id: str, family: str, run: dict | None = None, metr
         steps = run.get("steps", run["recipe"].get("train", {}).get("steps"))
         lines += [f"Trained for {steps} steps with the `{run['recipe'].get('name', 'custom')}` recipe "
                   "(`run.json` holds the full recipe).", ""]
+    imports = ([f"from diffusers import AutoencoderTiny, {pipeline_class}"] if model_class == "AutoencoderTiny" else
+               [f"from diffusers import {pipeline_class}", "from tinyae import TinyAutoencoder  # pip install tinyae"])
     lines += [
         "## Use it in diffusers",
         "",
         "```python",
         "import torch",
-        f"from diffusers import AutoencoderTiny, {pipeline_class}",
+        *imports,
         "",
-        f'pipe = {pipeline_class}.from_pretrained("{pipeline_repo}", torch_dtype=torch.float16).to("cuda")',
-        f'pipe.vae = AutoencoderTiny.from_pretrained("{repo_id}", torch_dtype=torch.float16).to("cuda")',
+        f'pipe = {pipeline_class}.from_pretrained("{pipeline_repo}", torch_dtype=torch.{dtype}).to("cuda")',
+        f'pipe.vae = {model_class}.from_pretrained("{repo_id}", torch_dtype=torch.{dtype}).to("cuda")',
         'image = pipe("a photo of a cat").images[0]',
         "```",
         "",
+    ]
+    if prefix is None:
+        return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    lines += [
         "## Use it in ComfyUI / Forge",
         "",
         "```bash",

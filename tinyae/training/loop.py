@@ -107,12 +107,12 @@ def distill(recipe: Recipe) -> Path:
     if recipe.teacher.estimate_factors and recipe.teacher.scaling_factor is None:
         # The user's explicit --teacher.scaling_factor wins; otherwise 1/std and mean of the raw latents.
         est = estimate_factors(teacher, source.preview_images(64, recipe.data.resolution))
-        teacher.scaling_factor, teacher.shift_factor = est.scaling_factor, est.shift_factor
+        teacher.latent_space = teacher.latent_space.fitted(est)  # the same convention, estimated numbers
         logger.info("Estimated scaling_factor %.5f %s, shift_factor %.5f %s (for pipelines that ignore the shift: "
                     "scaling_factor %.5f).", est.scaling_factor, est.scaling_ci, est.shift_factor, est.shift_ci,
                     est.scaling_factor_without_shift)
-    logger.info("Teacher %s: %d latent channels, scaling %.5f, shift %.5f. Data: %s.", teacher.name,
-                teacher.latent_channels, teacher.scaling_factor, teacher.shift_factor, source.describe())
+    logger.info("Teacher %s: %d latent channels, latents %s. Data: %s.", teacher.name,
+                teacher.latent_channels, teacher.latent_space.describe(), source.describe())
 
     # The student, its EMA copy (what samples, checkpoints and the export use), discriminator, optimizers.
     student = build_student(recipe, teacher)
@@ -170,7 +170,7 @@ def distill(recipe: Recipe) -> Path:
 
     ema.copy_to(ema_student.parameters())
     if accelerator.is_main_process:
-        export_diffusers(ema_student, out / "student", overwrite=True)
+        export_diffusers(ema_student, out / "student", overwrite=True, family=teacher.family)
         finish_run(recipe, out, ema_student, teacher, source, state.step, plan.resumes,
                    {"wall_s": time.perf_counter() - started[0], "cpu_s": time.process_time() - started[1]})
     accelerator.wait_for_everyone()
@@ -185,6 +185,7 @@ def finish_run(recipe: Recipe, out: Path, student: Student, teacher: Teacher, so
     preset = TEACHERS.get(recipe.teacher.name)
     run = {"teacher": recipe.teacher.name, "teacher_repo": preset.repo_id if preset else recipe.teacher.name,
            "family": teacher.family, "scaling_factor": teacher.scaling_factor, "shift_factor": teacher.shift_factor,
+           "latent_space": teacher.latent_space.to_dict(), "base_model": preset.base_model if preset else None,
            "steps": step, "unreadable_images": source.n_bad, "time": seconds or {}, "recipe": recipe.to_dict(),
            "resumes": resumes or []}
     atomic_file(out / "run.json", lambda path: path.write_text(json.dumps(run, indent=2)))

@@ -46,8 +46,12 @@ def build_student(recipe: Recipe, teacher: Teacher) -> Student:
     if config.latent_channels not in (None, teacher.latent_channels):
         raise ConfigError(f"student.latent_channels={config.latent_channels} but the teacher has "
                           f"{teacher.latent_channels}; drop the override or pick the matching teacher.")
-    if config.init:
-        student = load_student(config.init)
+    for size in (recipe.data.resolution, recipe.data.final_resolution):
+        if size is not None and size % teacher.size_multiple:
+            raise ConfigError(f"Crops of {size} px do not divide into the teacher's latents; set data.resolution "
+                              f"and data.final_resolution to multiples of {teacher.size_multiple}.")
+    if config.init:  # an encoder published alone (taesana_encoder.pth) starts the encoder; the decoder is new
+        student = load_student(config.init, encoder_only=True)
         if student.latent_channels != teacher.latent_channels or student.downscale != teacher.downscale:
             raise ConfigError(f"student.init '{config.init}' reads {student.latent_channels}-channel latents at "
                               f"1/{student.downscale} scale, the teacher writes {teacher.latent_channels} channels at "
