@@ -40,6 +40,7 @@ class StudentConfig:
     """The student's layout: a registered variant (tinyae.models.variants), field by field overridable."""
 
     variant: str | None = None  # taesd | flux_2 | f32 | ...; None: the one the teacher's latents call for
+    size: str | None = None  # tiny | lean | slim | nano | ...: narrows the variant's outer stages; None: tiny
     latent_channels: int | None = None  # None: the teacher's
     encoder_widths: list[int] | None = None  # per stage; one value applies to all; None: the variant's
     decoder_widths: list[int] | None = None
@@ -114,6 +115,7 @@ class TrainConfig:
     push_to_hub: str | None = None  # Hub repo id to publish the student to at the end
     channels_last: bool = False
     compile: bool = False  # torch.compile the student (opt-in: slow to start, faster on GPUs)
+    threads: Literal["auto", "torch"] | int = "auto"  # CPU threads: free CPUs, re-checked (tinyae.utils.threads)
     sample_images: int = 4  # held-out images in the sample grid
 
 
@@ -139,6 +141,7 @@ class Recipe:
             (self.data.final_resolution is None or self.data.final_resolution % 8 == 0, "data.final_resolution must be a multiple of 8"),
             (self.data.max_zoom_out >= 1.0, "data.max_zoom_out must be >= 1"),
             (len(self.optim.betas) == 2, "optim.betas must have two values"),
+            (isinstance(self.train.threads, str) or self.train.threads > 0, "train.threads must be auto, torch or > 0"),
         ]
         for ok, message in checks:
             if not ok:

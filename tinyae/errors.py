@@ -19,3 +19,7 @@ class DataError(TinyaeError, ValueError):
 
 class ExportError(TinyaeError, OSError):
     """An export target exists, or weights are in a layout tinyae does not know."""
+
+
+class DependencyError(TinyaeError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""

@@ -22,20 +22,26 @@ from torch import nn
 from tinyae.data.images import to_pil
 from tinyae.errors import ExportError
 from tinyae.models.formats import family_info, load_student
-from tinyae.models.tiny_autoencoder import diffusers_model
+from tinyae.models.student import Student
+from tinyae.models.tiling import Tiling
+from tinyae.models.tiny_autoencoder import TinyAutoencoder, diffusers_model
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.hub_access import hub_unreachable, not_on_hub_message, quiet_hub
 
 
 def load_preview_decoder(path_or_repo: str | Path | None = None, family: str | None = None,
                          dtype: torch.dtype | str = torch.float32,
-                         device: str | torch.device | None = None) -> AutoencoderTiny:
-    """An AutoencoderTiny ready for `pipe.vae = ...` or for `PreviewCallback`.
+                         device: str | torch.device | None = None,
+                         tiling: bool | Tiling = False) -> AutoencoderTiny | TinyAutoencoder:
+    """An AutoencoderTiny (or TinyAutoencoder) ready for `pipe.vae = ...` or for `PreviewCallback`.
 
     `path_or_repo` is a local student (AutoencoderTiny folder, TAESD pair, checkpoint) or a
     Hub repo id; without it, `family` picks the published TAESD (madebyollin/taesd, taesdxl,
     taesd3, taef1). With both, the latent channels are checked against the family.
+    `tiling` (True for the default tiles, or a `Tiling`) returns a TinyAutoencoder that encodes
+    and decodes large inputs tile by tile, for any latent channel count (tinyae.models.tiling).
     """
+    tiles = Tiling() if tiling is True else tiling or None
     if path_or_repo is None:
         if family is None:
             raise ExportError("Pass a student folder, TAESD pair or Hub repo id, or a family "
@@ -43,7 +49,7 @@ def load_preview_decoder(path_or_repo: str | Path | None = None, family: str | N
         path_or_repo = family_info(family).repo_id
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if Path(path_or_repo).exists():
-        model = diffusers_model(load_student(path_or_repo, family))
+        model = diffusers_model(load_student(path_or_repo, family), tiles)
         # nn.Module.to: diffusers 0.42's ModelMixin.to warns on every dtype cast, needed or not.
         nn.Module.to(model, dtype=dtype)
     else:
@@ -56,6 +62,10 @@ def load_preview_decoder(path_or_repo: str | Path | None = None, family: str | N
         if family is not None and model.config.latent_channels != family_info(family).latent_channels:
             raise ExportError(f"'{path_or_repo}' decodes {model.config.latent_channels}-channel latents but family "
                               f"'{family}' uses {family_info(family).latent_channels}.")
+        if tiles is not None:
+            student = Student(Student.arch_from_diffusers(dict(model.config)))
+            model = diffusers_model(student.load_weights(model.state_dict(), f"'{path_or_repo}'"), tiles)
+            nn.Module.to(model, dtype=dtype)
     if device is not None:
         model.to(device)
     return model.eval().requires_grad_(False)

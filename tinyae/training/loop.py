@@ -34,6 +34,7 @@ from tinyae.shipping.hub import push_to_hub
 from tinyae.training.checkpoints import TrainState, find_resume_checkpoint, save_checkpoint
 from tinyae.training.samples import sample_grid, save_sample
 from tinyae.training.step import build_parts, build_student, distill_step
+from tinyae.utils.threads import ThreadPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class RunningMeans:
 def distill(recipe: Recipe) -> Path:
     """Train a student for `recipe`; returns the output folder (student/, metrics.json, samples/, logs/)."""
     cfg, out = recipe.train, Path(recipe.train.output_dir)
+    threads = ThreadPolicy(cfg.threads)  # before any work: oversubscribed CPU threads stall every operator
+    logger.info("Training with %s.", threads.describe())
     accelerator = Accelerator(
         # Without GPUs, `accelerate launch --num_processes N` must be told to use gloo on the CPU, or each
         # process would silently train alone.
@@ -134,6 +137,7 @@ def distill(recipe: Recipe) -> Path:
                     desc="distill")
     running = RunningMeans()
     for step, batch in batches(recipe, source, state.step, accelerator.process_index, accelerator.num_processes):
+        threads.update()
         use_adv = recipe.loss.adv_weight > 0 and step >= recipe.loss.adv_start
         running.add(distill_step(parts, batch, use_adv))
         if not accelerator.sync_gradients:
