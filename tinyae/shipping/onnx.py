@@ -24,6 +24,8 @@ import copy
 import importlib
 import io
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -48,6 +50,21 @@ def require(module: str) -> ModuleType:
         raise DependencyError(f"ONNX export and ONNX Runtime need the '{module}' package: {INSTALL_HINT}.") from None
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter prints its progress and its graph passes log each step at INFO: keep warnings only."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def onnx_file_name(part: str, dtype: str = "fp32") -> str:
     return f"{part}.onnx" if dtype == "fp32" else f"{part}.{dtype}.onnx"
 
@@ -69,7 +86,7 @@ def write_onnx(student: Student, folder: str | Path, dtype: str = "fp32", opset:
     for part, (input_name, output_name) in PARTS.items():
         path = Path(folder) / onnx_file_name(part, dtype)
         batch, height, width = (torch.export.Dim(name) for name in ("batch", "height", "width"))
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        with torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(
                 getattr(model, part), (examples[part].to(ONNX_DTYPES[dtype]),), input_names=[input_name],
                 output_names=[output_name], dynamo=True, opset_version=opset, verbose=False,
