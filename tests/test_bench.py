@@ -1,4 +1,5 @@
-"""Benchmark: positive times and ratios in one run, memory growth that sees a real allocation, clear labels."""
+"""Benchmark: positive times, MACs and ratios in one run, student sizes and ONNX Runtime in the same table,
+memory growth that sees a real allocation, clear labels."""
 
 import json
 import time
@@ -13,9 +14,11 @@ from tinyae.evaluation.bench import (
     bench,
     default_student,
     describe,
+    format_cost,
     format_table,
     load_models,
     measure,
+    size_students,
     write_report,
 )
 from tinyae.evaluation.factors import as_teacher
@@ -49,7 +52,8 @@ def results(tmp_path_factory):
 def test_every_model_op_and_size_gets_positive_times(results):
     assert len(results["measurements"]) == 2 * 2 * 2  # models x ops x resolutions
     for m in results["measurements"]:
-        assert m["median_s"] > 0 and len(m["times_s"]) == 2 and m["peak_mem_mb"] >= 0
+        assert m["median_s"] > 0 and len(m["times_s"]) == 2 and m["peak_mem_mb"] >= 0 and m["macs"] > 0
+        assert m["backend"] == "torch"
         assert m["median_s"] == pytest.approx(sorted(m["times_s"])[0] / 2 + sorted(m["times_s"])[1] / 2)
     assert {(m["model"], m["op"], m["resolution"]) for m in results["measurements"]} == {
         (model, op, px) for model in ("student", "small") for op in ("encode", "decode") for px in (16, 32)}
@@ -57,31 +61,39 @@ def test_every_model_op_and_size_gets_positive_times(results):
 
 def test_ratios_are_teacher_over_student(results):
     by_key = {(m["model"], m["op"], m["resolution"]): m for m in results["measurements"]}
-    assert len(results["ratios"]) == 4
+    assert len(results["ratios"]) == 4 and {r["versus"] for r in results["ratios"]} == {"small"}
     for r in results["ratios"]:
         t, s = by_key[("small", r["op"], r["resolution"])], by_key[("student", r["op"], r["resolution"])]
+        assert r["model"] == "student" and r["backend"] == "torch"
         assert r["latency"] == pytest.approx(t["median_s"] / s["median_s"]) and r["latency"] > 0
 
 
 def test_report_files_and_table(results, tmp_path):
     paths = write_report(results, tmp_path)
     data = json.loads(paths["json"].read_text())
-    assert data["format"] == "tinyae-bench/1"
+    assert data["format"] == "tinyae-bench/2"
     assert data["environment"]["device"] == "cpu" and data["environment"]["threads"] == torch.get_num_threads()
-    assert paths["plot"].stat().st_size > 10_000
+    assert paths["plot"].stat().st_size > 10_000 and paths["frontier"].stat().st_size > 10_000
     table = format_table(results)
-    assert "| 32 " in table and table.count("x ") >= 4  # a ratio on each teacher row
-    assert "| 32 " in paths["md"].read_text()
+    assert "| 32 " in table and table.count("x ") >= 4  # a ratio on each student row
+    assert "x faster than small" in table
+    assert "| 32 " in paths["md"].read_text() and "GMACs by stage" in paths["md"].read_text()
 
 
 def test_weights_free_teachers_are_labelled(tmp_path):
     students, teachers = load_models("default", ["sd"])
-    label, student = students["sd"]
+    label, student = students["student"]
     assert label == "default Student (random weights)" and student.latent_channels == 4
     assert teachers["sd"].name == "sd (random weights)"
     assert sum(p.numel() for p in teachers["sd"].vae.decoder.parameters()) > 40e6  # the real SD VAE architecture
     info = bench((label, student), {}, resolutions=[16], repeats=1)
     assert "random weights: speed only" in describe(info)
+
+
+def test_teachers_of_several_latent_spaces_each_get_their_own_default_student():
+    students, _ = load_models("default", ["sd", "sdxl", "sana"])
+    assert set(students) == {"student:sd", "student:sana"}  # sdxl shares sd's latent shape, so its student
+    assert students["student:sana"][1].downscale == 32
 
 
 def test_bad_arguments_are_clear(tmp_path):
@@ -95,11 +107,47 @@ def test_bad_arguments_are_clear(tmp_path):
 
 def test_each_teacher_is_measured_beside_the_student_of_its_own_family():
     teachers = {family: as_teacher(build()) for family, build in VAES.items()}
-    students = {name: ("default", default_student(t).eval()) for name, t in teachers.items()}
-    assert students["sana"][1].downscale == 32 and students["flux2"][1].arch.pool
+    students = {f"student:{name}": ("default", default_student(t).eval()) for name, t in teachers.items()}
+    assert students["student:sana"][1].downscale == 32 and students["student:flux2"][1].arch.pool
     results = bench(students, teachers, resolutions=[64], repeats=1)
-    names = {r["teacher"]: r["student"] for r in results["ratios"]}
-    assert names == {"flux2": "student:flux2", "sana": "student:sana", "qwen-image": "student:qwen-image"}
+    pairs = {(r["model"], r["versus"]) for r in results["ratios"] if r["versus"] in teachers}
+    assert pairs == {("student:flux2", "flux2"), ("student:sana", "sana"), ("student:qwen-image", "qwen-image")}
     by_model = {(m["model"], m["op"]): m for m in results["measurements"]}
-    assert all(by_model[(name, "decode")]["median_s"] > 0 for name in names.values())
-    assert "latents unpatchify" in describe(results) and "against student:sana" in describe(results)
+    assert all(by_model[(name, "decode")]["median_s"] > 0 for name in students)
+    assert "latents unpatchify" in describe(results)
+
+
+def test_sizes_and_onnxruntime_share_one_table_with_macs_and_two_references(tmp_path):
+    """The frontier run: every size on both backends, against the teacher and against the default (tiny) size."""
+    pytest.importorskip("onnxruntime")
+    from conftest import small_vae
+
+    from tinyae.models.teacher import Teacher
+
+    teacher = Teacher(small_vae(), scaling_factor=0.5, shift_factor=0.1, name="small")
+    students = size_students(["tiny", "slim"], teacher)
+    assert [label for label, _ in students.values()] == ["tiny student (random weights)",
+                                                         "slim student (random weights)"]
+    results = bench(students, {"small": teacher}, resolutions=[32], repeats=1, backends=["torch", "onnxruntime"])
+    rows = {(m["model"], m["backend"], m["op"]): m for m in results["measurements"]}
+    assert set(rows) == {(model, backend, op) for op in ("encode", "decode")
+                         for model, backend in [("tiny", "torch"), ("slim", "torch"), ("tiny", "onnxruntime"),
+                                                ("slim", "onnxruntime"), ("small", "torch")]}
+    assert rows["slim", "onnxruntime", "decode"]["macs"] == rows["slim", "torch", "decode"]["macs"]
+    assert rows["slim", "torch", "decode"]["macs"] * 3.5 < rows["tiny", "torch", "decode"]["macs"]
+    assert results["reference"] == "tiny"
+    versus = {(r["model"], r["backend"], r["versus"]) for r in results["ratios"]}
+    assert ("slim", "onnxruntime", "tiny") in versus and ("tiny", "onnxruntime", "tiny") in versus
+    assert ("tiny", "torch", "tiny") not in versus and ("slim", "torch", "small") in versus
+    table = format_table(results)
+    assert "onnxruntime" in table and "x faster than small" in table and "x faster than tiny" in table
+    cost = results["cost"]["tiny"]["decoder"]
+    assert max(cost, key=cost.get) == 32  # the full-resolution stage costs most
+    assert "tiny" in format_cost(results) and results["environment"]["onnxruntime"]
+
+
+def test_a_size_named_like_a_teacher_keeps_both_rows():
+    """The `tiny` teacher preset and the `tiny` size: the teacher's rows are renamed, not overwritten."""
+    _, teachers = load_models("default", ["tiny"])
+    results = bench(size_students(["tiny"], teachers["tiny"]), teachers, resolutions=[16], repeats=1)
+    assert {m["model"] for m in results["measurements"]} == {"tiny", "tiny teacher"}

@@ -31,6 +31,7 @@ SUMMARY_KEYS = {
     "psnr_vs_original", "lpips_vs_original", "roundtrip_psnr_vs_teacher", "roundtrip_lpips_vs_teacher",
     "chroma_diff_vs_original", "saturation_diff_vs_original", "colour_error_vs_original",
     "teacher_psnr_vs_original", "latent_mse", "latent_r2",
+    "max_activation", "fp16_overflow", "fp16_psnr_vs_fp32", "bf16_psnr_vs_fp32",  # the fp16/bf16 safety check
 }
 
 
@@ -143,7 +144,9 @@ def test_summary_is_flat_and_json_ready(evaluated):
     assert set(flat) == SUMMARY_KEYS
     assert flat["resolution"] == 64 and flat["n_images"] == 4
     assert flat["ms_ssim_vs_teacher"] is None
-    assert all(isinstance(flat[k], float) for k in SUMMARY_KEYS - {"resolution", "n_images", "ms_ssim_vs_teacher"})
+    assert flat["fp16_overflow"] is False
+    assert all(isinstance(flat[k], float) for k in SUMMARY_KEYS - {"resolution", "n_images", "ms_ssim_vs_teacher",
+                                                                   "fp16_overflow"})
     json.dumps(flat, allow_nan=False)
 
 

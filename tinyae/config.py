@@ -40,6 +40,7 @@ class StudentConfig:
     """The student's layout: a registered variant (tinyae.models.variants), field by field overridable."""
 
     variant: str | None = None  # taesd | flux_2 | f32 | ...; None: the one the teacher's latents call for
+    size: str | None = None  # tiny | lean | slim | nano | ...: narrows the variant's outer stages; None: tiny
     latent_channels: int | None = None  # None: the teacher's
     encoder_widths: list[int] | None = None  # per stage; one value applies to all; None: the variant's
     decoder_widths: list[int] | None = None
@@ -128,6 +129,7 @@ class TrainConfig:
     push_to_hub: str | None = None  # Hub repo id to publish the student to at the end
     channels_last: bool = False
     compile: bool = False  # torch.compile the student (opt-in: slow to start, faster on GPUs)
+    threads: Literal["auto", "torch"] | int = "auto"  # CPU threads: free CPUs, re-checked (tinyae.utils.threads)
     sample_images: int = 4  # held-out images in the sample grid
 
 
@@ -167,6 +169,7 @@ class Recipe:
             (all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be in [0, 1)"),
             (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (isinstance(self.train.threads, str) or self.train.threads > 0, "train.threads must be auto, torch or > 0"),
         ]
         for ok, message in checks:
             if not ok:

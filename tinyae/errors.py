@@ -31,3 +31,7 @@ class DiskFullError(OutputError):
 
 class CheckpointError(TinyaeError):
     """A checkpoint to resume from is incomplete or damaged."""
+
+
+class DependencyError(TinyaeError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""

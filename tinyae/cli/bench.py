@@ -1,13 +1,17 @@
-"""Latency and peak memory of a student against its teacher(s), in one run.
+"""Latency, peak memory and MACs of students against their teacher(s), in one run.
 
     tinyae bench --student default --teacher sd sdxl --resolutions 256 512 --repeats 3 --threads 2
     tinyae bench --student default --teacher flux2 sana qwen-image --resolutions 256 512
+    tinyae bench --sizes tiny lean slim nano --backend torch onnxruntime --teacher sd --resolutions 512
     tinyae bench --student runs/sdxl/student --teacher sdxl --device cuda --dtype fp16 --batch 1 4
 
 Preset teachers are built from their architecture with random weights (no download; speed does
 not depend on weights) unless --teacher-weights; `--student default` gives each teacher the
-default student of its family (random weights), measured beside it. Writes bench.json, bench.md
-and bench.png to --out.
+default student of its family (random weights), measured beside it, `--sizes` the first teacher's
+default layout at each registered size (tinyae.models.variants.SIZES), also with random weights.
+A student is compared only with teachers of its latent space. `--backend onnxruntime` adds each
+student exported to ONNX and run by ONNX Runtime (needs tinyae[onnx]). Writes bench.json, bench.md
+(the table, and where each student's MACs go), bench.png and frontier.png to --out.
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ import sys
 
 import torch
 
-from tinyae.evaluation.bench import bench, describe, format_table, load_models, write_report
+from tinyae.evaluation.bench import (
+    BACKENDS,
+    bench,
+    describe,
+    format_cost,
+    format_table,
+    load_models,
+    size_students,
+    write_report,
+)
 from tinyae.utils.dtypes import DTYPES
 
 HELP = "encode/decode latency and peak memory of a student against teachers, in one run"
@@ -27,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student", default="default", help="student folder/repo id, or 'default' (random weights)")
     parser.add_argument("--teacher", nargs="+", default=["sd"], help="preset names, Hub repo ids or VAE folders")
     parser.add_argument("--teacher-weights", action="store_true", help="load real preset weights instead")
+    parser.add_argument("--sizes", nargs="+", default=[], help="student sizes to benchmark (tiny, lean, slim, nano)")
+    parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=["torch"],
+                        help="torch, and onnxruntime for the students")
+    parser.add_argument("--reference", help="the student the others are compared to (default: tiny, else the first)")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -41,9 +58,15 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     students, teachers = load_models(args.student, args.teacher, args.device, args.dtype, args.teacher_weights)
+    if args.sizes:
+        sized = size_students(args.sizes, next(iter(teachers.values())), args.device, args.dtype)
+        students = sized if args.student == "default" else {**students, **sized}
+    backends = ["torch", *(b for b in args.backend if b != "torch")]
     results = bench(students, teachers, args.resolutions, args.batch, args.repeats, args.warmup,
-                    log=lambda line: print(line, file=sys.stderr, flush=True))
+                    log=lambda line: print(line, file=sys.stderr, flush=True), backends=backends,
+                    reference=args.reference)
     paths = write_report(results, args.out)
     print(describe(results))
     print(format_table(results))
-    print(f"\nReport: {paths['md']} (+ bench.json, bench.png)")
+    print(format_cost(results))
+    print(f"\nReport: {paths['md']} (+ bench.json, bench.png, frontier.png)")

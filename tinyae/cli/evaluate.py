@@ -11,11 +11,13 @@ tinyae/evaluation/evaluate.py for what each comparison means.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from tinyae.config import TeacherConfig
 from tinyae.evaluation.evaluate import evaluate_folder, format_table, write_report
+from tinyae.evaluation.precision import overflow_warnings
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
 from tinyae.utils.atomic import check_writable
@@ -52,4 +54,6 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     if results["unreadable_images"]:
         skipped = results["unreadable_images"]
         print(f"\nSkipped {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''}: {', '.join(skipped)}")
+    for warning in overflow_warnings(results):
+        print(f"warning: {warning} Do not ship it in fp16 (bf16 has fp32's range).", file=sys.stderr)
     print(f"\nReport: {paths['md']} (+ eval.json, grids)")

@@ -2,12 +2,16 @@
 
     tinyae export --student runs/sd/student --to taesd --dtype fp16 --out ComfyUI/models/vae_approx
     tinyae export --checkpoint runs/sd/checkpoints/checkpoint-5000 --to all
+    tinyae export --student runs/sd/student --to onnx --dtype fp16
 
 diffusers: an AutoencoderTiny folder, or a TinyAutoencoder one for FLUX.2, Sana and Qwen-Image students
 (fp16 adds the fp16 variant next to the fp32 weights).
 taesd: <prefix>_encoder/_decoder .pth + .safetensors (prefix taesd, taesdxl, taesd3, taef1, taef2 or
 taesana; Qwen-Image has none); the target folder may exist, existing files are kept unless --overwrite.
-all: both in one new folder. The default --out is <source>-<to> beside the source.
+all: both in one new folder. onnx: encoder.onnx + decoder.onnx with dynamic height/width (fp16 adds
+encoder.fp16.onnx + decoder.fp16.onnx); needs pip install 'tinyae[onnx]'.
+The default --out is <source>-<to> beside the source. fp16 exports warn if the student's activations
+overflow fp16 on sample photos.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from tinyae.models.formats import FAMILIES
 from tinyae.shipping.export import TARGETS, checkpoint_student, export_student
 from tinyae.utils.dtypes import EXPORT_DTYPES
 
-HELP = "write a student as an AutoencoderTiny/TinyAutoencoder folder and/or a TAESD pair (ComfyUI, Forge)"
+HELP = "write a student as an AutoencoderTiny/TinyAutoencoder folder, a TAESD pair (ComfyUI, Forge) and/or ONNX"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """The quality study: train students of every arm of the recipe comparison from the TAEF2 teacher, evaluate them
 on Kodak-24 and write docs/quality.md.
 
-    tinyae study --kodak KODAK                       # fetches the Debian photos, 15 arms x 2 seeds, 2 runs at a time
+    tinyae study --kodak KODAK                       # fetches the Debian photos, 18 arms (15 recipe changes, 3 sizes) x 2 seeds, 2 runs at a time
     tinyae study --kodak KODAK --arms full baseline --seeds 0 1 2 --steps 600
     tinyae study --kodak KODAK --report-only         # rewrite the report from the finished runs
 

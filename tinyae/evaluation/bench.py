@@ -1,4 +1,9 @@
-"""Speed and memory of a student against its teacher(s), measured in one run.
+"""Speed, memory and MACs of students against their teacher(s), measured in one run.
+
+Students may be several (one per size, `size_students`) and run on PyTorch and, exported
+to ONNX, on ONNX Runtime (`backends`); every row of the one table says how many times
+faster it is than each teacher and than the reference student (the `tiny` size), and
+`cost` says where each student's MACs go, stage by stage (tinyae.evaluation.macs).
 
 For each resolution, batch size and model, `encode` gets random images and
 `decode` random latents of the matching size. Each is called `warmup` times
@@ -27,6 +32,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,17 +43,20 @@ from torch import nn
 
 from tinyae.config import StudentConfig, TeacherConfig
 from tinyae.errors import ConfigError
+from tinyae.evaluation.macs import macs_by_resolution, meta_copy, op_macs
 from tinyae.models.formats import load_student
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher, build_teacher, load_teacher
 from tinyae.models.variants import resolve_arch
+from tinyae.shipping.onnx import ONNX_DTYPES, OnnxStudent, require, write_onnx
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.tables import fmt, markdown_table
 
-FORMAT = "tinyae-bench/1"
+FORMAT = "tinyae-bench/2"
 OPS = ("encode", "decode")
+BACKENDS = ("torch", "onnxruntime")
 _MB = 2**20
 
 
@@ -203,13 +212,13 @@ def default_student(teacher: Teacher) -> Student:
 
 def load_models(student: str, teachers: Sequence[str], device: str = "cpu", dtype: str = "fp32",
                 teacher_weights: bool = False) -> tuple[dict[str, tuple[str, nn.Module]], dict[str, Teacher]]:
-    """({teacher name: (label, its student)}, {name: teacher}) for a benchmark.
+    """({name: (label, student)}, {name: teacher}) for a benchmark.
 
     A preset with a known architecture is built weights-free unless `teacher_weights`;
     other names (the tiny preset, Hub ids, folders) are loaded. `student` is anything
-    `tinyae.models.formats.load_student` reads, benchmarked against every teacher, or "default":
-    for each teacher the default student of its family (f8 TAESD shape, FLUX.2's pool variant,
-    Sana's f32 layout) with random weights.
+    `tinyae.models.formats.load_student` reads, or "default": for each teacher the default
+    student of its family (f8 TAESD shape, FLUX.2's pool variant, Sana's f32 layout) with
+    random weights, named "student", or "student:<its first teacher>" when the teachers need several.
     """
     if dtype not in DTYPES:
         raise ConfigError(f"Unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}.")
@@ -220,17 +229,15 @@ def load_models(student: str, teachers: Sequence[str], device: str = "cpu", dtyp
             built[name] = build_teacher(name, device=device, dtype=dtype)
         else:
             built[name] = load_teacher(TeacherConfig(name=name, dtype=dtype), device=device)
-    students: dict[str, tuple[str, nn.Module]] = {}
-    if student == "default":
-        by_arch: dict[object, Student] = {}
-        for name, teacher in built.items():
-            model = default_student(teacher)
-            model = by_arch.setdefault(model.arch, model.to(device, DTYPES[dtype]).eval())
-            students[name] = ("default Student (random weights)", model)
-    else:
-        model = load_student(student).to(device, DTYPES[dtype]).eval()
-        students = {name: (f"student {student}", model) for name in built}
-    return students, built
+    if student != "default":
+        return {"student": (f"student {student}", load_student(student).to(device, DTYPES[dtype]).eval())}, built
+    by_arch: dict[object, tuple[str, Student]] = {}
+    for name, teacher in built.items():
+        model = default_student(teacher)
+        by_arch.setdefault(model.arch, (name, model.to(device, DTYPES[dtype]).eval()))
+    several = len(by_arch) > 1
+    return {(f"student:{first}" if several else "student"): ("default Student (random weights)", model)
+            for first, model in by_arch.values()}, built
 
 
 def _device_name(device: torch.device) -> str:
@@ -243,127 +250,224 @@ def _device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine()
 
 
+# ---------------------------------------------------------------- students of every size, other backends
+
+def size_students(sizes: Sequence[str], teacher: Teacher, device: str = "cpu", dtype: str = "fp32"
+                  ) -> dict[str, tuple[str, Student]]:
+    """{size: (label, student)}: the teacher's default layout at each registered size, with random weights."""
+    students = {}
+    for size in sizes:
+        arch = resolve_arch(StudentConfig(size=size), teacher.latent_channels, teacher.downscale, teacher.family)
+        students[size] = (f"{size} student (random weights)", Student(arch).to(device, DTYPES[dtype]).eval())
+    return students
+
+
+def onnxruntime_models(students: dict[str, nn.Module], dtype: torch.dtype) -> dict[str, OnnxStudent]:
+    """Each student exported to ONNX (tinyae.shipping.onnx) and loaded in ONNX Runtime on the CPU."""
+    name = next((n for n, d in ONNX_DTYPES.items() if d == dtype), None)
+    if name is None:
+        raise ConfigError(f"The onnxruntime backend runs fp32 or fp16, not {dtype}; pass --dtype fp32 or fp16.")
+    models = {}
+    for key, model in students.items():
+        if next(model.parameters()).device.type != "cpu":
+            raise ConfigError("The onnxruntime backend is benchmarked on the CPU; pass --device cpu.")
+        with tempfile.TemporaryDirectory(prefix="tinyae-bench-onnx-") as folder:  # sessions hold the graphs
+            write_onnx(model, folder, name)
+            models[key] = OnnxStudent(folder, name)
+    return models
+
+
+def where_the_cost_is(students: dict[str, nn.Module], resolution: int) -> dict[str, dict[str, dict[int, int]]]:
+    """{student: {"encoder"|"decoder": {output width px: MACs}}} at `resolution`, counted on meta copies."""
+    cost = {}
+    for name, model in students.items():
+        meta = meta_copy(model)
+        f = model.downscale
+        with torch.no_grad():
+            latents = torch.empty(1, model.latent_channels, resolution // f, resolution // f, device="meta")
+            cost[name] = {
+                "encoder": macs_by_resolution(meta.encoder.layers, torch.empty(1, 3, resolution, resolution,
+                                                                               device="meta")),
+                "decoder": macs_by_resolution(meta.decoder.layers, latents),
+            }
+    return cost
+
+
 # ---------------------------------------------------------------- benchmark
-
-def _student_names(students: dict[str, tuple[str, nn.Module]]) -> dict[str, str]:
-    """Teacher name -> the name its student is measured under: "student", or "student:<first teacher>" if several."""
-    firsts: dict[int, str] = {}
-    for teacher, (_, model) in students.items():
-        firsts.setdefault(id(model), teacher)
-    if len(firsts) <= 1:
-        return {teacher: "student" for teacher in students}
-    return {teacher: f"student:{firsts[id(model)]}" for teacher, (_, model) in students.items()}
-
 
 def bench(student: tuple[str, nn.Module] | dict[str, tuple[str, nn.Module]], teachers: dict[str, Teacher],
           resolutions: Sequence[int] = (256, 512), batch_sizes: Sequence[int] = (1,), repeats: int = 3,
-          warmup: int = 1, log: Callable[[str], None] | None = None) -> dict:
-    """Latency and peak memory of encode/decode for each teacher and its student, same inputs, same run.
+          warmup: int = 1, log: Callable[[str], None] | None = None, backends: Sequence[str] = ("torch",),
+          reference: str | None = None) -> dict:
+    """Latency, peak memory and MACs of encode/decode for students and teachers, same inputs, same run.
 
-    `student` is one (label, model) for every teacher, or {teacher name: (label, model)} (teachers of
-    different latent spaces need different students). Returns {"format", "environment", "models",
-    "measurements": [{model, op, resolution, batch, median_s, min_s, times_s, peak_mem_mb, memory_method}],
-    "ratios": [{teacher, student, op, resolution, batch, latency, memory}]} with ratios = teacher / its
-    student (latency: how many times faster the student is).
+    `student` is one (label, model) pair (named "student") or {name: (label, model)}, e.g. one per
+    size (`size_students`). `backends` adds "onnxruntime" rows for the students. Returns
+    {"format", "environment", "models", "measurements": [{model, backend, op, resolution, batch,
+    macs, median_s, min_s, times_s, peak_mem_mb, memory_method}], "ratios": [...], "cost": {...}},
+    where each ratio {model, backend, versus, op, resolution, batch, latency, memory} says how many
+    times faster (latency) and smaller (memory) a student row is than `versus`: every teacher and the
+    `reference` student on torch (default: "tiny" if benchmarked, else the first student).
     """
-    students = student if isinstance(student, dict) else {name: student for name in teachers} or {"": student}
-    names = _student_names(students)
+    students = {"student": student} if isinstance(student, tuple) else dict(student)
+    # A size and a teacher may share a name (the `tiny` teacher preset and the `tiny` size): rows need both.
+    teachers = {(f"{name} teacher" if name in students else name): t for name, t in teachers.items()}
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown or "torch" not in backends:
+        raise ConfigError(f"Backends are {' and '.join(BACKENDS)} (torch always), got {', '.join(backends)}.")
+    reference = reference or ("tiny" if "tiny" in students else next(iter(students)))  # teachers of other spaces
+    # (several default students) are still compared only with their own: see _ratios
+    if reference not in students:
+        raise ConfigError(f"The reference student '{reference}' is not benchmarked; pass one of {', '.join(students)}.")
     first = next(iter(students.values()))[1]
     device, dtype = next(first.parameters()).device, next(first.parameters()).dtype
-    models: dict[str, tuple[nn.Module, int, int]] = {}
-    labels: dict[str, str] = {}
-    for teacher_name, (label, model) in students.items():
-        models[names[teacher_name]] = (model, model.latent_channels, model.downscale)
-        labels[names[teacher_name]] = label
-    for name, teacher in teachers.items():
-        models[name] = (teacher, teacher.latent_channels, teacher.downscale)
+    runners: dict[tuple[str, str], object] = {(name, "torch"): model for name, (_, model) in students.items()}
+    runners |= {(name, "torch"): teacher for name, teacher in teachers.items()}
+    if "onnxruntime" in backends:
+        onnx = onnxruntime_models({name: model for name, (_, model) in students.items()}, dtype)
+        runners |= {(name, "onnxruntime"): model for name, model in onnx.items()}
+    metas = {name: meta_copy(model) for name, model in [*((n, m) for n, (_, m) in students.items()),
+                                                        *teachers.items()]}
     measurements = []
     for resolution in resolutions:
         for batch in batch_sizes:
             gc.collect()  # once per size: a full collection takes ~0.5 s with diffusers loaded
-            ops = {name: _ops(model, channels, downscale, resolution, batch, device, dtype)
-                   for name, (model, channels, downscale) in models.items()}
+            ops = {key: _ops(model, model.latent_channels, model.downscale, resolution, batch, device, dtype)
+                   for key, model in runners.items()}
+            macs = {}
+            for name, meta in metas.items():
+                f, channels = meta.downscale, meta.latent_channels
+                macs[name, "encode"] = op_macs(meta, "encode", (batch, 3, resolution, resolution), dtype)
+                macs[name, "decode"] = op_macs(meta, "decode", (batch, channels, resolution // f, resolution // f),
+                                               dtype)
             for op in OPS:
-                for name, result in measure({name: ops[name][op] for name in models}, device, repeats, warmup).items():
-                    measurements.append({"model": name, "op": op, "resolution": resolution, "batch": batch, **result})
+                timed = measure({key: ops[key][op] for key in runners}, device, repeats, warmup)
+                for (name, backend), result in timed.items():
+                    measurements.append({"model": name, "backend": backend, "op": op, "resolution": resolution,
+                                         "batch": batch, "macs": macs[name, op], **result})
                     if log:
                         log(_line(measurements[-1]))
-    student_info = {name: {"label": labels[name], "params": _params(models[name][0]),
-                           "random_weights": labels[name].startswith("default")} for name in labels}
     return {
         "format": FORMAT,
         "environment": {
             "device": str(device), "device_name": _device_name(device), "dtype": str(dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
-            "repeats": repeats, "warmup": warmup,
+            "repeats": repeats, "warmup": warmup, "backends": list(backends),
+            **({"onnxruntime": _onnxruntime_version()} if "onnxruntime" in backends else {}),
         },
         "models": {
-            **student_info,
+            **{name: {"label": label, "params": _params(model), "random_weights": "random weights" in label,
+                      "role": "student"} for name, (label, model) in students.items()},
             **{name: {"label": t.name, "params": _params(t), "random_weights": "random weights" in t.name,
-                      "latent_space": t.latent_space.describe(), "student": names[name]}
-               for name, t in teachers.items()},
+                      "role": "teacher", "latent_space": t.latent_space.describe()} for name, t in teachers.items()},
         },
+        "reference": reference,
         "measurements": measurements,
-        "ratios": _ratios(measurements, {name: names[name] for name in teachers}),
+        "ratios": _ratios(measurements, list(teachers), reference, {name: _latents(model) for name, model in
+                                                                   [*((n, m) for n, (_, m) in students.items()),
+                                                                    *teachers.items()]}),
+        "cost": where_the_cost_is({name: model for name, (_, model) in students.items()}, max(resolutions)),
     }
 
 
+def _onnxruntime_version() -> str:
+    return require("onnxruntime").__version__
+
+
 def _line(m: dict) -> str:
+    name = m["model"] + ("" if m["backend"] == "torch" else f" ({m['backend']})")
     if m["median_s"] is None:
-        return f"{m['model']:>8} {m['op']} {m['resolution']} px x{m['batch']}: out of memory"
-    return (f"{m['model']:>8} {m['op']} {m['resolution']} px x{m['batch']}: {m['median_s']:.3f} s median, "
-            f"peak +{m['peak_mem_mb']:.0f} MB")
+        return f"{name:>18} {m['op']} {m['resolution']} px x{m['batch']}: out of memory"
+    return (f"{name:>18} {m['op']} {m['resolution']} px x{m['batch']}: {m['median_s']:.3f} s median, "
+            f"peak +{m['peak_mem_mb']:.0f} MB, {m['macs'] / 1e9:.1f} GMACs")
 
 
-def _ratios(measurements: list[dict], pairs: dict[str, str]) -> list[dict]:
-    """Teacher / student of each measurement of a teacher, `pairs` naming each teacher's student."""
-    by_key = {(m["model"], m["op"], m["resolution"], m["batch"]): m for m in measurements}
+def _latents(model: nn.Module) -> tuple[int, int]:
+    """What a model's latents look like: only models that share it are compared."""
+    return model.latent_channels, model.downscale
+
+
+def _ratios(measurements: list[dict], teachers: list[str], reference: str, latents: dict[str, tuple[int, int]]
+            ) -> list[dict]:
+    """Each student row against each teacher of its latent space and against the reference student."""
+    by_key = {(m["model"], m["backend"], m["op"], m["resolution"], m["batch"]): m for m in measurements}
     ratios = []
-    for (model, op, res, batch), m in by_key.items():
-        if model not in pairs:
+    for (model, backend, op, res, batch), m in by_key.items():
+        if model in teachers:
             continue
-        s = by_key[(pairs[model], op, res, batch)]
-        latency = m["median_s"] / s["median_s"] if m["median_s"] and s["median_s"] else None
-        memory = m["peak_mem_mb"] / s["peak_mem_mb"] if m["peak_mem_mb"] and s["peak_mem_mb"] else None
-        ratios.append({"teacher": model, "student": pairs[model], "op": op, "resolution": res, "batch": batch,
-                       "latency": latency, "memory": memory})
+        for versus in [*teachers, reference]:
+            if (model, backend) == (versus, "torch") or latents[versus] != latents[model]:
+                continue
+            v = by_key[(versus, "torch", op, res, batch)]
+            latency = v["median_s"] / m["median_s"] if v["median_s"] and m["median_s"] else None
+            memory = v["peak_mem_mb"] / m["peak_mem_mb"] if v["peak_mem_mb"] and m["peak_mem_mb"] else None
+            ratios.append({"model": model, "backend": backend, "versus": versus, "op": op, "resolution": res,
+                           "batch": batch, "latency": latency, "memory": memory})
     return ratios
 
 
 # ---------------------------------------------------------------- report
 
 def format_table(results: dict) -> str:
-    """One row per measurement; teacher rows carry the teacher/student ratios."""
-    ratios = {(r["teacher"], r["op"], r["resolution"], r["batch"]): r for r in results["ratios"]}
+    """One row per measurement: params and MACs of the half that runs, latency, memory, and how many times
+    faster each student row is than each teacher and than the reference student (the frontier table)."""
+    ratios = {(r["model"], r["backend"], r["versus"], r["op"], r["resolution"], r["batch"]): r
+              for r in results["ratios"]}
+    teachers = [name for name, info in results["models"].items() if info["role"] == "teacher"]
+    versus = [*teachers, results["reference"]]
+    first = teachers[0] if teachers else results["reference"]
     rows = []
-    for m in sorted(results["measurements"], key=lambda m: (m["resolution"], m["batch"], OPS.index(m["op"]))):
-        r = ratios.get((m["model"], m["op"], m["resolution"], m["batch"]))
-        ratio = ["", ""] if r is None else [fmt(r["latency"], ".1f") + "x", fmt(r["memory"], ".1f") + "x"]
-        rows.append([str(m["resolution"]), str(m["batch"]), m["op"], m["model"], fmt(m["median_s"], ".3f"),
-                     fmt(m["min_s"], ".3f"), fmt(m["peak_mem_mb"], ".0f"), *ratio])
-    header = ["px", "batch", "op", "model", "median s", "min s", "peak MB", "time ratio", "memory ratio"]
+    order = {name: i for i, name in enumerate(results["models"])}
+    for m in sorted(results["measurements"], key=lambda m: (m["resolution"], m["batch"], OPS.index(m["op"]),
+                                                            order[m["model"]], m["backend"] != "torch")):
+        part = "encoder" if m["op"] == "encode" else "decoder"
+        cells = [str(m["resolution"]), str(m["batch"]), m["op"], m["model"], m["backend"],
+                 f"{results['models'][m['model']]['params'][part] / 1e6:.3f}", f"{m['macs'] / 1e9:.1f}",
+                 fmt(m["median_s"], ".3f"), fmt(m["min_s"], ".3f"), fmt(m["peak_mem_mb"], ".0f")]
+        for v in versus:
+            r = ratios.get((m["model"], m["backend"], v, m["op"], m["resolution"], m["batch"]))
+            cells.append("" if r is None else fmt(r["latency"], ".1f") + "x")
+        r = ratios.get((m["model"], m["backend"], first, m["op"], m["resolution"], m["batch"]))
+        cells.append("" if r is None else fmt(r["memory"], ".1f") + "x")
+        rows.append(cells)
+    header = ["px", "batch", "op", "model", "backend", "params M", "GMACs", "median s", "min s", "peak MB",
+              *[f"x faster than {v}" for v in versus], f"memory / {first}"]
     return markdown_table(header, rows)
+
+
+def format_cost(results: dict) -> str:
+    """Where each student's MACs go: per stage (output width), for the encoder and the decoder."""
+    rows = []
+    for name, parts in results["cost"].items():
+        for part, levels in parts.items():
+            total = sum(levels.values())
+            cells = ", ".join(f"{px} px {macs / 1e9:.1f} ({macs / total:.0%})" for px, macs in levels.items())
+            rows.append([name, part, f"{total / 1e9:.1f}", cells])
+    return markdown_table(["student", "half", "GMACs", "GMACs by stage output width (share)"], rows)
 
 
 def describe(results: dict) -> str:
     """The lines that say what was measured on what, printed above the table."""
     env, models = results["environment"], results["models"]
-    lines = [f"{env['device']} ({env['device_name']}), {env['dtype']}, {env['threads']} threads, torch {env['torch']}; "
-             f"median (and min) of {env['repeats']} after {env['warmup']} warm-up; ratios = teacher / its student, "
-             "of median time and of peak memory."]
+    backends = " and ".join(f"onnxruntime {env['onnxruntime']}" if b == "onnxruntime" else f"torch {env['torch']}"
+                            for b in env.get("backends", ["torch"]))
+    lines = [f"{env['device']} ({env['device_name']}), {env['dtype']}, {env['threads']} threads, {backends}; "
+             f"median (and min) of {env['repeats']} after {env['warmup']} warm-up, models taking turns; "
+             "'x faster' = the other model's median time / this row's. MACs counted with "
+             "torch.utils.flop_counter (convolutions, matmuls, attention)."]
     for name, info in models.items():
         p = info["params"]
         weights = " - random weights: speed only, no quality" if info["random_weights"] else ""
-        against = f", latents {info['latent_space']}, against {info['student']}" if "student" in info else ""
+        space = f", latents {info['latent_space']}" if "latent_space" in info else ""
         lines.append(f"{name}: {info['label']}, {p['encoder'] / 1e6:.2f}M encoder + {p['decoder'] / 1e6:.2f}M decoder "
-                     f"params{against}{weights}")
+                     f"params{space}{weights}")
     methods = sorted({m["memory_method"] for m in results["measurements"] if m["peak_mem_mb"] is not None})
     lines.append(f"Peak memory: {', '.join(methods)} during the first call, in MB.")
     return "\n".join(lines)
 
 
 def plot_latency(results: dict, path: str | Path) -> Path:
-    """Latency vs resolution (log scale), encode and decode side by side, one line per model and batch."""
+    """Latency vs resolution (log scale), encode and decode side by side, one line per model, backend and batch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -372,14 +476,16 @@ def plot_latency(results: dict, path: str | Path) -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, op in zip(axes, OPS):
-        series: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        series: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
         for m in results["measurements"]:
             if m["op"] == op and m["median_s"] is not None:
-                series.setdefault((m["model"], m["batch"]), []).append((m["resolution"], m["median_s"]))
-        for (model, batch), points in series.items():
+                series.setdefault((m["model"], m["backend"], m["batch"]), []).append((m["resolution"], m["median_s"]))
+        for (model, backend, batch), points in series.items():
             xs, ys = zip(*sorted(points))
-            label = results["models"][model]["label"] + (f", batch {batch}" if batch != 1 else "")
-            ax.plot(xs, ys, marker="o", linestyle="-" if model.startswith("student") else "--", label=label)
+            info = results["models"][model]
+            label = (info["label"] + ("" if backend == "torch" else f", {backend}")
+                     + (f", batch {batch}" if batch != 1 else ""))
+            ax.plot(xs, ys, marker="o", linestyle="-" if info["role"] == "student" else "--", label=label)
         ax.set(title=op, xlabel="resolution (px)", ylabel="median latency (s)", yscale="log")
         for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -395,14 +501,61 @@ def plot_latency(results: dict, path: str | Path) -> Path:
     return path
 
 
+def plot_frontier(results: dict, path: str | Path, resolution: int | None = None) -> Path:
+    """Latency against MACs at one resolution (default: the largest), one point per model and backend,
+    encode and decode side by side, teachers as dashed lines: the speed side of the size frontier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    resolution = resolution or max(m["resolution"] for m in results["measurements"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    markers = {"torch": "o", "onnxruntime": "s"}
+    for ax, op in zip(axes, OPS):
+        rows = [m for m in results["measurements"] if m["op"] == op and m["resolution"] == resolution
+                and m["batch"] == 1 and m["median_s"] is not None]
+        for m in rows:
+            if results["models"][m["model"]]["role"] == "teacher":
+                ax.axhline(m["median_s"], linestyle="--", color="grey")
+                ax.annotate(f"{m['model']} ({m['macs'] / 1e9:,.0f} GMACs)", (0.02, m["median_s"]),
+                            xycoords=("axes fraction", "data"), va="bottom", fontsize=7)
+                continue
+            ax.scatter(m["macs"] / 1e9, m["median_s"], marker=markers[m["backend"]],
+                       color="C0" if m["backend"] == "torch" else "C1")
+            ax.annotate(m["model"], (m["macs"] / 1e9, m["median_s"]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7)
+        for backend, marker in markers.items():
+            if any(m["backend"] == backend for m in rows):
+                ax.scatter([], [], marker=marker, color="C0" if backend == "torch" else "C1", label=backend)
+        ax.set(title=f"{op}, {resolution} px, batch 1", xlabel="GMACs", ylabel="median latency (s)", xscale="log",
+               yscale="log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers; minor ticks labelled at 2x and 5x only
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    env = results["environment"]
+    fig.suptitle(f"{env['device_name']}, {env['dtype']}, {env['threads']} threads", fontsize=9)
+    path = Path(path)
+    atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """bench.json, bench.md (description + table) and bench.png in out_dir, each replaced atomically."""
+    """bench.json, bench.md (description, tables), bench.png and frontier.png in out_dir, each replaced atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "bench.json", "md": out_dir / "bench.md", "plot": out_dir / "bench.png"}
+    paths = {"json": out_dir / "bench.json", "md": out_dir / "bench.md", "plot": out_dir / "bench.png",
+             "frontier": out_dir / "frontier.png"}
     text = json.dumps(results, indent=2) + "\n"
     atomic_file(paths["json"], lambda tmp: Path(tmp).write_text(text))
-    md = f"# Benchmark\n\n{describe(results)}\n\n{format_table(results)}\n\n![latency vs resolution](bench.png)\n"
+    md = (f"# Benchmark\n\n{describe(results)}\n\n{format_table(results)}\n\n"
+          f"Where the students' MACs go ({max(m['resolution'] for m in results['measurements'])} px):\n\n"
+          f"{format_cost(results)}\n\n![latency vs resolution](bench.png)\n\n![latency vs MACs](frontier.png)\n")
     atomic_file(paths["md"], lambda tmp: Path(tmp).write_text(md))
     plot_latency(results, paths["plot"])
+    plot_frontier(results, paths["frontier"])
     return paths

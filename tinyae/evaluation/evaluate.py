@@ -10,8 +10,9 @@ For each image x, with the teacher's latents z = teacher.encode(x):
     teacher_roundtrip_vs_original  teacher.decode(z)                    vs x   (the ceiling)
 
 each with PSNR, SSIM, MS-SSIM and LPIPS (tinyae.metrics), plus the student's
-latents against the teacher's (MSE and per-channel R^2). Decoded images are
-clamped to [-1, 1] first, as a pipeline does when it turns them into pictures.
+latents against the teacher's (MSE and per-channel R^2) and its fp16/bf16 safety
+(tinyae.evaluation.precision: its largest activation, its outputs in each dtype).
+Decoded images are clamped to [-1, 1] first, as a pipeline does when it turns them into pictures.
 Scores are means over images of per-image values; `per_image` keeps the values.
 
 `evaluate` returns a JSON-ready dict; `write_report` writes eval.json, eval.md
@@ -34,7 +35,9 @@ from tinyae.data.images import BAD_IMAGE_ERRORS, center_crop, load_rgb, scan_ima
 from tinyae.errors import ConfigError, DataError
 from tinyae.evaluation import metrics
 from tinyae.evaluation.lpips import load_lpips
+from tinyae.evaluation.precision import PRECISION_NOTE, PrecisionStats, format_precision, overflow_warnings
 from tinyae.models.latent_space import LatentSpace
+from tinyae.models.precision import can_check
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.tables import fmt, markdown_table
 
@@ -126,8 +129,9 @@ def _describe(model: nn.Module, fallback: str) -> dict:
 def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor, names: Sequence[str] | None = None,
                     batch_size: int = 4, lpips_net: str = "alex", progress: bool = False,
                     reference: dict[str, torch.Tensor] | None = None,
-                    comparisons: Sequence[str] = tuple(COMPARISONS)) -> dict:
-    """The metrics of one set of same-size images (N, 3, H, W) in [-1, 1] (`reference`: see teacher_reference)."""
+                    comparisons: Sequence[str] = tuple(COMPARISONS), precision: bool = True) -> dict:
+    """The metrics of one set of same-size images (N, 3, H, W) in [-1, 1] (`reference`: see teacher_reference),
+    and fp16/bf16 safety if `precision`."""
     unknown = sorted(set(comparisons) - set(COMPARISONS))
     if unknown:
         raise ConfigError(f"Unknown comparison '{unknown[0]}'; known: {', '.join(COMPARISONS)}.")
@@ -139,6 +143,7 @@ def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor
     per_image = {name: {m: [] for m in METRICS} for name in comparisons}
     latent_mse: list[float] = []
     stats = metrics.LatentStats()
+    low_precision = PrecisionStats() if precision and can_check(student) else None
     batches = range(0, images.shape[0], batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -154,6 +159,8 @@ def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor
                 per_image[name][metric] += values.cpu().tolist()
         latent_mse += metrics.latent_mse(out["z_student"], out["z_teacher"]).cpu().tolist()
         stats.update(out["z_student"], out["z_teacher"])
+        if low_precision is not None:
+            low_precision.update(student, images[start:start + batch_size], out["z_teacher"])
     r2 = stats.r2().tolist()
     return {
         "resolution": [int(images.shape[-2]), int(images.shape[-1])],
@@ -162,13 +169,14 @@ def evaluate_images(student: nn.Module, teacher: nn.Module, images: torch.Tensor
         "metrics": {name: {m: _mean(v) for m, v in values.items()} for name, values in per_image.items()},
         "latents": {"mse": stats.mse(), "r2": r2, "r2_mean": sum(r2) / len(r2), "teacher_std": stats.std().tolist()},
         "per_image": {**per_image, "latent_mse": latent_mse},
+        **({"precision": low_precision.result()} if low_precision is not None else {}),
     }
 
 
 def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequence[torch.Tensor],
              names: Sequence[str] | None = None, batch_size: int = 4, lpips_net: str = "alex",
              progress: bool = False, references: Sequence[dict[str, torch.Tensor]] | None = None,
-             comparisons: Sequence[str] = tuple(COMPARISONS)) -> dict:
+             comparisons: Sequence[str] = tuple(COMPARISONS), precision: bool = True) -> dict:
     """Student vs teacher on images in [-1, 1]: one (N, 3, H, W) tensor, or one per resolution.
 
     `references` (one per image set, from `teacher_reference`) spare the teacher's own encode/decode
@@ -177,7 +185,8 @@ def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequ
 
     Returns {"format", "teacher", "student", "lpips_net", "notes", "resolutions": {"256": {...}}};
     each resolution holds "metrics" (comparison -> psnr/ssim/ms_ssim/lpips means), "latents"
-    (mse, per-channel r2, r2_mean, teacher_std) and "per_image" values in `names` order.
+    (mse, per-channel r2, r2_mean, teacher_std), "per_image" values in `names` order and, with
+    `precision`, "precision" (tinyae.evaluation.precision.PrecisionStats.result).
     """
     if student.latent_channels != teacher.latent_channels:
         raise ConfigError(f"The student has {student.latent_channels} latent channels but the teacher "
@@ -194,7 +203,7 @@ def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequ
     try:
         refs = list(references) if references is not None else [None] * len(sets)
         runs = {str(x.shape[-1]): evaluate_images(student, teacher, x, names, batch_size, lpips_net, progress, ref,
-                                                  comparisons)
+                                                  comparisons, precision)
                 for x, ref in zip(sets, refs)}
     finally:
         student.train(was_training)
@@ -210,6 +219,7 @@ def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequ
             f"LPIPS {lpips_net} with a pretrained trunk from {lpips_source}.",
             "ΔC*ab: mean CIELAB chroma of the output minus the reference's (negative: duller colours); Δsat: the "
             "same for HSV saturation; colour_error (eval.json): |ΔC*ab| per image, averaged.",
+            *([PRECISION_NOTE] if precision else []),
         ],
         "comparisons": {name: COMPARISONS[name][2] for name in comparisons},
         "resolutions": runs,
@@ -265,9 +275,10 @@ def summary(results: dict, resolution: int | None = None) -> dict:
     """Flat numbers for metrics.json and loggers, at `resolution` (default: the largest evaluated).
 
     Keys: resolution, n_images, {METRICS}_vs_teacher (decoder), {psnr,lpips,chroma_diff,saturation_diff,
-    colour_error}_vs_original (decoder), roundtrip_{psnr,lpips}_vs_teacher (student encoder through the teacher decoder),
-    teacher_psnr_vs_original, latent_mse, latent_r2. Undefined values (NaN, inf) and comparisons that were
-    not evaluated are None.
+    colour_error}_vs_original (decoder), roundtrip_{psnr,lpips}_vs_teacher (student encoder through the teacher
+    decoder), teacher_psnr_vs_original, latent_mse, latent_r2, and with the precision check max_activation,
+    fp16_overflow (bool), {fp16,bf16}_psnr_vs_fp32 (decoder). Undefined values (NaN, inf) and comparisons
+    that were not evaluated are None.
     """
     if resolution is not None and str(resolution) not in results["resolutions"]:
         raise ConfigError(f"No evaluation at {resolution} px; evaluated: {', '.join(results['resolutions'])}.")
@@ -288,6 +299,11 @@ def summary(results: dict, resolution: int | None = None) -> dict:
         "latent_mse": run["latents"]["mse"],
         "latent_r2": run["latents"]["r2_mean"],
     }
+    if "precision" in run:
+        p = run["precision"]
+        flat |= {"max_activation": max(p[part]["max_abs_activation"] for part in ("encoder", "decoder")),
+                 "fp16_overflow": p["fp16_overflow"] is not None,
+                 **{f"{d}_psnr_vs_fp32": p["decoder"][d]["psnr_vs_fp32"] for d in ("fp16", "bf16") if d in p["decoder"]}}
     return {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in flat.items()}
 
 
@@ -307,7 +323,8 @@ def format_table(results: dict) -> str:
     images = markdown_table(["comparison", "px", "PSNR ↑", "SSIM ↑", "MS-SSIM ↑", "LPIPS ↓", "ΔC*ab", "Δsat"],
                             rows)
     latents = markdown_table(["px", "latent MSE ↓", "R² per channel ↑", "R² mean ↑"], latent_rows)
-    return f"{images}\n\n{latents}"
+    precision = format_precision(results)
+    return f"{images}\n\n{latents}" + (f"\n\n{precision}" if precision else "")
 
 
 def _json_safe(obj):
@@ -412,6 +429,7 @@ def _markdown(results: dict, grids: list[Path]) -> str:
         "",
         format_table(results),
         "",
+        *[f"**Warning: {w}**\n" for w in overflow_warnings(results)],
         *[f"- {note}" for note in results["notes"]],
         "",
         *[f"![{p.stem}]({p.name})" for p in grids],

@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 from tinyae.config import StudentConfig
 from tinyae.errors import ExportError
 from tinyae.models.families import pipeline_vae
+from tinyae.models.tiling import TilingMixin
 from tinyae.models.variants import StudentArch, resolve_arch
 from tinyae.utils.atomic import atomic_files, atomic_folder
 from tinyae.utils.hub_access import fetch_snapshot, looks_like_repo_id
@@ -75,7 +76,11 @@ class _Checkpointable(nn.Module):
 
 
 class TinyEncoder(_Checkpointable):
-    """Image in [-1, 1] -> latents: [stem], then stages, each after the first opened by a stride-2 conv."""
+    """Image in [-1, 1] -> latents: [stem], then stages, each after the first opened by a stride-2 conv.
+
+    `local_stages` then `global_stages` is `forward` split where the pool branch starts: it normalises
+    over the whole map, so tiling (tinyae.models.tiling) tiles only the local stages.
+    """
 
     def __init__(self, arch: StudentArch):
         super().__init__()
@@ -94,14 +99,25 @@ class TinyEncoder(_Checkpointable):
             layers += [Block(width, act, pool=arch.pool and deepest) for _ in range(n_blocks)]
         layers.append(conv(widths[-1], arch.latent_channels))
         self.layers = nn.Sequential(*layers)
+        pools = [i for i, m in enumerate(layers) if isinstance(m, Block) and m.pool is not None]
+        self.split = pools[0] if pools else len(layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # The rescale sits outside the checkpointed layers on purpose: diffusers skips it there.
         return self.run_layers(images.add(1).div(2))
 
+    def local_stages(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers[:self.split](images.add(1).div(2))
+
+    def global_stages(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers[self.split:](features)
+
 
 class TinyDecoder(_Checkpointable):
-    """Latents -> image in [-1, 1]; a soft clamp (tanh) keeps wild latents from exploding."""
+    """Latents -> image in [-1, 1]; a soft clamp (tanh) keeps wild latents from exploding.
+
+    `global_stages` then `local_stages` is `forward` split after the last pool branch (see TinyEncoder).
+    """
 
     def __init__(self, arch: StudentArch):
         super().__init__()
@@ -114,13 +130,24 @@ class TinyDecoder(_Checkpointable):
             else:
                 layers.append(conv(width, 3))
         self.layers = nn.Sequential(*layers)
+        pools = [i for i, m in enumerate(layers) if isinstance(m, Block) and m.pool is not None]
+        self.split = pools[-1] + 1 if pools else 0
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.run_layers(torch.tanh(latents / 3) * 3).mul(2).sub(1)
 
+    def global_stages(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.layers[:self.split](torch.tanh(latents / 3) * 3)
 
-class Student(nn.Module):
-    """Encoder + decoder with diffusers' AutoencoderTiny key layout; `encode`/`decode` work on tensors."""
+    def local_stages(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers[self.split:](features).mul(2).sub(1)
+
+
+class Student(TilingMixin, nn.Module):
+    """Encoder + decoder with diffusers' AutoencoderTiny key layout; `encode`/`decode` work on tensors.
+
+    `enable_tiling()` makes both run tile by tile on inputs larger than a tile (tinyae.models.tiling).
+    """
 
     def __init__(self, arch: StudentArch | StudentConfig):
         super().__init__()
@@ -150,10 +177,10 @@ class Student(nn.Module):
         return self
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder(images)
+        return self.run_encoder(images)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latents)
+        return self.run_decoder(latents)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images))

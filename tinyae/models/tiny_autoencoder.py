@@ -11,7 +11,9 @@ Saved with a `family`, it also offers what that family's pipelines read on `pipe
 (tinyae.models.families): FLUX.2's `bn` statistics and `batch_norm_eps`, Qwen-Image's
 `temperal_downsample`, `z_dim` and `latents_mean/std`, all set to the identity, because the
 student already reads and writes the normalised space the transformer sees. Video-shaped
-(B, C, frames, H, W) inputs are encoded and decoded frame by frame.
+(B, C, frames, H, W) inputs are encoded and decoded frame by frame. `enable_tiling()` /
+`disable_tiling()` / `use_tiling` work as in diffusers' VAEs, with tinyae's tiling
+(tinyae.models.tiling), which handles every latent channel count and downscale factor.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from tinyae.models.families import pipeline_vae
 from tinyae.models.student import Student, TinyDecoder, TinyEncoder
+from tinyae.models.tiling import Tiling, TilingMixin
 from tinyae.models.variants import StudentArch
 
 # Config entries derived from the layout and the family at construction, for the pipelines that read
@@ -60,7 +63,7 @@ def _batch_to_frames(x: Tensor, frames: int | None) -> Tensor:
     return x.reshape(bt // frames, frames, c, h, w).permute(0, 2, 1, 3, 4)
 
 
-class TinyAutoencoder(ModelMixin, ConfigMixin):
+class TinyAutoencoder(TilingMixin, ModelMixin, ConfigMixin):
     """A tiny autoencoder of any tinyae layout, usable wherever diffusers expects a VAE."""
 
     @register_to_config
@@ -72,6 +75,7 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
         super().__init__()
         arch = StudentArch(latent_channels, encoder_widths, decoder_widths, encoder_blocks, decoder_blocks,
                            encoder_stem, pool, act_fn, upsample_fn)
+        self.downscale = arch.downscale
         self.encoder = TinyEncoder(arch)
         self.decoder = TinyDecoder(arch)
         # What pipelines read to size latents: 2 ** (len(...) - 1) is the downscale factor.
@@ -94,22 +98,31 @@ class TinyAutoencoder(ModelMixin, ConfigMixin):
 
     def encode(self, x: Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[Tensor]:
         images, frames = _frames_to_batch(x)
-        latents = _batch_to_frames(self.encoder(images), frames)
+        latents = _batch_to_frames(self.run_encoder(images), frames)
         return AutoencoderTinyOutput(latents=latents) if return_dict else (latents,)
 
     def decode(self, z: Tensor, generator=None, return_dict: bool = True) -> DecoderOutput | tuple[Tensor]:
         latents, frames = _frames_to_batch(z)
-        sample = _batch_to_frames(self.decoder(latents), frames)
+        sample = _batch_to_frames(self.run_decoder(latents), frames)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
     def forward(self, sample: Tensor, return_dict: bool = True) -> DecoderOutput | tuple[Tensor]:
         return self.decode(self.encode(sample).latents, return_dict=return_dict)
 
 
-def diffusers_model(student: Student, family: str | None = None) -> AutoencoderTiny | TinyAutoencoder:
-    """A diffusers model holding a copy of the student's weights: AutoencoderTiny where it fits the family."""
-    model_class = TinyAutoencoder if student.diffusers_class_name(family) == "TinyAutoencoder" else AutoencoderTiny
-    model = model_class(**student.diffusers_config(family))
+def diffusers_model(student: Student, family: str | None = None,
+                    tiling: Tiling | None = None) -> AutoencoderTiny | TinyAutoencoder:
+    """A diffusers model holding a copy of the student's weights: AutoencoderTiny where it fits the family.
+
+    With `tiling`, always a TinyAutoencoder with tiling enabled: AutoencoderTiny's own tiled
+    encode writes 4 latent channels whatever the model has, so it cannot tile SD3/FLUX students.
+    """
+    if tiling is None and student.diffusers_class_name(family) == "AutoencoderTiny":
+        model = AutoencoderTiny(**student.diffusers_config(family))
+    else:
+        model = TinyAutoencoder(**student.arch.to_dict(), family=family)
+    if tiling is not None:
+        model.enable_tiling(tiling.tile, tiling.overlap)
     model.load_state_dict(student.state_dict(), strict=True)
     # nn.Module.to: diffusers' ModelMixin.to warns on every dtype cast, needed or not.
     return nn.Module.to(model, next(student.parameters()).dtype)

@@ -13,8 +13,16 @@ the decoder, an optional stride-2 stem in front of the encoder, and FLUX.2's Gro
 - `f16`: tinyae's 16x layout on the same pattern (one stride-2 stem conv, a five-stage decoder
   128 -> 64), for f16 teachers such as Wan 2.2's VAE; no published TAESD uses it.
 
-Any field of `StudentConfig` left unset comes from the variant; a variant left unset comes
-from the teacher (`variant_for_teacher`). Register new layouts with `register_variant`.
+A size (`SIZES`: tiny, lean, slim, nano) narrows a variant where a student spends its time:
+the stages at full and half resolution hold most of the multiply-accumulates (TAESD's
+decoder at 512 px: 39 of its 71 GMACs at full resolution, 24 at half), so a size caps the
+widths (and block counts) of the outermost stages and keeps the deep ones. Sizes therefore
+compose with every layout (a slim `flux_2` keeps its pool branch; a slim `f32` its stem and
+deep 256-wide stages). `tiny` is the variant as published.
+
+Any field of `StudentConfig` left unset comes from the variant (narrowed by the size); a
+variant left unset comes from the teacher (`variant_for_teacher`). Register new layouts with
+`register_variant` and new sizes with `register_size`.
 """
 
 from __future__ import annotations
@@ -115,6 +123,57 @@ register_variant("f16", Variant({
 ALIASES = {"flux2": "flux_2"}  # the family's name works for its layout too
 
 
+@dataclass(frozen=True)
+class Size:
+    """Caps on the widths and residual blocks of a variant's highest-resolution stages.
+
+    Each tuple lists caps from full resolution inwards: `decoder_widths=(16, 32)` caps the
+    decoder's full-resolution stage at 16 channels and its half-resolution stage at 32, and
+    leaves deeper stages as the variant has them. Encoder stem convs count as stages at the
+    resolution they output.
+    """
+
+    encoder_widths: tuple[int, ...] = ()
+    encoder_blocks: tuple[int, ...] = ()
+    decoder_widths: tuple[int, ...] = ()
+    decoder_blocks: tuple[int, ...] = ()
+    note: str = ""
+
+
+SIZES: dict[str, Size] = {}
+
+
+def register_size(name: str, size: Size) -> None:
+    SIZES[name] = size
+
+
+# Chosen by counting MACs per resolution and timing decode/encode at 512 px on a 2-core CPU (README, "Student
+# sizes"); their quality against `tiny` is what training them in the quality study decides.
+register_size("tiny", Size(note="the variant as published (TAESD: 61 + 71 GMACs encode + decode at 512 px)"))
+register_size("lean", Size((32, 32), (), (32, 32), (), "outer two stages at 32 channels"))
+register_size("slim", Size((16, 32), (), (16, 32), (), "full resolution at 16 channels, half resolution at 32"))
+register_size("nano", Size((12, 24, 48), (1, 2), (12, 24, 48), (1, 2),
+                           "outer three stages at 12, 24, 48 channels; at most 1 and 2 blocks in the outer two"))
+
+
+def _capped(values: tuple[int, ...], caps: tuple[int, ...], levels: list[int]) -> tuple[int, ...]:
+    """`values[i]` capped by `caps[levels[i]]` (level 0: full resolution), where there is such a cap."""
+    return tuple(min(v, caps[level]) if level < len(caps) else v for v, level in zip(values, levels))
+
+
+def apply_size(arch: dict, size: Size) -> dict:
+    """A variant's StudentArch fields narrowed by `size` (see `Size`)."""
+    stem, n_enc, n_dec = tuple(arch["encoder_stem"]), len(arch["encoder_widths"]), len(arch["decoder_widths"])
+    enc_levels = [len(stem) + i for i in range(n_enc)]  # a stem conv j outputs at level j + 1
+    dec_levels = [n_dec - 1 - i for i in range(n_dec)]  # the last decoder stage is at full resolution
+    return {**arch,
+            "encoder_stem": _capped(stem, size.encoder_widths, [j + 1 for j in range(len(stem))]),
+            "encoder_widths": _capped(tuple(arch["encoder_widths"]), size.encoder_widths, enc_levels),
+            "encoder_blocks": _capped(tuple(arch["encoder_blocks"]), size.encoder_blocks, enc_levels),
+            "decoder_widths": _capped(tuple(arch["decoder_widths"]), size.decoder_widths, dec_levels),
+            "decoder_blocks": _capped(tuple(arch["decoder_blocks"]), size.decoder_blocks, dec_levels)}
+
+
 def variant_for_teacher(downscale: int, family: str | None = None) -> str:
     """The layout a teacher's latents call for when the recipe names none."""
     if family == "flux2":
@@ -150,11 +209,15 @@ def _per_stage(side: str, widths: list[int] | None, blocks: list[int] | None, va
 
 def resolve_arch(config: StudentConfig, latent_channels: int | None = None, downscale: int | None = None,
                  family: str | None = None) -> StudentArch:
-    """The architecture a recipe's `student` section asks for, filled in from its variant and the teacher."""
+    """The architecture a recipe's `student` section asks for: its variant narrowed by its size, then its
+    explicit fields (which win), with what is left open taken from the teacher."""
     name = ALIASES.get(config.variant, config.variant) or variant_for_teacher(downscale or 8, family)
     if name not in VARIANTS:
         raise ConfigError(f"Unknown student.variant '{name}'; registered: {', '.join(VARIANTS)}.")
-    base = {**dataclasses.asdict(StudentArch(latent_channels=1)), **VARIANTS[name].arch}
+    size = config.size or "tiny"
+    if size not in SIZES:
+        raise ConfigError(f"Unknown student.size '{size}'; registered: {', '.join(SIZES)}.")
+    base = apply_size({**dataclasses.asdict(StudentArch(latent_channels=1)), **VARIANTS[name].arch}, SIZES[size])
     channels = config.latent_channels or latent_channels
     if channels is None:
         raise ConfigError("The student's latent_channels are unknown: set student.latent_channels or give a teacher.")

@@ -7,7 +7,12 @@
 - taesd: the original pair `<prefix>_encoder/_decoder` as .pth and .safetensors twins, named
   for the family (taesd, taesdxl, taesd3, taef1, taef2, taesana) so they drop into ComfyUI's
   models/vae_approx and Forge's models/VAE-taesd unchanged;
-- all: both in one folder (the pair only for families that have one), which is also what the Hub gets.
+- all: both in one folder (the pair only for families that have one), which is also what the Hub gets;
+- onnx: encoder.onnx and decoder.onnx (+ fp16 twins), dynamic height and width
+  (tinyae.shipping.onnx; needs the `tinyae[onnx]` extra).
+
+An fp16 export first runs the student on sample photos and warns if its activations
+overflow fp16 (tinyae.models.precision): its fp16 files would decode NaN.
 
 Folders are written into a hidden temporary sibling and renamed into place in one step, so an
 interrupted export never leaves a half-written folder that a pipeline would load, and an
@@ -28,12 +33,14 @@ from safetensors.torch import save_file
 
 from tinyae.errors import ExportError
 from tinyae.models.formats import FAMILIES, check_family, family_info, load_student, to_taesd
+from tinyae.models.precision import warn_if_fp16_overflows
 from tinyae.models.student import Student
+from tinyae.shipping.onnx import export_onnx
 from tinyae.utils.atomic import atomic_files, atomic_folder, check_writable, reporting_write_errors
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
 from tinyae.utils.weights import cast_state
 
-TARGETS = ("diffusers", "taesd", "all")
+TARGETS = ("diffusers", "taesd", "all", "onnx")
 
 
 def taesd_file_names(family: str) -> list[str]:
@@ -132,12 +139,16 @@ def export_student(source: str | Path, to: str = "all", family: str | None = Non
     check_writable(out, "--out")  # before loading anything
     student = load_student(source)
     family = family or run_info(source).get("family") or student.family
-    if family is None and to != "diffusers":
+    if family is None and to in ("taesd", "all"):
         raise ExportError(f"No run.json near '{source}' says which family the student belongs to; pass --family "
                           f"({', '.join(FAMILIES)}): the TAESD file names depend on it.")
     if family is not None:
         check_family(student, family, f"'{source}'")
-    if to == "diffusers":
+    if dtype == "fp16":
+        warn_if_fp16_overflows(student)
+    if to == "onnx":
+        export_onnx(student, out, overwrite, fp16=dtype == "fp16")
+    elif to == "diffusers":
         export_diffusers(student, out, overwrite, fp16_variant=dtype == "fp16", family=family)
     elif to == "taesd":
         export_taesd(student, out, family, DTYPES[dtype], overwrite)

@@ -26,6 +26,7 @@ from torch import nn
 from tinyae.data.images import to_pil
 from tinyae.errors import ExportError
 from tinyae.models.formats import FAMILIES, family_info, load_student
+from tinyae.models.tiling import Tiling
 from tinyae.models.tiny_autoencoder import TinyAutoencoder, diffusers_model
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.resources import weights_dir
@@ -44,15 +45,19 @@ def published_decoder(family: str) -> str | Path:
 
 def load_preview_decoder(path_or_repo: str | Path | None = None, family: str | None = None,
                          dtype: torch.dtype | str = torch.float32,
-                         device: str | torch.device | None = None) -> AutoencoderTiny | TinyAutoencoder:
+                         device: str | torch.device | None = None,
+                         tiling: bool | Tiling = False) -> AutoencoderTiny | TinyAutoencoder:
     """An AutoencoderTiny or TinyAutoencoder ready for `pipe.vae = ...` or for `PreviewCallback`.
 
     `path_or_repo` is a student (AutoencoderTiny/TinyAutoencoder folder, TAESD pair, checkpoint)
     or a Hub repo id; without it, `family` picks the published one (madebyollin/taesd, taesdxl,
     taesd3, taef1 on the Hub; the TAEF2 pair that ships with tinyae). With both, the latent
     channels are checked against the family, and the model offers what the family's pipelines
-    read on `pipe.vae` (FLUX.2's `bn`, Qwen-Image's `latents_mean` ...).
+    read on `pipe.vae` (FLUX.2's `bn`, Qwen-Image's `latents_mean` ...). `tiling` (True for the
+    default tiles, or a `Tiling`) returns a TinyAutoencoder that encodes and decodes large inputs
+    tile by tile, for any latent channel count (tinyae.models.tiling).
     """
+    tiles = Tiling() if tiling is True else tiling or None
     if path_or_repo is None:
         if family is None:
             raise ExportError(f"Pass a student folder, TAESD pair or Hub repo id, or a family "
@@ -61,7 +66,7 @@ def load_preview_decoder(path_or_repo: str | Path | None = None, family: str | N
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     student = load_student(path_or_repo, family)
     # nn.Module.to: diffusers 0.42's ModelMixin.to warns on every dtype cast, needed or not.
-    model = nn.Module.to(diffusers_model(student, family or student.family), dtype=dtype)
+    model = nn.Module.to(diffusers_model(student, family or student.family, tiles), dtype=dtype)
     if device is not None:
         model.to(device)
     return model.eval().requires_grad_(False)

@@ -38,6 +38,7 @@ from tinyae.training.resume import apply_recipe, check_student, plan_run
 from tinyae.training.samples import sample_grid, save_sample
 from tinyae.training.step import build_parts, build_student, distill_step
 from tinyae.utils.atomic import atomic_file
+from tinyae.utils.threads import ThreadPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def distill(recipe: Recipe) -> Path:
     """Train a student for `recipe`; returns the output folder (student/, metrics.json, samples/, logs/)."""
     cfg, out = recipe.train, Path(recipe.train.output_dir)
     started = (time.perf_counter(), time.process_time())
+    threads = ThreadPolicy(cfg.threads)  # before any work: oversubscribed CPU threads stall every operator
+    logger.info("Training with %s.", threads.describe())
     accelerator = Accelerator(
         # Without GPUs, `accelerate launch --num_processes N` must be told to use gloo on the CPU, or each
         # process would silently train alone.
@@ -140,6 +143,7 @@ def distill(recipe: Recipe) -> Path:
                     desc="distill")
     running, health = RunningMeans(), HealthMonitor()
     for step, batch in batches(recipe, source, state.step, accelerator.process_index, accelerator.num_processes):
+        threads.update()
         use_adv = recipe.loss.adv_weight > 0 and step >= recipe.loss.adv_start
         measure = (step + 1) % cfg.log_every == 0  # the gradient comparison costs two extra backward passes
         running.add(distill_step(parts, batch, use_adv, measure))

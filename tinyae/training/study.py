@@ -38,6 +38,7 @@ from tinyae.errors import ConfigError, DataError
 from tinyae.evaluation.evaluate import evaluate, summary, teacher_reference
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
+from tinyae.models.variants import SIZES
 from tinyae.training.loop import distill
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.tables import fmt, markdown_table
@@ -92,6 +93,10 @@ def arms(steps: int) -> list[Arm]:
             {"data": {"final_steps": 0}}),
         Arm("no_amsgrad_grey", "plain Adam and the default decoder bias (no amsgrad, no mid-grey start)",
             {"optim": {"amsgrad": False}, "student": {"mid_grey_init": False}}),
+        # Not recipe changes: the full recipe training the narrower students of tinyae.models.variants.SIZES,
+        # which decides the fastest size whose quality stays close to `tiny` (the other arms' size).
+        *[Arm(f"size_{size}", f"student.size {size} ({SIZES[size].note})", {"student": {"size": size}})
+          for size in SIZES if size != "tiny"],
     ]
 
 
@@ -123,7 +128,8 @@ class Study:
 
     def recipe(self, arm: Arm, seed: int) -> Recipe:
         common = {"data": {"path": str(self.photos), "final_steps": self.steps // 10},
-                  "train": {"steps": self.steps, "seed": seed, "output_dir": str(self.run_dir(arm, seed))}}
+                  "train": {"steps": self.steps, "seed": seed, "output_dir": str(self.run_dir(arm, seed)),
+                            "threads": self.threads}}
         return load_recipe(STUDY_RECIPE, _merge(_merge(common, self.overrides), arm.overrides))
 
 
@@ -163,7 +169,7 @@ def evaluate_run(run_dir: Path, study_out: Path, resolutions: Sequence[int]) -> 
     refs = [load_file(reference_path(study_out, r)) for r in resolutions]
     names = json.loads(_metadata(reference_path(study_out, resolutions[0]))["names"])
     results = evaluate(student, teacher, [r.pop("images") for r in refs], names, references=refs,
-                       comparisons=COMPARED)
+                       comparisons=COMPARED, precision=False)
     atomic_file(run_dir / "kodak.json", lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(results)) + "\n"))
     return results
 
