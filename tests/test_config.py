@@ -1,5 +1,6 @@
 """Recipes are data: typed, validated once, overridable from the command line."""
 
+import dataclasses
 import re
 
 import pytest
@@ -20,10 +21,16 @@ def test_gpu_recipes_follow_the_public_taesd_recipe():
         r = load_recipe(name)
         assert r.teacher.name == name
         assert r.optim.lr == 3e-4 and r.optim.betas == [0.9, 0.9]
-        assert r.data.resolution < r.data.final_resolution == 256  # small crops, then a 256 px phase
+        # small crops of any size, then a closing phase at the teacher's resolution
+        assert r.data.resolution < r.data.final_resolution == (512 if name == "sd" else 1024)
+        assert r.data.crop_scale == "any" and 0 < r.data.color_aug < 1
         assert 0 < r.data.final_steps < r.train.steps
-        assert r.loss.lpips_weight < r.loss.adv_weight  # LPIPS below the adversarial term
-        assert r.train.ema_decay > 0
+        # an adversarial-dominant decoder with a sized gradient, a least-squares relativistic GAN with replay,
+        # a multi-depth discriminator, a faint pooled MSE and no LPIPS
+        assert (r.loss.adv_loss, r.loss.adv_scale, r.loss.disc) == ("relativistic", "adaptive", "multiscale")
+        assert r.loss.replay > 0 and r.loss.pixel_pool == 8 and r.loss.pixel_weight < r.loss.adv_weight
+        assert r.loss.lpips_weight == 0
+        assert r.optim.amsgrad and r.student.mid_grey_init and r.train.ema_decay > 0
 
 
 def test_cli_overrides_use_dotted_names_and_aliases():
@@ -78,7 +85,8 @@ def test_the_teacher_picks_its_recipe_unless_one_is_named():
 def test_a_teacher_recipe_states_only_its_differences_from_the_base(tmp_path):
     base, sdxl = load_recipe("base"), load_recipe("sdxl")
     assert sdxl.teacher.name == "sdxl" and sdxl.teacher.dtype == "fp16"
-    assert sdxl.train == base.train and sdxl.loss == base.loss and sdxl.data == base.data
+    assert sdxl.train == base.train and sdxl.loss == base.loss
+    assert sdxl.data == dataclasses.replace(base.data, final_resolution=1024)  # its closing phase at 1024 px
     mine = tmp_path / "mine.yaml"
     mine.write_text("base: sdxl\ntrain:\n  steps: 70000\n")  # a user's recipe may extend a shipped one
     assert load_recipe(str(mine)).train.steps == 70000 and load_recipe(str(mine)).teacher.name == "sdxl"

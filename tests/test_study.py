@@ -1,13 +1,14 @@
 """The quality study trains every arm per seed, evaluates it on the evaluation set, resumes, and reports."""
 
 import json
+import re
 import shutil
 
 import pytest
 
 from tinyae.data.images import sample_photos
-from tinyae.errors import ConfigError
-from tinyae.training.study import Study, arms, run_study, write_report
+from tinyae.errors import ConfigError, DataError
+from tinyae.training.study import Study, arms, read_bench, run_study, size_frontier, size_table, verdicts, write_report
 
 
 def test_every_arm_changes_the_full_recipe_and_the_baseline_is_the_former_default(tmp_path):
@@ -48,3 +49,30 @@ def test_a_tiny_study_trains_evaluates_resumes_and_writes_its_report(tmp_path):
     assert (tmp_path / "docs" / "quality" / "grid_full.jpg").exists()
     assert (tmp_path / "docs" / "quality" / "curves.png").exists()
     assert json.loads((runs[0] / "run.json").read_text())["time"]["cpu_s"] > 0
+
+
+def _arm_values(psnr: list[float], lpips: list[float]) -> dict:
+    return {"values": {"512": {"psnr_vs_teacher": psnr, "lpips_vs_teacher": lpips}}}
+
+
+def test_the_size_frontier_names_each_size_within_the_bound_against_tiny_and_reads_its_speed_from_bench(tmp_path):
+    table = {"full": _arm_values([30.0, 30.2], [0.10, 0.12]),  # tiny: 30.1 dB, 0.11
+             "size_lean": _arm_values([29.5, 29.3], [0.12, 0.13]),  # -0.7 dB, +0.015: within
+             "size_slim": _arm_values([29.0, 28.8], [0.13, 0.14]),  # -1.2 dB: outside
+             "size_nano": _arm_values([29.9, 30.0], [0.15, 0.16])}  # +0.04 LPIPS: outside
+    ratio = {"op": "decode", "batch": 1, "resolution": 512, "versus": "sd", "backend": "torch"}
+    bench = {"measurements": [{"resolution": 256}, {"resolution": 512}],
+             "ratios": [{**ratio, "model": "tiny", "latency": 11.7}, {**ratio, "model": "lean", "latency": 28.7},
+                        {**ratio, "model": "lean", "latency": 2.5, "versus": "tiny"},
+                        {**ratio, "model": "lean", "latency": 99.0, "resolution": 256}]}
+    rows = {r["size"]: r for r in size_frontier(table, bench, "512")}
+    assert [s for s, r in rows.items() if r["within_bound"]] == ["tiny", "lean"]
+    assert rows["lean"]["psnr_vs_teacher_delta"] == pytest.approx(-0.7)
+    assert rows["lean"]["speedup_torch"] == 28.7 and rows["slim"]["speedup_torch"] is None
+    assert re.search(r"\| `lean` +\| 28\.7x +\|", size_table(list(rows.values())))
+    assert verdicts({"size_lean": table["size_lean"]}, "512") == []  # a study of some arms only: nothing to compare
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    assert read_bench(tmp_path / "bench.json") == bench
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(DataError, match="not a bench.json"):
+        read_bench(tmp_path / "other.json")

@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 
 from tinyae.config import parse_overrides
-from tinyae.training.study import Study, default_photos, run_study, write_report
+from tinyae.training.study import Study, default_photos, read_bench, run_study, write_report
 
 HELP = "train and compare the arms of the recipe study, write docs/quality.md"
 OVERRIDES = True
@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--report", type=Path, default=Path("docs/quality.md"))
     parser.add_argument("--figures", type=Path, default=Path("docs/quality"))
+    parser.add_argument("--bench", type=Path, help="a `tinyae bench --sizes ...` bench.json: the sizes' speed axis")
     parser.add_argument("--report-only", action="store_true", help="do not train; report the finished runs")
 
 
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
                   overrides=parse_overrides(overrides))
     if not args.report_only:
         run_study(study)
-    path = write_report(study, args.report, args.figures, command="tinyae " + shlex.join(args.argv))
+    bench = read_bench(args.bench) if args.bench else None
+    path = write_report(study, args.report, args.figures, command="tinyae " + shlex.join(args.argv), bench=bench)
     print(f"Report: {path}")
 

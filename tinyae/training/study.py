@@ -293,6 +293,8 @@ def comparison_table(table: dict[str, dict], resolution: str) -> str:
 
 def verdicts(table: dict[str, dict], resolution: str, reference: str = "full") -> list[str]:
     """For each arm and headline metric: is the difference to `reference` larger than the seeds' spread?"""
+    if reference not in table:  # a study of some arms only, without the reference
+        return []
     ref = table[reference]["values"].get(resolution)
     lines = []
     for arm, entry in table.items():
@@ -364,7 +366,106 @@ def loss_curves(study: Study, path: Path) -> Path:
     return path
 
 
-def write_report(study: Study, report: Path, figures: Path, command: str = "") -> Path:
+# The bound a narrower size must keep against `tiny` trained the same way (issue: "a size at least 40x faster ...
+# losing at most 1 dB PSNR and 0.03 LPIPS"), on the headline resolution (the largest).
+SIZE_BOUND = {"psnr_vs_teacher": -1.0, "lpips_vs_teacher": 0.03}
+
+
+def read_bench(path: Path) -> dict:
+    try:
+        bench = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"Cannot read the benchmark '{path}' ({e}); pass the bench.json that `tinyae bench --sizes "
+                        "...` wrote.") from e
+    if not {"ratios", "measurements"} <= set(bench):
+        raise DataError(f"'{path}' is not a bench.json of `tinyae bench` (no ratios/measurements).")
+    return bench
+
+
+def size_frontier(table: dict[str, dict], bench: dict | None, resolution: str) -> list[dict]:
+    """Per size: its quality against `full` (the tiny size) and, from a `tinyae bench --sizes` result, its decode
+    speed-up over the teacher VAE there; `within_bound` says whether it keeps SIZE_BOUND."""
+    ref = table.get("full", {}).get("values", {}).get(resolution)
+    if not ref:
+        return []
+    speed = {}
+    if bench:
+        speed = {(r["model"], r["backend"]): r["latency"] for r in bench["ratios"]
+                 if r["op"] == "decode" and r["batch"] == 1 and r["resolution"] == max(
+                     m["resolution"] for m in bench["measurements"]) and r["versus"] not in SIZES}
+    rows = []
+    for size in SIZES:
+        values = ref if size == "tiny" else table.get(f"size_{size}", {}).get("values", {}).get(resolution)
+        if not values:
+            continue
+        row = {"size": size, "speedup_torch": speed.get((size, "torch")), "speedup_onnx": speed.get((size, "onnxruntime"))}
+        for key in SIZE_BOUND:
+            row[key] = _mean(values[key])
+            row[f"{key}_delta"] = row[key] - _mean(ref[key])
+            row[f"{key}_spread"] = _spread(values[key])
+        row["within_bound"] = (row["psnr_vs_teacher_delta"] >= SIZE_BOUND["psnr_vs_teacher"]
+                               and row["lpips_vs_teacher_delta"] <= SIZE_BOUND["lpips_vs_teacher"])
+        rows.append(row)
+    return rows
+
+
+def size_table(rows: list[dict]) -> str:
+    header = ["size", "decode x faster than the VAE (torch)", "(ONNX Runtime)", "PSNR vs teacher", "Δ vs tiny",
+              "LPIPS vs teacher", "Δ vs tiny", "within 1 dB / 0.03"]
+    body = [[f"`{r['size']}`", fmt(r["speedup_torch"], ".1f") + "x" if r["speedup_torch"] else "",
+             fmt(r["speedup_onnx"], ".1f") + "x" if r["speedup_onnx"] else "",
+             f"{fmt(r['psnr_vs_teacher'], '.2f')} ± {fmt(r['psnr_vs_teacher_spread'], '.2f')}",
+             fmt(r["psnr_vs_teacher_delta"], "+.2f"),
+             f"{fmt(r['lpips_vs_teacher'], '.3f')} ± {fmt(r['lpips_vs_teacher_spread'], '.3f')}",
+             fmt(r["lpips_vs_teacher_delta"], "+.3f"), "yes" if r["within_bound"] else "no"] for r in rows]
+    return markdown_table(header, body)
+
+
+def plot_sizes(rows: list[dict], path: Path) -> Path:
+    """Quality against speed per size: the two axes of the frontier in one picture."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, key, name in zip(axes, SIZE_BOUND, ("PSNR vs teacher (dB)", "LPIPS vs teacher")):
+        for backend, marker, colour in (("torch", "o", "C0"), ("onnx", "s", "C1")):
+            pts = [(r[f"speedup_{backend}"], r[key], r["size"]) for r in rows if r[f"speedup_{backend}"]]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour,
+                    label="PyTorch" if backend == "torch" else "ONNX Runtime")
+            for x, y, size in pts:
+                ax.annotate(size, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        tiny = next(r for r in rows if r["size"] == "tiny")
+        ax.axhline(tiny[key] + SIZE_BOUND[key], ls="--", color="grey", lw=1)
+        ax.annotate("bound", (0.01, tiny[key] + SIZE_BOUND[key]), xycoords=("axes fraction", "data"), fontsize=7)
+        ax.axvline(40, ls=":", color="grey", lw=1)
+        ax.set(xscale="log", xlabel="decode x faster than the SD VAE, 512 px", ylabel=name)
+        ax.set_xticks([10, 20, 40, 60, 100], ["10x", "20x", "40x", "60x", "100x"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _regime(table: dict[str, dict], resolution: str) -> list[str]:
+    """Where in training the students are: a budget that leaves them far below the teacher ranks how fast each
+    recipe starts, not where it ends, and the report should say so."""
+    psnr = [_mean(e["values"][resolution]["psnr_vs_teacher"]) for e in table.values() if e["values"].get(resolution)]
+    r2 = [_mean(e["values"][resolution]["latent_r2"]) for e in table.values() if e["values"].get(resolution)]
+    if not psnr:
+        return []
+    return [f"At {resolution} px the arms' decoders reach {min(psnr):.1f}-{max(psnr):.1f} dB PSNR against the "
+            f"teacher's decode and their encoders a latent R² of {min(r2):.2f}-{max(r2):.2f}"
+            + (": the students are early in training, so this ranks how fast each recipe starts, not where it "
+               "ends; a longer budget (`--steps`) may rank them otherwise." if min(r2) < 0.5 or max(psnr) < 25
+               else "."), ""]
+
+
+def write_report(study: Study, report: Path, figures: Path, command: str = "", bench: dict | None = None) -> Path:
     """docs/quality.md: the table at both resolutions, the verdicts, a grid per arm and the loss curves."""
     table = collect(study)
     figures.mkdir(parents=True, exist_ok=True)
@@ -384,6 +485,7 @@ def write_report(study: Study, report: Path, figures: Path, command: str = "") -
         "values are means over seeds ± half their range. Reproduce: "
         f"`{command or 'tinyae study --kodak KODAK'}`.",
         "",
+        *_regime(table, str(max(study.resolutions))),
         "| arm | what differs from `full` |",
         "|---|---|",
         *[f"| `{arm}` | {entry['change']} |" for arm, entry in table.items()],
@@ -393,6 +495,20 @@ def write_report(study: Study, report: Path, figures: Path, command: str = "") -
         lines += [f"## {resolution} px", "", comparison_table(table, resolution), "",
                   f"Differences to `full` at {resolution} px (counted as real when larger than both arms' "
                   "spreads added):", "", *verdicts(table, resolution), ""]
+    resolution = str(max(study.resolutions))
+    sizes = size_frontier(table, bench, resolution)
+    if len(sizes) > 1:
+        fastest = max((r for r in sizes if r["within_bound"]), key=lambda r: r["speedup_torch"] or 0, default=None)
+        lines += ["## Student sizes", "",
+                  f"The `size_*` arms train the narrower sizes with the full recipe; their quality at {resolution} px "
+                  "against `full` (the `tiny` size), beside their decode speed-up over the SD VAE from "
+                  + ("the size benchmark (`tinyae bench --sizes ...`, SD layout, random weights)" if bench else
+                     "no benchmark (pass `--bench bench.json`)") + ":", "", size_table(sizes), "",
+                  f"Fastest size within the bound: `{fastest['size']}`." if fastest else
+                  "No narrower size keeps the bound.", ""]
+        if bench:
+            lines += [f"![quality against speed per size]({rel}/{plot_sizes(sizes, figures / 'sizes.png').name})",
+                      ""]
     lines += ["## Loss curves", "", f"![loss curves]({rel}/{curves.name})", "", "## Comparison grids", "",
               f"Kodak crops at {min(study.resolutions)} px: original | teacher (TAEF2) | the arm's student decoding "
               "the teacher's latents.", ""]
