@@ -45,6 +45,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     if not args.report_only:
         run_study(study)
     bench = read_bench(args.bench) if args.bench else None
-    path = write_report(study, args.report, args.figures, command="tinyae " + shlex.join(args.argv), bench=bench)
+    command = "tinyae " + shlex.join(a for a in args.argv if a != "--report-only")  # what trains the runs
+    path = write_report(study, args.report, args.figures, command=command, bench=bench)
     print(f"Report: {path}")
 
