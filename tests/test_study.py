@@ -3,12 +3,23 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
 from tinyae.data.images import sample_photos
 from tinyae.errors import ConfigError, DataError
-from tinyae.training.study import Study, arms, read_bench, run_study, size_frontier, size_table, verdicts, write_report
+from tinyae.training.study import (
+    Study,
+    arms,
+    check_same_recipe,
+    read_bench,
+    run_study,
+    size_frontier,
+    size_table,
+    verdicts,
+    write_report,
+)
 
 
 def test_every_arm_changes_the_full_recipe_and_the_baseline_is_the_former_default(tmp_path):
@@ -76,3 +87,17 @@ def test_the_size_frontier_names_each_size_within_the_bound_against_tiny_and_rea
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(DataError, match="not a bench.json"):
         read_bench(tmp_path / "other.json")
+
+
+def test_a_kept_run_of_other_settings_is_refused_instead_of_reported_as_this_study(tmp_path):
+    study = Study(out=tmp_path, photos=tmp_path / "photos", kodak=tmp_path, steps=300)
+    full = arms(300)[0]
+    run_dir = study.run_dir(full, 0)
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.json").write_text(json.dumps(study.recipe(full, 0).to_dict()))
+    check_same_recipe(run_dir, study.recipe(full, 0))  # the same run: kept
+    moved = Study(out=tmp_path, photos=Path("elsewhere"), kodak=tmp_path, steps=300, threads=2)
+    check_same_recipe(run_dir, moved.recipe(full, 0))  # where the photos are and how many threads: not what
+    longer = Study(out=tmp_path, photos=tmp_path / "photos", kodak=tmp_path, steps=600)
+    with pytest.raises(ConfigError, match=r"another recipe \(data.final_steps, train.steps differ\).*own --out"):
+        check_same_recipe(run_dir, longer.recipe(full, 0))

@@ -203,6 +203,23 @@ def _job(recipe: Recipe, run_dir: Path, study_out: Path, resolutions: Sequence[i
     evaluate_run(run_dir, study_out, resolutions)
 
 
+WHERE_NOT_WHAT = {"data.path", "train.output_dir", "train.threads"}  # may differ between calls of one study
+
+
+def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """A kept run counts only if it trained what this study asks for (another --steps, another --out)."""
+    path = run_dir / "recipe.json"
+    if not path.exists():
+        return
+    kept, wanted = json.loads(path.read_text()), json.loads(json.dumps(recipe.to_dict()))
+    changed = [f"{section}.{key}" for section in wanted for key in wanted[section] or {}
+               if isinstance(wanted[section], dict) and f"{section}.{key}" not in WHERE_NOT_WHAT
+               and (kept.get(section) or {}).get(key) != wanted[section][key]]
+    if changed:
+        raise ConfigError(f"'{run_dir}' holds a run of another recipe ({', '.join(changed[:3])} differ): a study "
+                          "with other settings needs its own --out (or delete that run to train it again).")
+
+
 def run_study(study: Study) -> list[Path]:
     """Train and evaluate every (arm, seed) that is not done yet; returns the run folders."""
     study.out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +230,7 @@ def run_study(study: Study) -> list[Path]:
     def one(job: tuple[Arm, int]) -> Path:
         arm, seed = job
         run_dir = study.run_dir(arm, seed)
+        check_same_recipe(run_dir, study.recipe(arm, seed))
         if (run_dir / "kodak.json").exists():
             return run_dir
         if run_dir.exists() and not (run_dir / "run.json").exists():  # killed mid-training: start it afresh
