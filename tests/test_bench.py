@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny_pipelines import VAES
 
+from tinyae.config import StudentConfig
 from tinyae.errors import ConfigError, TinyaeError
 from tinyae.evaluation.bench import (
     PeakRSS,
@@ -19,6 +20,7 @@ from tinyae.evaluation.bench import (
     load_models,
     measure,
     size_students,
+    tiled_decode,
     write_report,
 )
 from tinyae.evaluation.factors import as_teacher
@@ -151,3 +153,11 @@ def test_a_size_named_like_a_teacher_keeps_both_rows():
     _, teachers = load_models("default", ["tiny"])
     results = bench(size_students(["tiny"], teachers["tiny"]), teachers, resolutions=[16], repeats=1)
     assert {m["model"] for m in results["measurements"]} == {"tiny", "tiny teacher"}
+
+
+def test_a_tiled_decode_reports_its_peak_memory_beside_the_size_of_its_output():
+    students = {"student": ("default student", Student(StudentConfig(latent_channels=4, decoder_blocks=[1])).eval())}
+    (row,) = tiled_decode(students, 1024)  # 128 x 128 latents: 9 tiles of 64 with the default overlap
+    assert row["finite"] and row["output_mb"] == pytest.approx(12.0) and row["seconds"] > 0
+    assert row["peak_mem_mb"] >= 0 and row["memory_method"]
+    assert not students["student"][1].use_tiling  # left as it was found

@@ -29,9 +29,11 @@ from tinyae.evaluation.bench import (
     format_table,
     load_models,
     size_students,
+    tiled_decode,
     write_report,
 )
 from tinyae.utils.dtypes import DTYPES
+from tinyae.utils.tables import markdown_table
 
 HELP = "encode/decode latency and peak memory of a student against teachers, in one run"
 
@@ -52,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (the first measures memory)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--tiled-decode", type=int, metavar="PX",
+                        help="instead: peak memory and time of one tiled decode to PX x PX per student")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -61,6 +65,12 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.sizes:
         sized = size_students(args.sizes, next(iter(teachers.values())), args.device, args.dtype)
         students = sized if args.student == "default" else {**students, **sized}
+    if args.tiled_decode:
+        rows = tiled_decode(students, args.tiled_decode)
+        print(markdown_table(["student", "px", "peak memory growth MB", "of it the output MB", "s", "finite"],
+                             [[r["model"], str(r["resolution"]), f"{r['peak_mem_mb']:.0f}", f"{r['output_mb']:.0f}",
+                               f"{r['seconds']:.1f}", str(r["finite"])] for r in rows]))
+        return
     backends = ["torch", *(b for b in args.backend if b != "torch")]
     results = bench(students, teachers, args.resolutions, args.batch, args.repeats, args.warmup,
                     log=lambda line: print(line, file=sys.stderr, flush=True), backends=backends,

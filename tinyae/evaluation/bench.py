@@ -240,6 +240,28 @@ def load_models(student: str, teachers: Sequence[str], device: str = "cpu", dtyp
             for first, model in by_arch.values()}, built
 
 
+def tiled_decode(students: dict[str, tuple[str, nn.Module]], resolution: int, seed: int = 0) -> list[dict]:
+    """Peak memory and time of one tiled decode to `resolution` px per student (default tiles): what bounds a
+    large preview, measured rather than promised. Random latents: memory and time do not depend on them."""
+    rows = []
+    for name, (_, model) in students.items():
+        was_tiling = model.use_tiling
+        model.enable_tiling()
+        side = resolution // model.downscale
+        z = torch.randn(1, model.latent_channels, side, side, generator=torch.Generator().manual_seed(seed))
+        _malloc_trim()
+        with torch.inference_mode(), PeakRSS() as peak:
+            started = time.perf_counter()
+            out = model.decode(z)
+            seconds = time.perf_counter() - started
+        rows.append({"model": name, "resolution": resolution, "peak_mem_mb": peak.growth / 2**20,
+                     "output_mb": out.numel() * out.element_size() / 2**20, "seconds": seconds,
+                     "memory_method": peak.method, "finite": bool(torch.isfinite(out).all())})
+        if not was_tiling:
+            model.disable_tiling()
+    return rows
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
