@@ -319,14 +319,26 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return nested
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_recipe_data(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` laid over it section by section: how a recipe extends its base and takes overrides."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_recipe_data(out[key], value)
         else:
             out[key] = value
     return out
+
+
+def dotted_fields(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A recipe dict as {"section.field": value}: the names the command line and the messages use."""
+    fields: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            fields |= dotted_fields(value, f"{prefix}{key}.")
+        else:
+            fields[f"{prefix}{key}"] = value
+    return fields
 
 
 def read_recipe_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -343,7 +355,7 @@ def read_recipe_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop(BASE_KEY, None)
     if base is None:
         return data
-    return _merge(read_recipe_file(recipe_path(str(base), path.parent), (*seen, path.resolve())), data)
+    return merge_recipe_data(read_recipe_file(recipe_path(str(base), path.parent), (*seen, path.resolve())), data)
 
 
 def load_recipe(name_or_path: str = "sd", overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
@@ -352,7 +364,7 @@ def load_recipe(name_or_path: str = "sd", overrides: dict[str, Any] | list[str] 
     data = read_recipe_file(path)
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    data = _merge(data, overrides or {})
+    data = merge_recipe_data(data, overrides or {})
     data.setdefault("name", path.stem)
     return _build(Recipe, data, "").validate()
 

@@ -14,11 +14,10 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from diffusers.training_utils import EMAModel
 
-from tinyae.config import Recipe, StudentConfig
+from tinyae.config import Recipe, StudentConfig, dotted_fields
 from tinyae.errors import CheckpointError, ConfigError
 from tinyae.models.student import CONFIG_NAME, Student
 from tinyae.models.variants import resolve_arch
@@ -170,19 +169,9 @@ def newest_intact(checkpoints: list[Path]) -> Path:
     raise CheckpointError("No checkpoint to resume from.")
 
 
-def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
-    leaves = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            leaves |= _leaves(value, f"{prefix}{key}.")
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
-
-
 def compare_recipes(saved: dict, recipe: Recipe, checkpoint: Path) -> dict[str, list]:
     """{field: [checkpoint's value, recipe's]} for the fields a resume may change; refuses the others."""
-    old, new = _leaves(saved), _leaves(recipe.to_dict())
+    old, new = dotted_fields(saved), dotted_fields(recipe.to_dict())
     differ = [name for name in new if name in old and old[name] != new[name] and rule_for(name) != NOT_COMPARED]
     student_differs = _resolved(saved.get("student", {}), checkpoint) != _resolved(recipe.to_dict()["student"],
                                                                                    checkpoint)

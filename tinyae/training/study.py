@@ -31,7 +31,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tinyae.config import Recipe, load_recipe
+from tinyae.config import Recipe, dotted_fields, load_recipe, merge_recipe_data
 from tinyae.data.images import list_images, load_eval_images, to_pil
 from tinyae.data.photos import training_photos
 from tinyae.errors import ConfigError, DataError
@@ -130,14 +130,9 @@ class Study:
         common = {"data": {"path": str(self.photos), "final_steps": self.steps // 10},
                   "train": {"steps": self.steps, "seed": seed, "output_dir": str(self.run_dir(arm, seed)),
                             "threads": self.threads}}
-        return load_recipe(STUDY_RECIPE, _merge(_merge(common, self.overrides), arm.overrides))
+        return load_recipe(STUDY_RECIPE, merge_recipe_data(merge_recipe_data(common, self.overrides), arm.overrides))
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 # ---------------------------------------------------------------- running
@@ -211,10 +206,9 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     path = run_dir / "recipe.json"
     if not path.exists():
         return
-    kept, wanted = json.loads(path.read_text()), json.loads(json.dumps(recipe.to_dict()))
-    changed = [f"{section}.{key}" for section in wanted for key in wanted[section] or {}
-               if isinstance(wanted[section], dict) and f"{section}.{key}" not in WHERE_NOT_WHAT
-               and (kept.get(section) or {}).get(key) != wanted[section][key]]
+    kept = dotted_fields(json.loads(path.read_text()))
+    wanted = dotted_fields(json.loads(json.dumps(recipe.to_dict())))  # as JSON holds it (tuples as lists)
+    changed = [name for name, value in wanted.items() if name not in WHERE_NOT_WHAT and kept.get(name) != value]
     if changed:
         raise ConfigError(f"'{run_dir}' holds a run of another recipe ({', '.join(changed[:3])} differ): a study "
                           "with other settings needs its own --out (or delete that run to train it again).")
@@ -229,15 +223,15 @@ def run_study(study: Study) -> list[Path]:
 
     def one(job: tuple[Arm, int]) -> Path:
         arm, seed = job
-        run_dir = study.run_dir(arm, seed)
-        check_same_recipe(run_dir, study.recipe(arm, seed))
+        run_dir, recipe = study.run_dir(arm, seed), study.recipe(arm, seed)
+        check_same_recipe(run_dir, recipe)
         if (run_dir / "kodak.json").exists():
             return run_dir
         if run_dir.exists() and not (run_dir / "run.json").exists():  # killed mid-training: start it afresh
             shutil.rmtree(run_dir)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         log = run_dir.parent / f"seed{seed}.log"
-        process = context.Process(target=_job, args=(study.recipe(arm, seed), run_dir, study.out, study.resolutions,
+        process = context.Process(target=_job, args=(recipe, run_dir, study.out, study.resolutions,
                                                      log, study.threads))
         process.start()
         process.join()
