@@ -248,15 +248,23 @@ def tiled_decode(students: dict[str, tuple[str, nn.Module]], resolution: int, se
         was_tiling = model.use_tiling
         model.enable_tiling()
         side = resolution // model.downscale
-        z = torch.randn(1, model.latent_channels, side, side, generator=torch.Generator().manual_seed(seed))
-        _malloc_trim()
-        with torch.inference_mode(), PeakRSS() as peak:
+        device = next(model.parameters()).device
+        z = torch.randn(1, model.latent_channels, side, side, generator=torch.Generator().manual_seed(seed)).to(device)
+        decoded = []
+
+        def decode() -> None:
             started = time.perf_counter()
-            out = model.decode(z)
-            seconds = time.perf_counter() - started
-        rows.append({"model": name, "resolution": resolution, "peak_mem_mb": peak.growth / 2**20,
-                     "output_mb": out.numel() * out.element_size() / 2**20, "seconds": seconds,
-                     "memory_method": peak.method, "finite": bool(torch.isfinite(out).all())})
+            decoded.append(model.decode(z))
+            _sync(device)
+            decoded.append(time.perf_counter() - started)
+
+        _malloc_trim()
+        with torch.inference_mode():
+            peak_mb, method = _peak_memory(decode, device)
+        out, seconds = decoded
+        rows.append({"model": name, "resolution": resolution, "peak_mem_mb": peak_mb,
+                     "output_mb": out.numel() * out.element_size() / _MB, "seconds": seconds,
+                     "memory_method": method, "finite": bool(torch.isfinite(out).all())})
         if not was_tiling:
             model.disable_tiling()
     return rows
