@@ -10,6 +10,7 @@ import pytest
 from tinyae.data.images import sample_photos
 from tinyae.errors import ConfigError, DataError
 from tinyae.training.study import (
+    KEYS,
     Study,
     arms,
     check_same_recipe,
@@ -36,6 +37,21 @@ def test_every_arm_changes_the_full_recipe_and_the_baseline_is_the_former_defaul
     assert (baseline.loss.adv_loss, baseline.loss.lpips_weight, baseline.loss.adv_start) == ("hinge", 0.1, 15)
     with pytest.raises(ConfigError, match="Unknown study arm 'nope'"):
         Study(out=None, photos=None, kodak=None, arm_names=("nope",)).arms
+    with pytest.raises(ConfigError, match="Unknown reference arm 'nope'"):
+        Study(out=None, photos=None, kodak=None, reference="nope")
+    with pytest.raises(ConfigError, match="--curve-every 400 should be between 1 and --steps"):
+        Study(out=None, photos=None, kodak=None, steps=300, curve_every=400)
+    every_100 = Study(out=tmp_path, photos=tmp_path, kodak=tmp_path, steps=300, curve_every=100).recipe(arms(300)[0], 0)
+    assert (every_100.train.checkpoint_every, every_100.train.checkpoints_total_limit) == (100, 3)
+
+
+def test_the_verdicts_compare_every_arm_with_the_chosen_reference():
+    table = {"baseline": {"values": {"512": {k: [1.0, 1.0] for k, *_ in KEYS}}},
+             "adaptive_gradient": {"values": {"512": {k: [2.0, 2.0] for k, *_ in KEYS}}}}
+    lines = verdicts(table, "512", reference="baseline")
+    assert len(lines) == 1 and lines[0].startswith("- `adaptive_gradient` vs `baseline`: PSNR vs teacher +1.00 (better)")
+    assert "LPIPS vs original +1.000 (worse)" in lines[0]
+    assert verdicts(table, "512") == []  # no `full` in this study
 
 
 @pytest.mark.slow
@@ -46,19 +62,26 @@ def test_a_tiny_study_trains_evaluates_resumes_and_writes_its_report(tmp_path):
     for name in ("astronaut", "coffee"):  # stand-ins for Kodak: two photos the runs do not hold out
         shutil.copy(photos / f"{name}.png", kodak / f"{name}.png")
     study = Study(out=tmp_path / "study", photos=photos, kodak=kodak, steps=4, seeds=(0, 1),
-                  arm_names=("full", "baseline"), parallel=2, resolutions=(64,),
+                  arm_names=("full", "baseline"), parallel=2, resolutions=(64,), curve_every=2,
                   overrides={"data": {"resolution": 32, "final_resolution": 48}, "loss": {"disc_width": 8},
                              "student": {"encoder_blocks": [1], "decoder_blocks": [1]}})
     runs = run_study(study)
     assert len(runs) == 4 and all((r / "kodak.json").exists() for r in runs)
+    curve = json.loads((runs[0] / "kodak-steps.json").read_text())
+    assert curve["resolution"] == 64 and sorted(curve["steps"]) == ["2", "4"]  # a checkpoint every 2 steps
+    assert curve["steps"]["4"]["psnr_vs_teacher"] == pytest.approx(
+        json.loads((runs[0] / "kodak.json").read_text())["resolutions"]["64"]["metrics"]["decoder_vs_teacher"]["psnr"])
     stamps = [(r / "run.json").stat().st_mtime_ns for r in runs]
-    run_study(study)  # resumes: nothing to do
+    (runs[1] / "kodak-steps.json").unlink()
+    run_study(study)  # resumes: only the missing evaluation along training, no training
     assert [(r / "run.json").stat().st_mtime_ns for r in runs] == stamps
+    assert (runs[1] / "kodak-steps.json").exists()
     report = write_report(study, tmp_path / "docs" / "quality.md", tmp_path / "docs" / "quality")
     text = report.read_text()
     assert "| `full`" in text and "| `baseline`" in text and "`baseline` vs `full`" in text
-    assert (tmp_path / "docs" / "quality" / "grid_full.jpg").exists()
-    assert (tmp_path / "docs" / "quality" / "curves.png").exists()
+    assert "## Along training" in text and re.search(r"\| `baseline` +\| 2 +\|", text)
+    for figure in ("grid_full.jpg", "curves.png", "steps.png"):
+        assert (tmp_path / "docs" / "quality" / figure).exists(), figure
     assert json.loads((runs[0] / "run.json").read_text())["time"]["cpu_s"] > 0
 
 

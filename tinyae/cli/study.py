@@ -3,6 +3,8 @@ on Kodak-24 and write docs/quality.md.
 
     tinyae study --kodak KODAK                       # fetches the Debian photos, 18 arms (15 recipe changes, 3 sizes) x 2 seeds, 2 runs at a time
     tinyae study --kodak KODAK --arms full baseline --seeds 0 1 2 --steps 600
+    tinyae study --kodak KODAK --arms baseline adaptive_gradient --steps 1000 --curve-every 250 \
+        --reference baseline --out runs/study-1000   # longer, with Kodak metrics every 250 steps
     tinyae study --kodak KODAK --report-only         # rewrite the report from the finished runs
 
 KODAK is a folder with Kodak-24 (kodim01.png ... kodim24.png, http://r0k.us/graphics/kodak/). Finished runs are
@@ -35,13 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, default=Path("docs/quality.md"))
     parser.add_argument("--figures", type=Path, default=Path("docs/quality"))
     parser.add_argument("--bench", type=Path, help="a `tinyae bench --sizes ...` bench.json: the sizes' speed axis")
+    parser.add_argument("--reference", default="full", help="the arm every other arm is compared with")
+    parser.add_argument("--curve-every", type=int, default=0, metavar="N",
+                        help="keep a checkpoint every N steps and evaluate each (Kodak metrics along training)")
     parser.add_argument("--report-only", action="store_true", help="do not train; report the finished runs")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
     study = Study(out=args.out, photos=args.photos or default_photos(args.out), kodak=args.kodak, steps=args.steps,
                   seeds=tuple(args.seeds), arm_names=tuple(args.arms), parallel=args.parallel, threads=args.threads,
-                  overrides=parse_overrides(overrides))
+                  overrides=parse_overrides(overrides), reference=args.reference, curve_every=args.curve_every)
     if not args.report_only:
         run_study(study)
     bench = read_bench(args.bench) if args.bench else None

@@ -7,6 +7,9 @@ per change, left out of the full recipe, plus today's former default (`baseline`
 student is then evaluated on Kodak-24 centre crops at 256 and 512 px against the teacher's
 decode and against the original, and `write_report` turns the runs into docs/quality.md:
 a table (means over seeds, with their spread), one comparison grid per arm and the loss curves.
+With `curve_every`, each run also keeps a checkpoint every so many steps and each of them is
+evaluated at the smallest resolution: the Kodak metrics along training, which show whether a
+ranking at the end of a short budget is still moving.
 
 Runs are independent processes (`parallel` at a time, `threads` torch threads each) whose
 output folders make the study resumable: a finished run is never trained again.
@@ -39,6 +42,7 @@ from tinyae.evaluation.evaluate import evaluate, summary, teacher_reference
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
 from tinyae.models.variants import SIZES
+from tinyae.training.checkpoints import list_checkpoints
 from tinyae.training.loop import distill
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.tables import fmt, markdown_table
@@ -112,6 +116,14 @@ class Study:
     threads: int = 1
     overrides: dict = field(default_factory=dict)  # applied to every arm (e.g. a shorter smoke of the study)
     resolutions: tuple[int, ...] = RESOLUTIONS  # Kodak centre crops, px
+    reference: str = "full"  # the arm the verdicts compare every other arm with
+    curve_every: int = 0  # keep and evaluate a checkpoint every so many steps (0: only the end)
+
+    def __post_init__(self) -> None:
+        if self.curve_every and not 0 < self.curve_every <= self.steps:
+            raise ConfigError(f"--curve-every {self.curve_every} should be between 1 and --steps ({self.steps}).")
+        if self.reference not in {a.name for a in arms(self.steps)}:
+            raise ConfigError(f"Unknown reference arm '{self.reference}'; arms: {', '.join(a.name for a in arms(1))}.")
 
     @property
     def arms(self) -> list[Arm]:
@@ -130,6 +142,9 @@ class Study:
         common = {"data": {"path": str(self.photos), "final_steps": self.steps // 10},
                   "train": {"steps": self.steps, "seed": seed, "output_dir": str(self.run_dir(arm, seed)),
                             "threads": self.threads}}
+        if self.curve_every:
+            common["train"] |= {"checkpoint_every": self.curve_every,
+                                "checkpoints_total_limit": self.steps // self.curve_every}
         return load_recipe(STUDY_RECIPE, merge_recipe_data(merge_recipe_data(common, self.overrides), arm.overrides))
 
 
@@ -157,16 +172,40 @@ def prepare(study: Study) -> None:
                                                     metadata={"names": json.dumps(names)}))
 
 
-def evaluate_run(run_dir: Path, study_out: Path, resolutions: Sequence[int]) -> dict:
-    """The run's student on the Kodak crops at every study resolution; written to kodak.json."""
+def _on_kodak(student_path: Path, study_out: Path, resolutions: Sequence[int]) -> dict:
     teacher = load_teacher(load_recipe(STUDY_RECIPE).teacher)
-    student = load_student(run_dir / "student")
+    student = load_student(student_path)
     refs = [load_file(reference_path(study_out, r)) for r in resolutions]
     names = json.loads(_metadata(reference_path(study_out, resolutions[0]))["names"])
-    results = evaluate(student, teacher, [r.pop("images") for r in refs], names, references=refs,
-                       comparisons=COMPARED, precision=False)
+    return evaluate(student, teacher, [r.pop("images") for r in refs], names, references=refs,
+                    comparisons=COMPARED, precision=False)
+
+
+def evaluate_run(run_dir: Path, study_out: Path, resolutions: Sequence[int]) -> dict:
+    """The run's student on the Kodak crops at every study resolution; written to kodak.json."""
+    results = _on_kodak(run_dir / "student", study_out, resolutions)
     atomic_file(run_dir / "kodak.json", lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(results)) + "\n"))
     return results
+
+
+CURVE = "kodak-steps.json"
+
+
+def evaluate_checkpoints(run_dir: Path, study_out: Path, resolution: int) -> dict:
+    """Every kept checkpoint's EMA student on the Kodak crops at `resolution`: the headline numbers per step,
+    written to kodak-steps.json."""
+    steps = {}
+    for checkpoint in list_checkpoints(run_dir):
+        flat = summary(_on_kodak(checkpoint, study_out, [resolution]), resolution)
+        steps[checkpoint.name.split("-")[-1]] = {key: flat[key] for key, *_ in KEYS}
+    curve = {"resolution": resolution, "steps": steps}
+    atomic_file(run_dir / CURVE, lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(curve)) + "\n"))
+    return curve
+
+
+def _finished(run_dir: Path) -> bool:
+    """Trained and evaluated, at the end and (if it kept checkpoints) along training."""
+    return (run_dir / "kodak.json").exists() and (not list_checkpoints(run_dir) or (run_dir / CURVE).exists())
 
 
 def _metadata(path: Path) -> dict:
@@ -195,10 +234,15 @@ def _job(recipe: Recipe, run_dir: Path, study_out: Path, resolutions: Sequence[i
     torch.set_num_threads(threads)
     if not (run_dir / "run.json").exists():
         distill(recipe)
-    evaluate_run(run_dir, study_out, resolutions)
+    if not (run_dir / "kodak.json").exists():
+        evaluate_run(run_dir, study_out, resolutions)
+    if list_checkpoints(run_dir):
+        evaluate_checkpoints(run_dir, study_out, min(resolutions))
 
 
-WHERE_NOT_WHAT = {"data.path", "train.output_dir", "train.threads"}  # may differ between calls of one study
+# May differ between calls of one study: where things are, how many threads, which checkpoints are kept.
+WHERE_NOT_WHAT = {"data.path", "train.output_dir", "train.threads", "train.checkpoint_every",
+                  "train.checkpoints_total_limit"}
 
 
 def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
@@ -225,7 +269,7 @@ def run_study(study: Study) -> list[Path]:
         arm, seed = job
         run_dir, recipe = study.run_dir(arm, seed), study.recipe(arm, seed)
         check_same_recipe(run_dir, recipe)
-        if (run_dir / "kodak.json").exists():
+        if _finished(run_dir):
             return run_dir
         if run_dir.exists() and not (run_dir / "run.json").exists():  # killed mid-training: start it afresh
             shutil.rmtree(run_dir)
@@ -263,7 +307,7 @@ def collect(study: Study) -> dict[str, dict]:
     """Per arm: per resolution, per key, the values over seeds; and the cost per run."""
     table: dict[str, dict] = {}
     for arm in study.arms:
-        entry: dict = {"change": arm.change, "values": {}, "cpu_min": [], "wall_min": []}
+        entry: dict = {"change": arm.change, "values": {}, "cpu_min": [], "wall_min": [], "curve": {}}
         for seed in study.seeds:
             run_dir = study.run_dir(arm, seed)
             if not (run_dir / "kodak.json").exists():
@@ -273,6 +317,10 @@ def collect(study: Study) -> dict[str, dict]:
                 flat = summary(results, int(resolution))
                 for key, *_ in KEYS:
                     entry["values"].setdefault(resolution, {}).setdefault(key, []).append(flat[key])
+            if (run_dir / CURVE).exists():
+                for step, flat in json.loads((run_dir / CURVE).read_text())["steps"].items():
+                    for key, value in flat.items():
+                        entry["curve"].setdefault(int(step), {}).setdefault(key, []).append(value)
             spent = json.loads((run_dir / "run.json").read_text()).get("time", {})
             entry["cpu_min"].append(spent.get("cpu_s", math.nan) / 60)
             entry["wall_min"].append(spent.get("wall_s", math.nan) / 60)
@@ -324,6 +372,43 @@ def verdicts(table: dict[str, dict], resolution: str, reference: str = "full") -
             parts.append(f"{name} {delta:+{spec.lstrip('+')}} ({word})")
         lines.append(f"- `{arm}` vs `{reference}`: " + "; ".join(parts))
     return lines
+
+
+CURVE_KEYS = ("psnr_vs_teacher", "lpips_vs_original", "colour_error_vs_original")
+
+
+def curve_table(table: dict[str, dict]) -> str:
+    """The headline numbers at each kept checkpoint, one row per arm and step (means over seeds ± spread)."""
+    specs = {key: (name, spec) for key, name, spec, _ in KEYS}
+    header = ["arm", "step", *[specs[k][0] for k in CURVE_KEYS]]
+    rows = [[f"`{arm}`", str(step), *[f"{fmt(_mean(values[k]), specs[k][1])} ± {fmt(_spread(values[k]), specs[k][1])}"
+                                      for k in CURVE_KEYS]]
+            for arm, entry in table.items() for step, values in sorted(entry["curve"].items())]
+    return markdown_table(header, rows)
+
+
+def plot_curves(table: dict[str, dict], path: Path, resolution: int) -> Path:
+    """The headline numbers against steps, one line per arm, the seeds' spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {key: name for key, name, *_ in KEYS}
+    fig, axes = plt.subplots(1, len(CURVE_KEYS), figsize=(5 * len(CURVE_KEYS), 3.6), constrained_layout=True)
+    for arm, entry in table.items():
+        steps = sorted(entry["curve"])
+        for ax, key in zip(axes, CURVE_KEYS):
+            points = [entry["curve"][t][key] for t in steps]
+            ax.errorbar(steps, [_mean(v) for v in points], yerr=[_spread(v) for v in points], marker="o",
+                        capsize=3, label=arm)
+    for ax, key in zip(axes, CURVE_KEYS):
+        ax.set(title=f"{names[key]} ({resolution} px Kodak)", xlabel="step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    atomic_file(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+    return path
 
 
 def comparison_grid(study: Study, arm: Arm, path: Path) -> Path:
@@ -505,8 +590,8 @@ def write_report(study: Study, report: Path, figures: Path, command: str = "", b
     ]
     for resolution in map(str, study.resolutions):
         lines += [f"## {resolution} px", "", comparison_table(table, resolution), "",
-                  f"Differences to `full` at {resolution} px (counted as real when larger than both arms' "
-                  "spreads added):", "", *verdicts(table, resolution), ""]
+                  f"Differences to `{study.reference}` at {resolution} px (counted as real when larger than both "
+                  "arms' spreads added):", "", *verdicts(table, resolution, study.reference), ""]
     resolution = str(max(study.resolutions))
     sizes = size_frontier(table, bench, resolution)
     if len(sizes) > 1:
@@ -521,6 +606,13 @@ def write_report(study: Study, report: Path, figures: Path, command: str = "", b
         if bench:
             lines += [f"![quality against speed per size]({rel}/{plot_sizes(sizes, figures / 'sizes.png').name})",
                       ""]
+    if any(entry["curve"] for entry in table.values()):
+        size = min(study.resolutions)
+        lines += ["## Along training", "",
+                  f"Each run's EMA student at every kept checkpoint (every {study.curve_every or 'few'} steps), on "
+                  f"Kodak-24 at {size} px: whether the ranking at the end is still moving.", "",
+                  curve_table(table), "",
+                  f"![Kodak metrics along training]({rel}/{plot_curves(table, figures / 'steps.png', size).name})", ""]
     lines += ["## Loss curves", "", f"![loss curves]({rel}/{curves.name})", "", "## Comparison grids", "",
               f"Kodak crops at {min(study.resolutions)} px: original | teacher (TAEF2) | the arm's student decoding "
               "the teacher's latents.", ""]
