@@ -14,6 +14,8 @@ from tinyae.training.study import (
     Study,
     arms,
     check_same_recipe,
+    collect,
+    curve_table,
     read_bench,
     run_study,
     size_frontier,
@@ -124,3 +126,15 @@ def test_a_kept_run_of_other_settings_is_refused_instead_of_reported_as_this_stu
     longer = Study(out=tmp_path, photos=tmp_path / "photos", kodak=tmp_path, steps=600)
     with pytest.raises(ConfigError, match=r"another recipe \(data.final_steps, train.steps differ\).*own --out"):
         check_same_recipe(run_dir, longer.recipe(full, 0))
+
+
+def test_a_run_still_training_shows_the_steps_it_has_reached_along_training_but_no_end_result(tmp_path):
+    study = Study(out=tmp_path, photos=tmp_path, kodak=tmp_path, steps=1000, arm_names=("baseline",), seeds=(0,))
+    run_dir = study.run_dir(arms(1000)[1], 0)
+    run_dir.mkdir(parents=True)
+    numbers = {key: 20.0 for key, *_ in KEYS}
+    (run_dir / "kodak-steps.json").write_text(json.dumps({"resolution": 256, "steps": {"250": numbers,
+                                                                                        "500": numbers}}))
+    entry = collect(study)["baseline"]
+    assert sorted(entry["curve"]) == [250, 500] and entry["values"] == {}
+    assert re.search(r"\| `baseline` +\| 500 +\| 20\.00", curve_table({"baseline": entry}))

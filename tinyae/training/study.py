@@ -310,6 +310,10 @@ def collect(study: Study) -> dict[str, dict]:
         entry: dict = {"change": arm.change, "values": {}, "cpu_min": [], "wall_min": [], "curve": {}}
         for seed in study.seeds:
             run_dir = study.run_dir(arm, seed)
+            if (run_dir / CURVE).exists():  # also while the run is still training: the steps it has reached
+                for step, flat in json.loads((run_dir / CURVE).read_text())["steps"].items():
+                    for key, value in flat.items():
+                        entry["curve"].setdefault(int(step), {}).setdefault(key, []).append(value)
             if not (run_dir / "kodak.json").exists():
                 continue
             results = json.loads((run_dir / "kodak.json").read_text())
@@ -317,10 +321,6 @@ def collect(study: Study) -> dict[str, dict]:
                 flat = summary(results, int(resolution))
                 for key, *_ in KEYS:
                     entry["values"].setdefault(resolution, {}).setdefault(key, []).append(flat[key])
-            if (run_dir / CURVE).exists():
-                for step, flat in json.loads((run_dir / CURVE).read_text())["steps"].items():
-                    for key, value in flat.items():
-                        entry["curve"].setdefault(int(step), {}).setdefault(key, []).append(value)
             spent = json.loads((run_dir / "run.json").read_text()).get("time", {})
             entry["cpu_min"].append(spent.get("cpu_s", math.nan) / 60)
             entry["wall_min"].append(spent.get("wall_s", math.nan) / 60)
