@@ -74,10 +74,14 @@ def test_a_tiny_study_trains_evaluates_resumes_and_writes_its_report(tmp_path):
     assert curve["steps"]["4"]["psnr_vs_teacher"] == pytest.approx(
         json.loads((runs[0] / "kodak.json").read_text())["resolutions"]["64"]["metrics"]["decoder_vs_teacher"]["psnr"])
     stamps = [(r / "run.json").stat().st_mtime_ns for r in runs]
-    (runs[1] / "kodak-steps.json").unlink()
-    run_study(study)  # resumes: only the missing evaluation along training, no training
+    halfway = json.loads((runs[1] / "kodak-steps.json").read_text())
+    del halfway["steps"]["4"]  # as if evaluated while the run was still training
+    halfway["steps"]["2"]["psnr_vs_teacher"] = 99.0
+    (runs[1] / "kodak-steps.json").write_text(json.dumps(halfway))
+    run_study(study)  # resumes: only the missing step is evaluated, nothing trained, nothing redone
     assert [(r / "run.json").stat().st_mtime_ns for r in runs] == stamps
-    assert (runs[1] / "kodak-steps.json").exists()
+    steps = json.loads((runs[1] / "kodak-steps.json").read_text())["steps"]
+    assert list(steps) == ["2", "4"] and steps["2"]["psnr_vs_teacher"] == 99.0
     report = write_report(study, tmp_path / "docs" / "quality.md", tmp_path / "docs" / "quality")
     text = report.read_text()
     assert "| `full`" in text and "| `baseline`" in text and "`baseline` vs `full`" in text

@@ -193,19 +193,26 @@ CURVE = "kodak-steps.json"
 
 def evaluate_checkpoints(run_dir: Path, study_out: Path, resolution: int) -> dict:
     """Every kept checkpoint's EMA student on the Kodak crops at `resolution`: the headline numbers per step,
-    written to kodak-steps.json."""
-    steps = {}
+    written to kodak-steps.json. Steps evaluated before (of a run still training, say) are kept, not redone."""
+    path = run_dir / CURVE
+    steps = json.loads(path.read_text())["steps"] if path.exists() else {}
     for checkpoint in list_checkpoints(run_dir):
+        if checkpoint.name.split("-")[-1] in steps:
+            continue
         flat = summary(_on_kodak(checkpoint, study_out, [resolution]), resolution)
         steps[checkpoint.name.split("-")[-1]] = {key: flat[key] for key, *_ in KEYS}
-    curve = {"resolution": resolution, "steps": steps}
-    atomic_file(run_dir / CURVE, lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(curve)) + "\n"))
+    curve = {"resolution": resolution, "steps": dict(sorted(steps.items(), key=lambda item: int(item[0])))}
+    atomic_file(path, lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(curve)) + "\n"))
     return curve
 
 
 def _finished(run_dir: Path) -> bool:
     """Trained and evaluated, at the end and (if it kept checkpoints) along training."""
-    return (run_dir / "kodak.json").exists() and (not list_checkpoints(run_dir) or (run_dir / CURVE).exists())
+    if not (run_dir / "kodak.json").exists():
+        return False
+    kept = {checkpoint.name.split("-")[-1] for checkpoint in list_checkpoints(run_dir)}
+    return not kept or ((run_dir / CURVE).exists()
+                        and kept <= set(json.loads((run_dir / CURVE).read_text())["steps"]))
 
 
 def _metadata(path: Path) -> dict:
@@ -237,7 +244,7 @@ def _job(recipe: Recipe, run_dir: Path, study_out: Path, resolutions: Sequence[i
     if not (run_dir / "kodak.json").exists():
         evaluate_run(run_dir, study_out, resolutions)
     if list_checkpoints(run_dir):
-        evaluate_checkpoints(run_dir, study_out, min(resolutions))
+        evaluate_checkpoints(run_dir, study_out, min(resolutions))  # the steps not evaluated yet
 
 
 # May differ between calls of one study: where things are, how many threads, which checkpoints are kept.
