@@ -140,5 +140,5 @@ def test_a_run_still_training_shows_the_steps_it_has_reached_along_training_but_
     (run_dir / "kodak-steps.json").write_text(json.dumps({"resolution": 256, "steps": {"250": numbers,
                                                                                         "500": numbers}}))
     entry = collect(study)["baseline"]
-    assert sorted(entry["curve"]) == [250, 500] and entry["values"] == {}
+    assert sorted(entry["curve"]) == [250, 500] and entry["values"] == {} and entry["unfinished"] == [0]
     assert re.search(r"\| `baseline` +\| 500 +\| 20\.00", curve_table({"baseline": entry}))

@@ -314,7 +314,8 @@ def collect(study: Study) -> dict[str, dict]:
     """Per arm: per resolution, per key, the values over seeds; and the cost per run."""
     table: dict[str, dict] = {}
     for arm in study.arms:
-        entry: dict = {"change": arm.change, "values": {}, "cpu_min": [], "wall_min": [], "curve": {}}
+        entry: dict = {"change": arm.change, "values": {}, "cpu_min": [], "wall_min": [], "curve": {},
+                       "unfinished": []}
         for seed in study.seeds:
             run_dir = study.run_dir(arm, seed)
             if (run_dir / CURVE).exists():  # also while the run is still training: the steps it has reached
@@ -322,6 +323,7 @@ def collect(study: Study) -> dict[str, dict]:
                     for key, value in flat.items():
                         entry["curve"].setdefault(int(step), {}).setdefault(key, []).append(value)
             if not (run_dir / "kodak.json").exists():
+                entry["unfinished"].append(seed)
                 continue
             results = json.loads((run_dir / "kodak.json").read_text())
             for resolution in results["resolutions"]:
@@ -590,6 +592,10 @@ def write_report(study: Study, report: Path, figures: Path, command: str = "", b
         f"`{command or 'tinyae study --kodak KODAK'}`.",
         "",
         *_regime(table, str(max(study.resolutions))),
+        *[f"Not finished: `{arm}` seed(s) {', '.join(map(str, entry['unfinished']))}"
+          + (f", evaluated along training up to step {max(entry['curve'])}" if entry["curve"] else "")
+          + "; the tables at the end leave them out." for arm, entry in table.items() if entry["unfinished"]],
+        "",
         "| arm | what differs from `full` |",
         "|---|---|",
         *[f"| `{arm}` | {entry['change']} |" for arm, entry in table.items()],
