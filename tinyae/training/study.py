@@ -42,7 +42,7 @@ from tinyae.evaluation.evaluate import evaluate, summary, teacher_reference
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
 from tinyae.models.variants import SIZES
-from tinyae.training.checkpoints import list_checkpoints
+from tinyae.training.checkpoints import CHECKPOINT_RE, list_checkpoints
 from tinyae.training.loop import distill
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.tables import fmt, markdown_table
@@ -148,8 +148,6 @@ class Study:
         return load_recipe(STUDY_RECIPE, merge_recipe_data(merge_recipe_data(common, self.overrides), arm.overrides))
 
 
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -191,16 +189,20 @@ def evaluate_run(run_dir: Path, study_out: Path, resolutions: Sequence[int]) -> 
 CURVE = "kodak-steps.json"
 
 
+def _kept_steps(run_dir: Path) -> dict[str, Path]:
+    """The run's finished checkpoints by step, as kodak-steps.json names them."""
+    return {CHECKPOINT_RE.match(c.name).group(1): c for c in list_checkpoints(run_dir)}
+
+
 def evaluate_checkpoints(run_dir: Path, study_out: Path, resolution: int) -> dict:
     """Every kept checkpoint's EMA student on the Kodak crops at `resolution`: the headline numbers per step,
     written to kodak-steps.json. Steps evaluated before (of a run still training, say) are kept, not redone."""
     path = run_dir / CURVE
     steps = json.loads(path.read_text())["steps"] if path.exists() else {}
-    for checkpoint in list_checkpoints(run_dir):
-        if checkpoint.name.split("-")[-1] in steps:
-            continue
-        flat = summary(_on_kodak(checkpoint, study_out, [resolution]), resolution)
-        steps[checkpoint.name.split("-")[-1]] = {key: flat[key] for key, *_ in KEYS}
+    for step, checkpoint in _kept_steps(run_dir).items():
+        if step not in steps:
+            flat = summary(_on_kodak(checkpoint, study_out, [resolution]), resolution)
+            steps[step] = {key: flat[key] for key, *_ in KEYS}
     curve = {"resolution": resolution, "steps": dict(sorted(steps.items(), key=lambda item: int(item[0])))}
     atomic_file(path, lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(curve)) + "\n"))
     return curve
@@ -210,7 +212,7 @@ def _finished(run_dir: Path) -> bool:
     """Trained and evaluated, at the end and (if it kept checkpoints) along training."""
     if not (run_dir / "kodak.json").exists():
         return False
-    kept = {checkpoint.name.split("-")[-1] for checkpoint in list_checkpoints(run_dir)}
+    kept = set(_kept_steps(run_dir))
     return not kept or ((run_dir / CURVE).exists()
                         and kept <= set(json.loads((run_dir / CURVE).read_text())["steps"]))
 
