@@ -16,8 +16,8 @@ from conftest import small_vae
 from safetensors.torch import load_file
 
 from tinyae.config import Recipe, load_recipe
-from tinyae.errors import ConfigError, TinyaeError
-from tinyae.training.checkpoints import list_checkpoints
+from tinyae.errors import CheckpointError, ConfigError, TinyaeError
+from tinyae.training.checkpoints import list_checkpoints, read_training_state
 from tinyae.training.loop import distill
 
 
@@ -110,12 +110,11 @@ def test_a_new_learning_rate_and_batch_size_apply_on_resume_and_are_recorded(tea
                     "to the optimizer), train.steps 4 -> 6, train.batch_size 2 -> 3, train.ema_decay 0.999 -> 0.99 "
                     "(applied to the EMA).")
     # What ran is what the files say: the optimizer stepped with the new rate, the history lists the change.
-    state = torch.load(run / "checkpoints" / "checkpoint-6" / "optimizer.bin", weights_only=False)
+    state = torch.load(run / "checkpoints" / "checkpoint-6" / "optimizer.bin", weights_only=True)
     assert [g["lr"] for g in state["param_groups"]] == [1e-4]
-    d_state = torch.load(run / "checkpoints" / "checkpoint-6" / "optimizer_1.bin", weights_only=False)
+    d_state = torch.load(run / "checkpoints" / "checkpoint-6" / "optimizer_1.bin", weights_only=True)
     assert [g["lr"] for g in d_state["param_groups"]] == [2e-4]
-    ema = torch.load(run / "checkpoints" / "checkpoint-6" / "custom_checkpoint_0.pkl", weights_only=False)
-    assert ema["decay"] == 0.99
+    assert read_training_state(run / "checkpoints" / "checkpoint-6")["ema"]["decay"] == 0.99
     resumes = json.loads((run / "run.json").read_text())["resumes"]
     assert resumes == [{"checkpoint": str(run / "checkpoints" / "checkpoint-4"), "step": 4, "changes": {
         "optim.lr": [3e-4, 1e-4], "optim.disc_lr": [3e-4, 2e-4], "train.steps": [4, 6], "train.batch_size": [2, 3],
@@ -182,3 +181,27 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one_with_a_war
 def test_checkpoints_are_readable_by_other_users(finished):
     modes = {p.relative_to(finished): p.stat().st_mode & 0o777 for p in (finished / "checkpoints").rglob("*")}
     assert modes and all(mode & 0o044 == 0o044 for mode in modes.values()), modes
+
+
+# ---------------------------------------------------------------- resuming never runs code
+
+
+class Payload:
+    """Unpickling this creates `marker`: the code a shared checkpoint could carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("name", ["custom_checkpoint_1.pkl", "random_states_0.pkl", "optimizer.bin"])
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(teacher_dir, photos, run, tmp_path, name):
+    marker = tmp_path / "payload-ran"
+    torch.save({"step": 4, "state": Payload(marker)}, run / "checkpoints" / "checkpoint-4" / name)
+    try:
+        with pytest.raises(CheckpointError, match="Cannot resume from .*checkpoint-4'.*code"):
+            distill(recipe(teacher_dir, photos, run, train={"steps": 6, "resume": "latest"}))
+    finally:
+        assert not marker.exists(), "the checkpoint's code ran"

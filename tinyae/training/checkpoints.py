@@ -1,9 +1,11 @@
 """Checkpoints of a run: written whole or not at all, checked before they are resumed.
 
-A checkpoint is accelerate's state (models, optimizers, RNGs and the registered
-objects: EMA, step counter, schedule) plus the EMA student as an AutoencoderTiny
-folder (`student_ema/`), so any checkpoint exports without the training code, and
-`tinyae.json`: its step, the recipe it was trained with and the run's resume history.
+A checkpoint is accelerate's state (models, optimizers, RNGs), tinyae's own state (EMA,
+step counter, schedule, adversary and its replay buffer) in `training_state.safetensors`,
+the EMA student as an AutoencoderTiny folder (`student_ema/`), so any checkpoint exports
+without the training code, and `tinyae.json`: its step, the recipe it was trained with and
+the run's resume history. Checkpoints get shared, so resuming one never runs code: tinyae's
+state is tensors plus JSON, and every torch archive must load with `weights_only=True`.
 It is written into `.tmp-checkpoint-N` and renamed; a save that fails (a full disk)
 removes that folder and says which checkpoint is the last good one.
 """
@@ -17,14 +19,21 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils.other import load as accelerate_load
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from tinyae.errors import CheckpointError
 from tinyae.models.student import CONFIG_NAME, Student
 from tinyae.utils.atomic import reporting_write_errors, share
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 RECORD_NAME = "tinyae.json"  # the checkpoint's step, recipe and resume history
-TORCH_ARCHIVES = (".bin", ".pkl", ".pt", ".pth")  # torch.save's zip files (optimizers, RNG and custom states)
+TORCH_ARCHIVES = (".bin", ".pkl", ".pt", ".pth")  # torch.save's zip files (optimizers, RNG states)
+STATE_NAME = "training_state.safetensors"  # tinyae's own state: tensors, with the rest as JSON in the metadata
+PICKLED_STATE = "custom_checkpoint_*.pkl"  # where tinyae kept that state before: full pickles, never loaded
 
 
 class TrainState:
@@ -38,6 +47,69 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+
+
+def save_training_state(objects: dict, path: Path) -> None:
+    """The state dicts of `objects` (name -> object) as one safetensors file: tensors, and JSON for the rest."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def split(value, key: str):
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        if isinstance(value, dict):
+            return {str(k): split(v, f"{key}.{k}") for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [split(v, f"{key}.{i}") for i, v in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"{key}: a {type(value).__name__} has no safe checkpoint format")
+
+    tree = {name: split(obj.state_dict(), name) for name, obj in objects.items()}
+    save_file(tensors, str(path), metadata={"tree": json.dumps(tree)})
+
+
+def read_training_state(checkpoint: Path) -> dict:
+    """tinyae's own state of a checkpoint as {name: state dict}; reading it runs no code."""
+    with safe_open(str(Path(checkpoint) / STATE_NAME), framework="pt") as f:
+        tree = json.loads(f.metadata()["tree"])
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+
+    def join(value):
+        if isinstance(value, dict):
+            return tensors[value["__tensor__"]] if set(value) == {"__tensor__"} else {k: join(v) for k, v in
+                                                                                   value.items()}
+        return [join(v) for v in value] if isinstance(value, list) else value
+
+    return {name: join(state) for name, state in tree.items()}
+
+
+def refuse_unsafe(checkpoint: Path) -> None:
+    """Refuse a checkpoint that needs more than tensors to load: resuming a downloaded run must not run its code."""
+    checkpoint = Path(checkpoint)
+    pickled = sorted(p.name for p in checkpoint.glob(PICKLED_STATE))
+    if pickled or not (checkpoint / STATE_NAME).is_file():
+        found = f"keeps its training state in pickles ({', '.join(pickled)})" if pickled else (
+            f"has no {STATE_NAME}")
+        raise CheckpointError(
+            f"Cannot resume from '{checkpoint}': it {found} (an older tinyae's format, which can run code when "
+            f"loaded); start a new run from its weights with --student.init {checkpoint / 'student_ema'}.")
+    for path in sorted(p for p in checkpoint.iterdir() if p.suffix in TORCH_ARCHIVES):
+        try:
+            accelerate_load(path, map_location="cpu", weights_only=True)  # what accelerate's load_state does
+        except Exception as exc:  # an UnpicklingError names the global it refused
+            raise CheckpointError(f"Cannot resume from '{checkpoint}': '{path.name}' needs more than tensors to "
+                                  f"load ({str(exc).splitlines()[0][:160]}), and loading it could run code; resume "
+                                  "only checkpoints written by tinyae.") from None
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, objects: dict) -> None:
+    """Restore accelerate's state and tinyae's (`objects`, name -> object) from a checkpoint that passed
+    `refuse_unsafe`."""
+    refuse_unsafe(checkpoint)
+    accelerator.load_state(str(checkpoint))
+    for name, state in read_training_state(checkpoint).items():
+        objects[name].load_state_dict(state)
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -61,10 +133,11 @@ def remove_interrupted_saves(output_dir: Path) -> None:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, ema_student: Student, limit: int,
-                    record: dict | None = None) -> Path:
+                    record: dict | None = None, objects: dict | None = None) -> Path:
     """Save into a temporary folder, then rename: a crash mid-save never replaces a good checkpoint.
 
-    `record` (the recipe and resume history) goes to tinyae.json with the step.
+    `record` (the recipe and resume history) goes to tinyae.json with the step, the state of
+    `objects` (name -> object with a state_dict) to training_state.safetensors.
     """
     root = Path(output_dir) / "checkpoints"
     final, tmp, old = root / f"checkpoint-{step}", root / f".tmp-checkpoint-{step}", root / f".old-checkpoint-{step}"
@@ -81,6 +154,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, ema_s
             accelerator.save_state(str(tmp))
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
+                save_training_state(objects or {}, tmp / STATE_NAME)
                 ema_student.save_pretrained(tmp / "student_ema")
                 if record is not None:
                     (tmp / RECORD_NAME).write_text(json.dumps({"step": step, **record}, indent=2) + "\n")

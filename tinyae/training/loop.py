@@ -32,7 +32,7 @@ from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher, load_teacher
 from tinyae.shipping.export import export_diffusers
 from tinyae.shipping.hub import push_to_hub
-from tinyae.training.checkpoints import TrainState, save_checkpoint
+from tinyae.training.checkpoints import TrainState, load_checkpoint, save_checkpoint
 from tinyae.training.health import HEALTH_KEYS, HealthMonitor
 from tinyae.training.resume import apply_recipe, check_student, plan_run
 from tinyae.training.samples import sample_grid, save_sample
@@ -123,10 +123,10 @@ def distill(recipe: Recipe) -> Path:
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
     parts = build_parts(recipe, teacher, student, accelerator)
     state = TrainState()
-    accelerator.register_for_checkpointing(ema, state, parts.sched, parts.adversary)
+    tracked = {"ema": ema, "train": state, "schedule": parts.sched, "adversary": parts.adversary}
     if plan.checkpoint is not None:
         check_student(plan, student)
-        accelerator.load_state(str(plan.checkpoint))
+        load_checkpoint(accelerator, plan.checkpoint, tracked)
         apply_recipe(recipe, parts, ema)  # the checkpoint saved its own lr, betas and EMA decay
         logger.info(plan.summary())
     ema.to(accelerator.device)
@@ -169,7 +169,8 @@ def distill(recipe: Recipe) -> Path:
         if do_sample and accelerator.is_main_process:
             save_sample(accelerator, out, state.step, sample_grid(ema_student, teacher, sample_images))
         if do_checkpoint:
-            save_checkpoint(accelerator, out, state.step, ema_student, cfg.checkpoints_total_limit, plan.record(recipe))
+            save_checkpoint(accelerator, out, state.step, ema_student, cfg.checkpoints_total_limit, plan.record(recipe),
+                            tracked)
     progress.close()
 
     ema.copy_to(ema_student.parameters())

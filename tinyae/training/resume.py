@@ -26,6 +26,7 @@ from tinyae.training.checkpoints import (
     checkpoint_damage,
     list_checkpoints,
     read_record,
+    refuse_unsafe,
     remove_interrupted_saves,
 )
 from tinyae.training.step import DistillParts
@@ -106,6 +107,7 @@ def plan_run(recipe: Recipe, main_process: bool = True) -> RunPlan:
     checkpoint = choose_checkpoint(out, recipe.train.resume)
     if checkpoint is None:
         return RunPlan()
+    refuse_unsafe(checkpoint)  # before any work; loading it again checks again
     saved = read_record(checkpoint)
     if "recipe" not in saved and checkpoint.parent == out / "checkpoints" and (out / "recipe.json").is_file():
         saved["recipe"] = json.loads((out / "recipe.json").read_text())  # a checkpoint from before tinyae.json
