@@ -92,15 +92,18 @@ def refuse_unsafe(checkpoint: Path) -> None:
         found = f"keeps its training state in pickles ({', '.join(pickled)})" if pickled else (
             f"has no {STATE_NAME}")
         raise CheckpointError(
-            f"Cannot resume from '{checkpoint}': it {found} (an older tinyae's format, which can run code when "
-            f"loaded); start a new run from its weights with --student.init {checkpoint / 'student_ema'}.")
+            f"Cannot resume from '{checkpoint}': it {found}, an older tinyae's format whose loading can run code; "
+            f"start a new run from its weights with --student.init {checkpoint / 'student_ema'}.")
     for path in sorted(p for p in checkpoint.iterdir() if p.suffix in TORCH_ARCHIVES):
         try:
-            accelerate_load(path, map_location="cpu", weights_only=True)  # what accelerate's load_state does
-        except Exception as exc:  # an UnpicklingError names the global it refused
-            raise CheckpointError(f"Cannot resume from '{checkpoint}': '{path.name}' needs more than tensors to "
-                                  f"load ({str(exc).splitlines()[0][:160]}), and loading it could run code; resume "
-                                  "only checkpoints written by tinyae.") from None
+            accelerate_load(path, map_location="cpu", weights_only=True)  # as accelerate's load_state reads it
+        except Exception as exc:  # torch's UnpicklingError names the global it refused
+            needs = re.search(r"GLOBAL (\S+)", str(exc))
+            raise CheckpointError(
+                f"Cannot resume from '{checkpoint}': '{path.name}' needs more than tensors to load "
+                f"({needs.group(1) if needs else 'not a weights-only archive'}), and loading it could run code; "
+                "resume only checkpoints written by tinyae, or start a new run from its weights with "
+                f"--student.init {checkpoint / 'student_ema'}.") from None
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path, objects: dict) -> None:
