@@ -113,3 +113,52 @@ def test_enumerated_fields_name_their_choices():
 def test_values_that_would_fail_or_train_backwards_mid_run_are_refused_at_start(field, value):
     with pytest.raises(ConfigError, match=rf"Invalid recipe 'smoke': {re.escape(field)} must be"):
         load_recipe("smoke", [f"--{field}", value])
+
+
+# ---------------------------------------------------------------- numbers that cannot train, refused at start
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("optim.lr", ".inf", "must be a finite number"), ("loss.latent_weight", ".nan", "must be a finite number"),
+    ("loss.pixel_weight", "-1", "cannot be negative"), ("loss.lpips_weight", "-0.1", "cannot be negative"),
+    ("optim.disc_lr", ".nan", "must be a finite number"), ("teacher.scaling_factor", ".inf", "must be a finite"),
+    ("loss.disc_width", "0", "must be positive"), ("data.holdout", "-1", "cannot be negative"),
+    ("data.resolution", "16", "must be between 32 and 4096 px"), ("data.resolution", "65536", "must be between 32"),
+    ("data.final_resolution", "24", "must be between 32"), ("data.final_resolution", "8192", "must be between 32"),
+])
+def test_numbers_that_cannot_train_are_refused_at_start(field, value, rule):
+    with pytest.raises(ConfigError, match=rf"Invalid recipe 'smoke': {re.escape(field)} {rule}"):
+        load_recipe("smoke", [f"--{field}", value])
+
+
+# ---------------------------------------------------------------- recipe files
+
+
+def test_an_empty_section_of_a_derived_recipe_keeps_the_base_values(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: smoke\ntrain:\n")
+    assert load_recipe(str(tmp_path / "mine.yaml")).train == load_recipe("smoke").train
+
+
+def test_a_section_that_is_not_a_mapping_is_refused_even_with_overrides_of_it(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: smoke\ntrain: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"section 'train' must be a mapping of fields, got \[1, 2\]"):
+        load_recipe(str(tmp_path / "mine.yaml"), ["--train.steps", "3"])
+
+
+def test_a_recipe_file_that_is_not_utf8_is_refused_with_a_sentence(tmp_path):
+    (tmp_path / "latin.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_recipe(str(tmp_path / "latin.yaml"))
+
+
+def test_a_recipe_file_without_the_yaml_extension_is_named_as_such(tmp_path):
+    (tmp_path / "notyaml.txt").write_text("train:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match=r"notyaml.txt' is not a recipe: recipe files end in .yaml"):
+        load_recipe(str(tmp_path / "notyaml.txt"))
+
+
+def test_a_base_named_without_its_extension_points_to_the_sibling_file(tmp_path):
+    (tmp_path / "b.yaml").write_text("base: smoke\n")
+    (tmp_path / "a.yaml").write_text("base: b\n")
+    with pytest.raises(ConfigError, match=r"write base: b.yaml"):
+        load_recipe(str(tmp_path / "a.yaml"))

@@ -243,8 +243,28 @@ def test_existing_targets_are_refused_and_left_untouched(student, tmp_path):
     export_taesd(student, comfy, "sd", overwrite=True)  # asked: replaced, neighbours kept
     assert (comfy / "taef1_decoder.pth").read_bytes() == b"another model"
     assert_same_weights(load_student(comfy, family="sd"), student)
-    export_diffusers(student, target, overwrite=True)
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    export_diffusers(student, target, overwrite=True)  # replaces what it writes, keeps the rest
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors",
+                                                        "notes.txt"]
+
+
+@pytest.mark.parametrize("to", ["all", "diffusers"])
+def test_overwrite_replaces_only_the_files_the_export_writes(student, tmp_path, to):
+    student.save_pretrained(tmp_path / "student")
+    comfy = tmp_path / "vae_approx"
+    comfy.mkdir()
+    (comfy / "taef1_encoder.pth").write_bytes(b"another model")
+    (comfy / "readme.txt").write_text("mine")
+    (comfy / "config.json").write_text("{}")
+    (comfy / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"a stale fp16 variant of earlier weights")
+    tinyae_cli(["export", "--student", str(tmp_path / "student"), "--to", to, "--family", "sd", "--out", str(comfy),
+                "--overwrite"])
+    assert (comfy / "taef1_encoder.pth").read_bytes() == b"another model"
+    assert (comfy / "readme.txt").read_text() == "mine"
+    assert not (comfy / "diffusion_pytorch_model.fp16.safetensors").exists()  # would load the earlier weights
+    assert_same_weights(Student.from_pretrained(comfy), student)
+    assert (to == "all") == (comfy / "taesd_encoder.safetensors").is_file()
+    assert not [p.name for p in comfy.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
 def test_family_must_match_the_latent_channels(student, tmp_path):
@@ -349,7 +369,7 @@ def test_export_script_errors_are_one_line_and_exit_2(student, tmp_path, capsys)
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: ") and stderr.strip().count("\n") == 0
-    assert "student-all' already exists; pass overwrite=True" in stderr
+    assert "student-all' already exists; pass --overwrite to replace" in stderr
     assert not any((tmp_path / "student-all").iterdir())
 
 
@@ -365,3 +385,17 @@ def test_qwen_image_has_no_taesd_pair_and_exports_a_pipeline_ready_diffusers_fol
     assert_same_weights(load_student(folder), student)
     again = export_student(folder, to="diffusers", out=tmp_path / "again")  # the family travels with the folder
     assert json.loads((again / "config.json").read_text())["family"] == "qwen-image"
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_a_student_with_non_finite_weights_is_refused_and_not_blamed_on_fp16(student, tmp_path, capsys, dtype):
+    with torch.no_grad():
+        student.decoder.layers[-1].weight[0, 0, 0, 0] = float("nan")
+    student.save_pretrained(tmp_path / "student")
+    with pytest.raises(SystemExit) as exit_info:
+        tinyae_cli(["export", "--student", str(tmp_path / "student"), "--to", "taesd", "--family", "sd",
+                    "--dtype", dtype, "--out", str(tmp_path / "comfy")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert "not finite" in err and "decoder" in err and "overflow" not in err
+    assert not (tmp_path / "comfy").exists()

@@ -13,6 +13,7 @@ import accelerate.utils.other
 import pytest
 import torch
 from conftest import save_file_on_a_full_disk, small_vae, torch_save_on_a_full_disk
+from safetensors.torch import load_file
 
 from tinyae.cli import main as tinyae_cli
 from tinyae.config import load_recipe
@@ -129,3 +130,40 @@ def test_an_oserror_enospc_anywhere_in_a_write_reads_as_disk_full(tmp_path):
     with pytest.raises(TinyaeError, match=f"Disk full at '{re.escape(str(tmp_path))}'.*nothing was replaced"):
         atomic_file(tmp_path / "metrics.json", full)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- non-finite numbers stop a run
+
+
+def test_a_run_whose_loss_turns_non_finite_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+        teacher_dir, photos, tmp_path, capsys, monkeypatch):
+    import tinyae.training.loop as loop
+
+    real_step, calls = loop.distill_step, []
+
+    def diverging(parts, *args, **kwargs):  # from the third step on the student's weights are NaN
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                next(parts.student.parameters()).fill_(float("nan"))
+        return real_step(parts, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "distill_step", diverging)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        tinyae_cli(["distill", *tiny_run(teacher_dir, photos, out), "--train.log_every", "4"])
+    err = capsys.readouterr().err.split("\r")[-1].split("distill: 100%")[-1]  # after the progress bar
+    assert exit_info.value.code == 2 and "step 3" in err and "checkpoint-2" in err, err
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
+    assert not (out / "student").exists()
+    kept = load_file(out / "checkpoints" / "checkpoint-2" / "student_ema" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.isfinite(t).all() for t in kept.values())
+
+
+def test_fp16_mixed_precision_on_a_cpu_is_refused_rather_than_recorded(teacher_dir, photos, tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setattr("tinyae.training.loop.load_teacher", never("loading the teacher"))
+    err = refused(["distill", *tiny_run(teacher_dir, photos, tmp_path / "run"), "--train.mixed_precision", "fp16"],
+                  capsys)
+    assert "fp16" in err and "bf16" in err
+    assert not (tmp_path / "run" / "recipe.json").exists()

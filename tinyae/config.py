@@ -8,6 +8,7 @@ turns into a silent default halfway through a GPU-day.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from tinyae.utils.dtypes import DTypeName
 from tinyae.utils.resources import recipes_dir
 
 BASE_KEY = "base"  # a recipe file may name the recipe it extends; it then states only its differences
+MIN_RESOLUTION = 32  # LPIPS's networks (loss and evaluation) reduce smaller images to nothing
+MAX_RESOLUTION = 4096  # crops beyond this do not fit in memory (a 65536 px crop is 51 GB per image)
 
 
 @dataclass
@@ -145,14 +148,30 @@ class Recipe:
 
     def validate(self) -> "Recipe":
         """Checks that need more than one field's type."""
+        for name, value in dotted_fields(self.to_dict()).items():
+            for number in value if isinstance(value, list) else [value]:
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise ConfigError(f"Invalid recipe '{self.name}': {name} must be a finite number, got {number}.")
+            if name.endswith("_weight") and value < 0:
+                raise ConfigError(f"Invalid recipe '{self.name}': {name} cannot be negative (0 turns the term off).")
+        sizes = f"must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} px (LPIPS needs {MIN_RESOLUTION})"
         checks = [
             (self.train.steps > 0, "train.steps must be positive"),
             (self.train.batch_size > 0, "train.batch_size must be positive"),
             (self.train.grad_accum > 0, "train.grad_accum must be positive"),
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
-            (self.data.resolution % 8 == 0 and self.data.resolution >= 16, "data.resolution must be a multiple of 8, at least 16"),
+            (MIN_RESOLUTION <= self.data.resolution <= MAX_RESOLUTION, f"data.resolution {sizes}"),
+            (self.data.resolution % 8 == 0, "data.resolution must be a multiple of 8"),
             (0 <= self.data.final_steps <= self.train.steps, "data.final_steps must be between 0 and train.steps"),
+            (self.data.final_resolution is None or MIN_RESOLUTION <= self.data.final_resolution <= MAX_RESOLUTION,
+             f"data.final_resolution {sizes}"),
             (self.data.final_resolution is None or self.data.final_resolution % 8 == 0, "data.final_resolution must be a multiple of 8"),
+            (self.data.holdout >= 0, "data.holdout cannot be negative (0: hold no images out)"),
+            (self.data.num_workers >= 0, "data.num_workers cannot be negative"),
+            (self.data.shuffle_buffer > 0, "data.shuffle_buffer must be positive"),
+            (self.loss.disc_width > 0, "loss.disc_width must be positive"),
+            (self.loss.adv_start >= 0, "loss.adv_start cannot be negative"),
+            (self.train.sample_images >= 0, "train.sample_images cannot be negative"),
             (self.data.max_zoom_out >= 1.0, "data.max_zoom_out must be >= 1"),
             (0.0 <= self.data.color_aug <= 1.0, "data.color_aug is a share of crops, between 0 and 1"),
             (self.loss.pixel_pool >= 1 and self.data.resolution % self.loss.pixel_pool == 0,
@@ -179,6 +198,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "name")
 
 # CLI spellings that read better than the dotted names.
 ALIASES = {
@@ -283,6 +304,14 @@ def recipe_path(name_or_path: str, relative_to: Path | None = None) -> Path:
     candidate = recipes_dir() / f"{name_or_path}.yaml"
     if candidate.exists():
         return candidate
+    if path.is_file():
+        raise ConfigError(f"'{path}' is not a recipe: recipe files end in .yaml (rename it), or pass one of "
+                          f"{', '.join(recipe_names())}.")
+    sibling = next((path.with_name(path.name + ext) for ext in (".yaml", ".yml")
+                    if path.with_name(path.name + ext).is_file()), None)
+    if sibling is not None:
+        key = f"write {BASE_KEY}: {sibling.name}" if relative_to is not None else f"pass {sibling}"
+        raise ConfigError(f"No shipped recipe '{name_or_path}'; to use the file '{sibling}', {key}.")
     raise ConfigError(f"No recipe '{name_or_path}': pass one of {', '.join(recipe_names())} or a path to a .yaml file.")
 
 
@@ -347,11 +376,22 @@ def read_recipe_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         chain = " -> ".join(p.stem for p in (*seen, path.resolve()))
         raise ConfigError(f"Recipe {path} extends itself ({chain}); remove one of the '{BASE_KEY}:' lines.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Recipe file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                          "UTF-8.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read recipe file {path}: {exc.strerror.lower()}.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"Recipe file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Recipe file {path} must hold a mapping of sections, got {type(data).__name__}.")
+    for section in SECTIONS:
+        if section in data and data[section] is None:
+            del data[section]  # a bare `train:` changes nothing
+        elif section in data and not isinstance(data[section], dict):
+            raise ConfigError(f"Recipe file {path}: section '{section}' must be a mapping of fields, got "
+                              f"{data[section]!r}.")
     base = data.pop(BASE_KEY, None)
     if base is None:
         return data

@@ -35,3 +35,7 @@ class CheckpointError(TinyaeError):
 
 class DependencyError(TinyaeError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+class DivergedError(TinyaeError):
+    """A run's loss or weights stopped being finite numbers; nothing from then on was saved."""

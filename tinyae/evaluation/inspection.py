@@ -34,7 +34,7 @@ from tinyae.errors import DataError, ExportError
 from tinyae.evaluation import metrics
 from tinyae.evaluation.factors import FactorEstimate, as_teacher, encode_raw, factors_from_latents
 from tinyae.models.teacher import Teacher, build_teacher, load_teacher
-from tinyae.utils.atomic import atomic_folder, check_writable
+from tinyae.utils.atomic import EXISTS, atomic_folder, check_writable
 from tinyae.utils.tables import fmt
 
 # Unit roundoff (half the relative spacing) of the formats students train in.
@@ -320,7 +320,7 @@ def inspect_vae(vae: nn.Module, images: torch.Tensor, out: str | Path | None = N
     (1/255 = one 8-bit level).
     """
     if out is not None and Path(out).exists() and not overwrite:  # refuse before minutes of decoding, not after
-        raise ExportError(f"'{out}' already exists; pass overwrite=True (--overwrite) or choose another folder.")
+        raise ExportError(f"'{out}' {EXISTS}.")
     if out is not None:
         check_writable(out, "--out")
     teacher = as_teacher(vae)

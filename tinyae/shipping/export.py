@@ -38,9 +38,10 @@ from tinyae.models.student import Student
 from tinyae.shipping.onnx import export_onnx
 from tinyae.utils.atomic import atomic_files, atomic_folder, check_writable, reporting_write_errors
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
-from tinyae.utils.weights import cast_state
+from tinyae.utils.weights import cast_state, refuse_non_finite
 
 TARGETS = ("diffusers", "taesd", "all", "onnx")
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model*.safetensors",)  # an fp16 variant left over would load old weights
 
 
 def taesd_file_names(family: str) -> list[str]:
@@ -70,7 +71,7 @@ def export_diffusers(student: Student, directory: str | Path, overwrite: bool = 
                      fp16_variant: bool = False, family: str | None = None) -> Path:
     """Write an AutoencoderTiny (or TinyAutoencoder) folder: config.json + diffusion_pytorch_model.safetensors
     (+ the fp16 variant); `family` makes it work as `pipe.vae` in that family's pipelines."""
-    with atomic_folder(directory, overwrite) as tmp:
+    with atomic_folder(directory, overwrite, DIFFUSERS_WEIGHTS) as tmp:
         student.write_pretrained(tmp, dtype, fp16_variant, family)
         if extra is not None:
             extra(tmp)
@@ -84,8 +85,8 @@ def export_taesd(student, directory: str | Path, family: str, dtype: torch.dtype
     names = taesd_file_names(family)
     existing = [name for name in names if (directory / name).exists()]
     if existing and not overwrite:
-        raise ExportError(f"'{directory / existing[0]}' already exists; pass overwrite=True (--overwrite) or "
-                          "choose another folder.")
+        raise ExportError(f"'{directory / existing[0]}' already exists; pass --overwrite to replace the pair "
+                          "(other files there are kept), or choose another folder.")
     with reporting_write_errors(directory / names[0], what=f"the {family_info(family).prefix} pair"):
         return write_taesd(student, directory, family, dtype)
 
@@ -98,7 +99,7 @@ def export_all(student, directory: str | Path, family: str, dtype: torch.dtype |
     variant, while the main diffusers file stays fp32 so nothing is lost by default.
     """
     half = dtype == torch.float16
-    with atomic_folder(directory, overwrite) as tmp:
+    with atomic_folder(directory, overwrite, DIFFUSERS_WEIGHTS) as tmp:
         student.write_pretrained(tmp, fp16_variant=half, family=family)
         if family_info(family).prefix is not None:
             write_taesd(student, tmp, family, dtype)
@@ -138,6 +139,7 @@ def export_student(source: str | Path, to: str = "all", family: str | None = Non
     out = Path(out) if out else source.resolve().with_name(f"{source.resolve().name}-{to}")
     check_writable(out, "--out")  # before loading anything
     student = load_student(source)
+    refuse_non_finite(student.state_dict(), f"'{source}'")  # before the fp16 check, which would blame fp16
     family = family or run_info(source).get("family") or student.family
     if family is None and to in ("taesd", "all"):
         raise ExportError(f"No run.json near '{source}' says which family the student belongs to; pass --family "

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -26,13 +26,14 @@ from tinyae.config import Recipe
 from tinyae.data.images import load_eval_images
 from tinyae.data.source import TrainSource, crop_policy, make_train_loader, make_train_source
 from tinyae.evaluation.evaluate import evaluate, summary, write_report
+from tinyae.errors import ConfigError, DivergedError
 from tinyae.evaluation.factors import estimate_factors
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher, load_teacher
 from tinyae.shipping.export import export_diffusers
 from tinyae.shipping.hub import push_to_hub
-from tinyae.training.checkpoints import TrainState, load_checkpoint, save_checkpoint
+from tinyae.training.checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from tinyae.training.health import HEALTH_KEYS, HealthMonitor
 from tinyae.training.resume import apply_recipe, check_student, plan_run
 from tinyae.training.samples import sample_grid, save_sample
@@ -92,6 +93,9 @@ def distill(recipe: Recipe) -> Path:
     started = (time.perf_counter(), time.process_time())
     threads = ThreadPolicy(cfg.threads)  # before any work: oversubscribed CPU threads stall every operator
     logger.info("Training with %s.", threads.describe())
+    if cfg.mixed_precision == "fp16" and PartialState().device.type == "cpu":  # accelerate would train in fp32 without a word
+        raise ConfigError("train.mixed_precision fp16 needs a GPU, and on this CPU the run would train in fp32 "
+                          "while its records said fp16; pass --train.mixed_precision bf16 or no.")
     accelerator = Accelerator(
         # Without GPUs, `accelerate launch --num_processes N` must be told to use gloo on the CPU, or each
         # process would silently train alone.
@@ -141,12 +145,14 @@ def distill(recipe: Recipe) -> Path:
 
     progress = tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="distill")
-    running, health = RunningMeans(), HealthMonitor()
+    running, health, diverged = RunningMeans(), HealthMonitor(), Divergence(accelerator, out)
     for step, batch in batches(recipe, source, state.step, accelerator.process_index, accelerator.num_processes):
         threads.update()
         use_adv = recipe.loss.adv_weight > 0 and step >= recipe.loss.adv_start
         measure = (step + 1) % cfg.log_every == 0  # the gradient comparison costs two extra backward passes
-        running.add(distill_step(parts, batch, use_adv, measure))
+        terms = distill_step(parts, batch, use_adv, measure)
+        running.add(terms)
+        diverged.add(step + 1, terms)
         if not accelerator.sync_gradients:
             continue
 
@@ -156,6 +162,7 @@ def distill(recipe: Recipe) -> Path:
         progress.update(1)
         last = state.step == cfg.steps
         if state.step % cfg.log_every == 0 or last:
+            diverged.check()
             means = running.pop()  # the one host sync per log interval
             progress.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
             accelerator.log({f"{'health' if k in HEALTH_KEYS else 'loss'}/{k}": v for k, v in means.items()}
@@ -165,7 +172,9 @@ def distill(recipe: Recipe) -> Path:
         do_sample = (state.step % cfg.sample_every == 0 or last) and sample_images is not None
         do_checkpoint = state.step % cfg.checkpoint_every == 0 or last
         if do_sample or do_checkpoint:
+            diverged.check()
             ema.copy_to(ema_student.parameters())
+            diverged.check_weights(ema_student, state.step)  # never a NaN checkpoint, sample or student
         if do_sample and accelerator.is_main_process:
             save_sample(accelerator, out, state.step, sample_grid(ema_student, teacher, sample_images))
         if do_checkpoint:
@@ -181,6 +190,34 @@ def distill(recipe: Recipe) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+class Divergence:
+    """The first step whose loss was not finite, kept on the device; checked (one host sync) before anything is
+    logged or saved, so a run that went NaN stops there and its last checkpoint stays the last good one."""
+
+    def __init__(self, accelerator: Accelerator, out: Path) -> None:
+        self.accelerator, self.out = accelerator, out
+        self.first = torch.full((1,), -1, dtype=torch.long, device=accelerator.device)
+
+    def add(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        finite = torch.stack([torch.isfinite(v.float()).all() for v in terms.values()]).all()
+        self.first = torch.where((self.first < 0) & ~finite, step, self.first)
+
+    def check(self) -> None:
+        first = int(self.accelerator.gather(self.first).max())  # every process stops together
+        if first >= 0:
+            self.stop(f"the loss at step {first} is not a finite number (NaN or inf)")
+
+    def check_weights(self, student: Student, step: int) -> None:
+        if not torch.stack([torch.isfinite(p).all() for p in student.parameters()]).all():
+            self.stop(f"the student's weights at step {step} are not finite numbers (NaN or inf)")
+
+    def stop(self, what: str) -> None:
+        kept = list_checkpoints(self.out)
+        last = f"the last good checkpoint is '{kept[-1]}'" if kept else "no checkpoint had been written"
+        raise DivergedError(f"Training stopped: {what}, so nothing from then on was saved and {last}; lower "
+                            "optim.lr or the loss weights and resume with --resume latest.")
 
 
 def finish_run(recipe: Recipe, out: Path, student: Student, teacher: Teacher, source: TrainSource,

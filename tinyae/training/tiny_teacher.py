@@ -36,7 +36,7 @@ from tinyae.errors import ConfigError, DataError, ExportError
 from tinyae.evaluation import metrics as image_metrics
 from tinyae.evaluation.factors import as_teacher, estimate_factors
 from tinyae.evaluation.lpips import lpips_distance
-from tinyae.utils.atomic import atomic_folder
+from tinyae.utils.atomic import EXISTS, atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def train_small_vae(
         raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # fail now, not after the training run
-        raise ExportError(f"'{out_dir}' already exists; pass overwrite=True (--overwrite) or choose another folder.")
+        raise ExportError(f"'{out_dir}' {EXISTS}.")
     files, _ = scan_images(data_dir)
     train_files, held_files = split_holdout(files, holdout)
     eval_sets = {"holdout": held_files} if held_files else {}

@@ -198,12 +198,21 @@ def check_writable(path: str | Path, option: str = "--out") -> None:
 # ---------------------------------------------------------------- the writers
 
 
+EXISTS = "already exists; pass --overwrite to replace what this command writes there (other files are kept), or " \
+         "choose another folder"
+
+
 @contextmanager
-def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder that becomes `target` only if the block finishes."""
+def atomic_folder(target: str | Path, overwrite: bool = False, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary sibling folder that becomes `target` only if the block finishes.
+
+    Over an existing folder (`overwrite`) only what the block wrote is moved in, file by file,
+    each rename atomic: other files there (another model's, the user's) are kept, except those
+    matching `replaces`, names this writer owns that would otherwise pair stale files with new ones.
+    """
     target = Path(target)
     if target.exists() and not overwrite:
-        raise ExportError(f"'{target}' already exists; pass overwrite=True (--overwrite) or choose another folder.")
+        raise ExportError(f"'{target}' {EXISTS}.")
     with reporting_write_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target.parent)
@@ -211,16 +220,37 @@ def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]
         try:
             yield tmp
             share(tmp)
-            if target.exists():
+            if target.is_dir():
+                _move_into(tmp, target, replaces)
+            elif target.exists():
                 old = target.with_name(f"{temporary_prefix(target.name)}old.tmp")
                 os.replace(target, old)
                 os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
+                os.unlink(old)
             else:
                 os.replace(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into(tmp: Path, target: Path, replaces: tuple[str, ...]) -> None:
+    """Move the entries of `tmp` into `target`, replacing those of the same name; remove stale `replaces` files."""
+    remove_stale_temporaries(target)
+    written = {entry.name for entry in tmp.iterdir()}
+    for pattern in replaces:
+        for stale in target.glob(pattern):
+            if stale.name not in written and stale.is_file():
+                stale.unlink()
+    for entry in sorted(tmp.iterdir(), key=lambda e: e.name == "config.json"):  # the config last: it says what loads
+        dest = target / entry.name
+        if dest.is_dir() and not dest.is_symlink():  # a sub-folder this writer writes whole
+            old = target / f"{temporary_prefix(entry.name)}old.tmp"
+            os.replace(dest, old)
+            os.replace(entry, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, dest)
 
 
 @contextmanager

@@ -33,6 +33,15 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def refuse_non_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """NaN or inf weights decode nothing but NaN: refuse them in one sentence (the run that wrote them diverged)."""
+    bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ExportError(f"{source} has weights that are not finite numbers (NaN or inf in {bad[0]}{more}), so "
+                          "every image it decodes is NaN; export a checkpoint from before its training diverged.")
+
+
 def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU copies in `dtype`; refuses weights that overflow it (fp16 tops out at 65504)."""
     out = {key: (value.to(dtype) if dtype else value).detach().cpu().contiguous() for key, value in state.items()}
