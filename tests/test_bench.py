@@ -161,3 +161,20 @@ def test_a_tiled_decode_reports_its_peak_memory_beside_the_size_of_its_output():
     assert row["finite"] and row["output_mb"] == pytest.approx(12.0) and row["seconds"] > 0
     assert row["peak_mem_mb"] >= 0 and row["memory_method"]
     assert not students["student"][1].use_tiling  # left as it was found
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--batch", "1", "0"], "--batch must be positive, got 0"),
+    (["--resolutions", "0"], "--resolutions must be positive, got 0"),
+    (["--threads", "0"], "--threads must be positive, got 0"),
+])
+def test_bench_arguments_that_cannot_work_are_one_sentence_before_anything_loads(tmp_path, monkeypatch, capsys,
+                                                                               flags, named):
+    from tinyae.cli import main as tinyae_cli
+
+    monkeypatch.setattr("tinyae.cli.bench.load_models", lambda *a, **k: pytest.fail("models were loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        tinyae_cli(["bench", "--teacher", "tiny", "--out", str(tmp_path / "bench"), *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert named in err, err

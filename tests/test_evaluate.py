@@ -209,3 +209,20 @@ def test_a_local_path_typo_is_not_reported_as_a_missing_hub_repo(photos, tmp_pat
             tinyae_cli(["evaluate", *[item for pair in args.items() for item in pair]])
         err = capsys.readouterr().err
         assert f"'{typo}'" in err and "'runs' exists" in err and "Could not fetch" not in err, err
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--resolution", "64", "16"], "16 px are below the 32 px LPIPS needs"),
+    (["--resolution", "8192"], "8192 px are above 4096 px"),
+    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--limit", "0"], "--limit must be positive, got 0"),
+])
+def test_evaluate_arguments_that_cannot_work_are_one_sentence_before_anything_loads(photos, tmp_path, monkeypatch,
+                                                                                  capsys, flags, named):
+    monkeypatch.setattr("tinyae.cli.evaluate.load_teacher", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        tinyae_cli(["evaluate", "--student", "s", "--teacher", "tiny", "--data", str(photos), "--out",
+                    str(tmp_path / "eval"), *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert named in err, err

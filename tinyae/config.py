@@ -413,6 +413,13 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return _build(Recipe, data, "").validate()
 
 
+def check_positive(option: str, *values: int | None) -> None:
+    """Command-line counts and sizes: 0 or less would fail, or silently mean something else, later."""
+    for value in values:
+        if value is not None and value <= 0:
+            raise ConfigError(f"{option} must be positive, got {value}.")
+
+
 def choose_recipe(recipe: str | None, overrides: list[str]) -> str:
     """An explicit --recipe wins; else the recipe named after --teacher, else the generic `sd` one."""
     if recipe:

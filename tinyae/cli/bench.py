@@ -21,6 +21,7 @@ import sys
 
 import torch
 
+from tinyae.config import check_positive
 from tinyae.evaluation.bench import (
     BACKENDS,
     bench,
@@ -59,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_positive("--batch", *args.batch)
+    check_positive("--resolutions", *args.resolutions)
+    check_positive("--threads", args.threads)
+    check_positive("--tiled-decode", args.tiled_decode)
     if args.threads:
         torch.set_num_threads(args.threads)
     students, teachers = load_models(args.student, args.teacher, args.device, args.dtype, args.teacher_weights)

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from tinyae.config import TeacherConfig
-from tinyae.evaluation.evaluate import evaluate_folder, format_table, write_report
+from tinyae.evaluation.evaluate import check_eval_arguments, evaluate_folder, format_table, write_report
 from tinyae.evaluation.precision import overflow_warnings
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_eval_arguments(args.resolution, args.limit, args.batch_size)
     check_writable(args.out, "--out")  # before loading and computing, not after
     teacher = load_teacher(TeacherConfig(name=args.teacher, subfolder=args.teacher_subfolder, dtype=args.dtype),
                            device=args.device)

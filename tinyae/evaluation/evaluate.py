@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tinyae.config import MAX_RESOLUTION, MIN_RESOLUTION, check_positive
 from tinyae.data.images import BAD_IMAGE_ERRORS, center_crop, load_rgb, scan_images
 from tinyae.errors import ConfigError, DataError
 from tinyae.evaluation import metrics
@@ -236,6 +237,19 @@ def check_resolutions(student: nn.Module, teacher: nn.Module, sizes: Sequence[in
                                 f"downscale factor {factor}; choose a resolution divisible by it.")
 
 
+def check_eval_arguments(resolutions: Sequence[int], limit: int | None = None, batch_size: int = 4) -> None:
+    """Refuse, before anything loads, counts below 1 and sizes LPIPS or the memory cannot take."""
+    check_positive("--batch-size", batch_size)
+    check_positive("--limit", limit)
+    for size in resolutions:
+        if size < MIN_RESOLUTION:
+            raise DataError(f"Evaluation images of {size} px are below the {MIN_RESOLUTION} px LPIPS needs; choose "
+                            f"--resolution {MIN_RESOLUTION} or more.")
+        if size > MAX_RESOLUTION:
+            raise DataError(f"Evaluation images of {size} px are above {MAX_RESOLUTION} px, more than tinyae "
+                            "evaluates in memory; choose a smaller --resolution.")
+
+
 def evaluate_folder(student: nn.Module, teacher: nn.Module, data: str | Path, resolutions: Sequence[int] = (256,),
                     limit: int | None = None, batch_size: int = 4, lpips_net: str = "alex",
                     progress: bool = True) -> tuple[dict, list[torch.Tensor]]:
@@ -244,6 +258,7 @@ def evaluate_folder(student: nn.Module, teacher: nn.Module, data: str | Path, re
     Every resolution is checked before an image is read. Files that cannot be read (also
     truncated ones) are skipped with a warning and listed in results["unreadable_images"].
     """
+    check_eval_arguments(resolutions, limit, batch_size)
     check_resolutions(student, teacher, resolutions)
     files, bad = scan_images(data)
     files = files[:limit] if limit else files
