@@ -71,8 +71,25 @@ def test_missing_or_empty_folders_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         list_images(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no jpg, jpeg, png, webp, tif or tiff"):
+    with pytest.raises(DataError, match="no jpg, jpeg, png, webp, tif, tiff, bmp or gif"):
         list_images(tmp_path / "empty")
+
+
+def test_bmp_and_gif_images_are_read_like_the_others(tmp_path, photos):
+    img = Image.open(photos / "astronaut.png").convert("RGB").resize((80, 60))
+    img.save(tmp_path / "a.bmp")
+    img.save(tmp_path / "b.gif")
+    good, bad = scan_images(tmp_path)
+    assert [p.name for p in good] == ["a.bmp", "b.gif"] and bad == []
+    assert load_rgb(tmp_path / "b.gif").size == (80, 60)
+
+
+@pytest.mark.parametrize("path", ["/missing", "/no/such/folder", "./missing", "missing"])
+def test_a_data_path_that_does_not_exist_is_named_as_missing(tmp_path, path):
+    from tinyae.data.source import detect_format
+
+    with pytest.raises(DataError, match=f"'{path}' does not exist"):
+        detect_format(path)
 
 
 def test_grayscale_images_become_rgb_crops_in_range(mixed_folder):

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tinyae.errors import DataError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}  # a GIF's first frame
 BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 BUILTIN_PHOTOS = "builtin:skimage"  # data.path value: scikit-image's sample photos (offline smoke runs)
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -38,8 +38,8 @@ def list_images(root: str | Path) -> list[Path]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"Image folder '{root}' does not exist; pass --data DIR with a folder of jpg/png/webp/tif "
-                        "images.")
+        raise DataError(f"Image folder '{root}' does not exist; pass --data DIR with a folder of jpg/png/webp/tif/"
+                        "bmp/gif images.")
     files, searched = [], {}
     for folder, subfolders, names in os.walk(root, followlinks=True):
         real = os.stat(folder)
@@ -53,7 +53,7 @@ def list_images(root: str | Path) -> list[Path]:
         files += [Path(folder) / name for name in names if Path(name).suffix.lower() in IMAGE_EXTENSIONS
                   and os.path.isfile(os.path.join(folder, name))]
     if not files:
-        raise DataError(f"Image folder '{root}' holds no jpg, jpeg, png, webp, tif or tiff files (searched "
+        raise DataError(f"Image folder '{root}' holds no jpg, jpeg, png, webp, tif, tiff, bmp or gif files (searched "
                         "recursively).")
     return sorted(files)
 

@@ -136,8 +136,11 @@ def detect_format(path: str) -> str:
         return "tar" if ".tar" in suffixes else "hf-stream" if suffixes & {".parquet", ".arrow"} else "folder"
     if ".tar" in path or "{" in path or "::" in path:
         return "tar"
-    if not local.exists() and path.count("/") == 1:
+    if not local.exists() and path.count("/") == 1 and not path.startswith(("/", ".", "~")):
         return "hf-stream"  # a Hub dataset id
+    if not local.exists():
+        raise DataError(f"Data path '{path}' does not exist; pass a folder of images, .tar shards, a datasets folder "
+                        "or a Hub dataset id (user/name).")
     raise DataError(f"Cannot tell what '{path}' is: pass a folder of images, .tar shards, a datasets folder or a "
                     "Hub dataset id, and --data.format folder|tar|hf|hf-stream if needed.")
 
