@@ -205,3 +205,13 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(teacher_d
             distill(recipe(teacher_dir, photos, run, train={"steps": 6, "resume": "latest"}))
     finally:
         assert not marker.exists(), "the checkpoint's code ran"
+
+
+def test_a_refused_resume_names_the_checkpoint_values_to_pass_not_an_override_to_drop(teacher_dir, photos, run,
+                                                                                       monkeypatch):
+    monkeypatch.setattr("tinyae.training.loop.load_teacher", lambda *a, **k: pytest.fail("work began"))
+    with pytest.raises(ConfigError) as refusal:  # e.g. another recipe whose teacher differs: nothing overridden
+        distill(recipe(teacher_dir, photos, run, teacher={"scaling_factor": 0.3}, train={"seed": 1, "resume": "latest"}))
+    message = str(refusal.value)
+    assert "pass the checkpoint's values (--teacher.scaling_factor null --train.seed 0)" in message, message
+    assert "drop the override" not in message

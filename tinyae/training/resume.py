@@ -181,9 +181,10 @@ def compare_recipes(saved: dict, recipe: Recipe, checkpoint: Path) -> dict[str, 
                and (student_differs or not name.startswith("student."))]
     if refused:
         listed = ", ".join(f"{name} ({old[name]!r} -> {new[name]!r})" for name in refused)
+        flags = " ".join(f"--{name} {json.dumps(old[name])}" for name in refused)  # JSON is YAML
         raise ConfigError(f"Cannot resume '{checkpoint}' with {listed}: a resume must keep what shapes the model, "
-                          "its target, its data order and its held-out images; drop the override to continue the "
-                          "run, or start a new run with another --output.")
+                          "its target, its data order and its held-out images; to continue the run, pass the "
+                          f"checkpoint's values ({flags}), or start a new run with another --output.")
     return {name: [old[name], new[name]] for name in differ}
 
 
