@@ -167,3 +167,26 @@ def test_fp16_mixed_precision_on_a_cpu_is_refused_rather_than_recorded(teacher_d
                   capsys)
     assert "fp16" in err and "bf16" in err
     assert not (tmp_path / "run" / "recipe.json").exists()
+
+
+def test_a_full_disk_while_writing_the_student_says_the_checkpoints_are_intact(teacher_dir, photos, tmp_path,
+                                                                              monkeypatch):
+    import tinyae.models.student
+
+    real = tinyae.models.student.save_file
+
+    def fills_up_at_the_student(tensors, filename, *args, **kwargs):
+        full = ".student.tinyae" in str(filename)  # the temporary folder of the run's student/
+        return (save_file_on_a_full_disk if full else real)(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(tinyae.models.student, "save_file", fills_up_at_the_student)
+    out = tmp_path / "run"
+    last = re.escape(str(out / "checkpoints" / "checkpoint-4"))
+    recipe = load_recipe("smoke", tiny_run(teacher_dir, photos, out)[2:])
+    with pytest.raises(TinyaeError, match=f"Disk full .*the checkpoints are intact .*'{last}'.*--resume latest"):
+        distill(recipe)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+    monkeypatch.undo()
+    recipe.train.resume = "latest"
+    distill(recipe)  # space freed: no step left to train, student/ is written
+    assert (out / "student" / "diffusion_pytorch_model.safetensors").is_file()

@@ -26,7 +26,7 @@ from tinyae.config import Recipe
 from tinyae.data.images import load_eval_images
 from tinyae.data.source import TrainSource, crop_policy, make_train_loader, make_train_source
 from tinyae.evaluation.evaluate import evaluate, summary, write_report
-from tinyae.errors import ConfigError, DivergedError
+from tinyae.errors import ConfigError, DivergedError, OutputError
 from tinyae.evaluation.factors import estimate_factors
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
@@ -184,12 +184,23 @@ def distill(recipe: Recipe) -> Path:
 
     ema.copy_to(ema_student.parameters())
     if accelerator.is_main_process:
-        export_diffusers(ema_student, out / "student", overwrite=True, family=teacher.family)
+        write_student(ema_student, out, teacher.family)
         finish_run(recipe, out, ema_student, teacher, source, state.step, plan.resumes,
                    {"wall_s": time.perf_counter() - started[0], "cpu_s": time.process_time() - started[1]})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+def write_student(student: Student, out: Path, family: str | None) -> None:
+    """The run's student/ folder; a write that fails says what is safe: the checkpoints, the last one final."""
+    try:
+        export_diffusers(student, out / "student", overwrite=True, family=family)
+    except OutputError as exc:
+        last = list_checkpoints(out)[-1]
+        raise type(exc)(f"{str(exc).removesuffix('.')}; the checkpoints are intact (the last, '{last}', holds the "
+                        "final weights: --resume latest writes student/ again)."
+                        ) from exc
 
 
 class Divergence:
