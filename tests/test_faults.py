@@ -190,3 +190,10 @@ def test_a_full_disk_while_writing_the_student_says_the_checkpoints_are_intact(t
     recipe.train.resume = "latest"
     distill(recipe)  # space freed: no step left to train, student/ is written
     assert (out / "student" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_a_run_refused_during_setup_leaves_no_copied_sample_photos_behind(teacher_dir, photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    refused(["distill", *tiny_run(teacher_dir, photos, out), "--data", "builtin:skimage", "--data.holdout", "1000"],
+            capsys)
+    assert not out.exists()

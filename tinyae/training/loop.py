@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from tinyae.config import Recipe
 from tinyae.data.images import load_eval_images
 from tinyae.data.source import TrainSource, crop_policy, make_train_loader, make_train_source
 from tinyae.evaluation.evaluate import evaluate, summary, write_report
-from tinyae.errors import ConfigError, DivergedError, OutputError
+from tinyae.errors import ConfigError, DivergedError, OutputError, TinyaeError
 from tinyae.evaluation.factors import estimate_factors
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
@@ -89,6 +90,20 @@ class RunningMeans:
 
 def distill(recipe: Recipe) -> Path:
     """Train a student for `recipe`; returns the output folder (student/, metrics.json, samples/, logs/)."""
+    out = Path(recipe.train.output_dir)
+    created = [folder for folder in (out / "data", out) if not folder.exists()]
+    try:
+        return _distill(recipe)
+    except TinyaeError:
+        if not (out / "recipe.json").exists():  # refused before the run began: remove what setup copied there
+            if out / "data" in created:
+                shutil.rmtree(out / "data", ignore_errors=True)
+            if out in created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
+
+
+def _distill(recipe: Recipe) -> Path:
     cfg, out = recipe.train, Path(recipe.train.output_dir)
     started = (time.perf_counter(), time.process_time())
     threads = ThreadPolicy(cfg.threads)  # before any work: oversubscribed CPU threads stall every operator
