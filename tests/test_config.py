@@ -111,7 +111,7 @@ def test_enumerated_fields_name_their_choices():
     ("optim.betas", "[0.9, 1.0]"), ("optim.grad_clip", "-1"), ("optim.warmup_steps", "-5"),
 ])
 def test_values_that_would_fail_or_train_backwards_mid_run_are_refused_at_start(field, value):
-    with pytest.raises(ConfigError, match=rf"Invalid recipe 'smoke': {re.escape(field)} must be"):
+    with pytest.raises(ConfigError, match=rf"Invalid value for --{re.escape(field)}: {re.escape(field)} must be"):
         load_recipe("smoke", [f"--{field}", value])
 
 
@@ -127,7 +127,7 @@ def test_values_that_would_fail_or_train_backwards_mid_run_are_refused_at_start(
     ("data.final_resolution", "24", "must be between 32"), ("data.final_resolution", "8192", "must be between 32"),
 ])
 def test_numbers_that_cannot_train_are_refused_at_start(field, value, rule):
-    with pytest.raises(ConfigError, match=rf"Invalid recipe 'smoke': {re.escape(field)} {rule}"):
+    with pytest.raises(ConfigError, match=rf"Invalid value for --{re.escape(field)}: {re.escape(field)} {rule}"):
         load_recipe("smoke", [f"--{field}", value])
 
 
@@ -162,3 +162,11 @@ def test_a_base_named_without_its_extension_points_to_the_sibling_file(tmp_path)
     (tmp_path / "a.yaml").write_text("base: b\n")
     with pytest.raises(ConfigError, match=r"write base: b.yaml"):
         load_recipe(str(tmp_path / "a.yaml"))
+
+
+def test_a_value_from_a_recipe_file_names_the_recipe_and_one_from_the_command_line_names_the_flag(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: smoke\ndata:\n  resolution: 36\n")
+    with pytest.raises(ConfigError, match="Invalid recipe 'mine': data.resolution must be a multiple of 8"):
+        load_recipe(str(tmp_path / "mine.yaml"))
+    with pytest.raises(ConfigError, match="Invalid value for --data.resolution: data.resolution must be"):
+        load_recipe("sd", ["--teacher", "tiny", "--resolution", "36"])  # not "Invalid recipe 'sd'"

@@ -146,14 +146,20 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "Recipe":
-        """Checks that need more than one field's type."""
+    def validate(self, overridden: frozenset[str] = frozenset()) -> "Recipe":
+        """Checks that need more than one field's type; a message names the flag when the value came from one."""
+
+        def invalid(message: str) -> ConfigError:
+            field = message.split()[0]
+            where = f"value for --{field}" if field in overridden else f"recipe '{self.name}'"
+            return ConfigError(f"Invalid {where}: {message}.")
+
         for name, value in dotted_fields(self.to_dict()).items():
             for number in value if isinstance(value, list) else [value]:
                 if isinstance(number, float) and not math.isfinite(number):
-                    raise ConfigError(f"Invalid recipe '{self.name}': {name} must be a finite number, got {number}.")
+                    raise invalid(f"{name} must be a finite number, got {number}")
             if name.endswith("_weight") and value < 0:
-                raise ConfigError(f"Invalid recipe '{self.name}': {name} cannot be negative (0 turns the term off).")
+                raise invalid(f"{name} cannot be negative (0 turns the term off)")
         sizes = f"must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} px (LPIPS needs {MIN_RESOLUTION})"
         checks = [
             (self.train.steps > 0, "train.steps must be positive"),
@@ -192,7 +198,7 @@ class Recipe:
         ]
         for ok, message in checks:
             if not ok:
-                raise ConfigError(f"Invalid recipe '{self.name}': {message}.")
+                raise invalid(message)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -406,7 +412,7 @@ def load_recipe(name_or_path: str = "sd", overrides: dict[str, Any] | list[str] 
         overrides = parse_overrides(overrides)
     data = merge_recipe_data(data, overrides or {})
     data.setdefault("name", path.stem)
-    return _build(Recipe, data, "").validate()
+    return _build(Recipe, data, "").validate(frozenset(dotted_fields(overrides or {})))
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
