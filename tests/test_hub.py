@@ -161,3 +161,18 @@ def test_cards_of_the_new_families_name_their_base_model_class_and_files(family,
         assert (folder / f"{prefix}_decoder.safetensors").is_file() and f"{prefix}_decoder" in card.text
     else:  # no TAESD pair exists for Qwen-Image (ComfyUI previews it with a video model): diffusers files only
         assert not list(folder.glob("*_decoder.*")) and "ComfyUI" not in card.text
+
+
+def test_a_second_push_keeps_an_edited_model_card_and_extra_files_and_renews_an_unedited_card(run_dir, caplog):
+    folder = push_to_hub(run_dir, "someone/tinyae-sd", dry_run=True)
+    (folder / "notes.md").write_text("my notes")
+    (run_dir / "metrics.json").write_text(json.dumps({**METRICS, "psnr": 31.5}))
+    push_to_hub(run_dir, "someone/tinyae-sd", dry_run=True)
+    assert (folder / "notes.md").read_text() == "my notes"
+    assert "31.5" in (folder / "README.md").read_text()  # unedited: written again from the new metrics
+
+    edited = (folder / "README.md").read_text().replace("## Use it", "My own words.\n\n## Use it", 1)
+    (folder / "README.md").write_text(edited)
+    push_to_hub(run_dir, "someone/tinyae-sd", dry_run=True)
+    assert (folder / "README.md").read_text() == edited
+    assert any("Kept the edited model card" in m for m in caplog.messages)

@@ -9,7 +9,10 @@ retry or to upload by hand with `hf upload`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -32,6 +35,23 @@ PIPELINES = {
     "qwen-image": ("QwenImagePipeline", "Qwen/Qwen-Image", "bfloat16", "qwen-image"),
 }
 SAMPLE_NAME = "samples.png"
+CARD_SEAL = re.compile(r"\n<!-- tinyae card ([0-9a-f]{64}) -->\n$")  # the hash of the card as tinyae wrote it
+
+logger = logging.getLogger(__name__)
+
+
+def sealed(card: str) -> str:
+    """The card with a hidden line holding its hash, so the next build can tell whether someone edited it."""
+    return f"{card}\n<!-- tinyae card {hashlib.sha256(card.encode()).hexdigest()} -->\n"
+
+
+def edited_card(path: Path) -> bool:
+    """True for a README.md that is not exactly as tinyae wrote it (edited, or written by someone else)."""
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    seal = CARD_SEAL.search(text)
+    return seal is None or hashlib.sha256(text[:seal.start()].encode()).hexdigest() != seal[1]
 
 
 def locate_run(source: str | Path) -> tuple[Path, Path]:
@@ -71,8 +91,12 @@ def build_upload_folder(source: str | Path, folder: str | Path, repo_id: str = "
         for name in ("metrics.json", "run.json"):
             if (run_dir / name).is_file():
                 shutil.copyfile(run_dir / name, tmp / name)
+        if edited_card(Path(folder) / "README.md"):  # the user's words win over a regenerated card
+            logger.warning("Kept the edited model card %s; delete it to have tinyae write a new one.",
+                           Path(folder) / "README.md")
+            return
         card = model_card(student, repo_id, family, run, metrics, sample=SAMPLE_NAME if samples else None)
-        card.save(tmp / "README.md")
+        (tmp / "README.md").write_text(sealed(str(card)), encoding="utf-8")
 
     return export_all(student, folder, family, torch.float16, overwrite=overwrite, extra=add_card_and_extras)
 
@@ -169,7 +193,8 @@ def push_to_hub(source: str | Path, repo_id: str, private: bool = False, dry_run
     """Build `<source>-hub/` beside `source` and upload it to `repo_id`; returns the folder.
 
     `source` is a training output folder (student/, metrics.json, samples/, run.json) or an
-    AutoencoderTiny folder. The upload folder is rebuilt on every call.
+    AutoencoderTiny folder. The upload folder is rebuilt on every call; files added to it and a model card
+    edited in it are kept.
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HFValidationError
