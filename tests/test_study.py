@@ -1,6 +1,7 @@
 """The quality study trains every arm per seed, evaluates it on the evaluation set, resumes, and reports."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -9,14 +10,18 @@ import pytest
 
 from tinyae.data.images import sample_photos
 from tinyae.errors import ConfigError, DataError
+from tinyae.utils.locks import HOST
 from tinyae.training.study import (
     KEYS,
     Study,
     arms,
     check_same_recipe,
+    claim_run,
     collect,
     curve_table,
     read_bench,
+    release_run,
+    run_lock,
     run_study,
     size_frontier,
     size_table,
@@ -142,3 +147,53 @@ def test_a_run_still_training_shows_the_steps_it_has_reached_along_training_but_
     entry = collect(study)["baseline"]
     assert sorted(entry["curve"]) == [250, 500] and entry["values"] == {} and entry["unfinished"] == [0]
     assert re.search(r"\| `baseline` +\| 500 +\| 20\.00", curve_table({"baseline": entry}))
+
+
+# ---------------------------------------------------------------- concurrent and interrupted studies
+
+
+def _interrupted_run(study: Study, arm) -> Path:
+    """A run folder as a killed study leaves it: its recipe and a checkpoint, no run.json."""
+    run_dir = study.run_dir(arm, 0)
+    (run_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (run_dir / "recipe.json").write_text(json.dumps(study.recipe(arm, 0).to_dict()))
+    return run_dir
+
+
+def test_an_interrupted_study_run_resumes_from_its_checkpoints_instead_of_deleting_them(tmp_path):
+    study = Study(out=tmp_path, photos=tmp_path, kodak=tmp_path, steps=300, arm_names=("baseline",), seeds=(0,))
+    run_dir = _interrupted_run(study, study.arms[0])
+    recipe = claim_run(study, study.arms[0], 0)
+    assert recipe.train.resume == "latest" and (run_dir / "checkpoints" / "checkpoint-2").is_dir()
+    release_run(study, study.arms[0], 0)
+
+
+def test_a_run_another_live_study_is_training_is_left_alone_and_a_dead_ones_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    study = Study(out=tmp_path, photos=tmp_path, kodak=tmp_path, steps=300, arm_names=("baseline",), seeds=(0,))
+    arm = study.arms[0]
+    run_dir = _interrupted_run(study, arm)
+    lock = run_lock(study, arm, 0)
+    lock.write_text(f"{HOST} {os.getppid()}\n")  # our parent: alive
+    assert claim_run(study, arm, 0) is None and (run_dir / "checkpoints" / "checkpoint-2").is_dir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(f"{HOST} {int(dead.stdout)}\n")
+    assert claim_run(study, arm, 0).train.resume == "latest"
+    assert lock.read_text() == f"{HOST} {os.getpid()}\n"
+    release_run(study, arm, 0)
+    assert not lock.exists()
+
+
+def test_unknown_arms_and_a_missing_kodak_folder_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from tinyae.cli import main as tinyae_cli
+
+    monkeypatch.setattr("tinyae.training.study.training_photos", lambda *a: pytest.fail("photos were fetched"))
+    for flags, named in ((["--kodak", str(tmp_path), "--arms", "nosuch"], "Unknown study arm 'nosuch'"),
+                         (["--kodak", str(tmp_path / "missing")], "Kodak folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            tinyae_cli(["study", "--out", str(tmp_path / "study"), *flags])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and named in err and "--data" not in err, err
+    assert not (tmp_path / "study").exists()

@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
     study = Study(out=args.out, photos=args.photos or default_photos(args.out), kodak=args.kodak, steps=args.steps,
                   seeds=tuple(args.seeds), arm_names=tuple(args.arms), parallel=args.parallel, threads=args.threads,
-                  overrides=parse_overrides(overrides), reference=args.reference, curve_every=args.curve_every)
+                  overrides=parse_overrides(overrides), reference=args.reference, curve_every=args.curve_every,
+                  fetch_photos=args.photos is None)
     if not args.report_only:
         run_study(study)
     bench = read_bench(args.bench) if args.bench else None

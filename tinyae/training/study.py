@@ -22,7 +22,6 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
 import statistics
 import sys
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from tinyae.models.variants import SIZES
 from tinyae.training.checkpoints import CHECKPOINT_RE, list_checkpoints
 from tinyae.training.loop import distill
 from tinyae.utils.atomic import atomic_file
+from tinyae.utils.locks import acquire, release
 from tinyae.utils.tables import fmt, markdown_table
 
 logger = logging.getLogger(__name__)
@@ -118,8 +118,10 @@ class Study:
     resolutions: tuple[int, ...] = RESOLUTIONS  # Kodak centre crops, px
     reference: str = "full"  # the arm the verdicts compare every other arm with
     curve_every: int = 0  # keep and evaluate a checkpoint every so many steps (0: only the end)
+    fetch_photos: bool = False  # fetch the default training photos into `photos` when training starts
 
     def __post_init__(self) -> None:
+        _ = self.arms  # unknown arm names are refused here, before any work
         if self.curve_every and not 0 < self.curve_every <= self.steps:
             raise ConfigError(f"--curve-every {self.curve_every} should be between 1 and --steps ({self.steps}).")
         if self.reference not in {a.name for a in arms(self.steps)}:
@@ -157,6 +159,7 @@ def reference_path(out: Path, resolution: int) -> Path:
 
 def prepare(study: Study) -> None:
     """The Kodak crops and the teacher's latents and decodes of them, computed once for every run."""
+    check_kodak(study.kodak)
     names = [p.stem for p in list_images(study.kodak)]
     if len(names) < 2:
         raise DataError(f"'{study.kodak}' should hold the Kodak-24 images (kodim01.png ...); found {len(names)}.")
@@ -267,27 +270,63 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
                           "with other settings needs its own --out (or delete that run to train it again).")
 
 
+def run_lock(study: Study, arm: Arm, seed: int) -> Path:
+    return study.run_dir(arm, seed).parent / f"seed{seed}.lock"
+
+
+def claim_run(study: Study, arm: Arm, seed: int) -> Recipe | None:
+    """The recipe to train (arm, seed) with, locked for this process; None if it is finished or another live
+    study is training it. A run a killed study left continues from its newest checkpoint."""
+    run_dir, recipe = study.run_dir(arm, seed), study.recipe(arm, seed)
+    check_same_recipe(run_dir, recipe)
+    if _finished(run_dir):
+        return None
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    owner = acquire(run_lock(study, arm, seed))
+    if owner is not None:
+        logger.warning("Study run %s/seed%d is being trained by another study (process %d); leaving it to that one.",
+                       arm.name, seed, owner[1])
+        return None
+    if run_dir.exists() and not (run_dir / "run.json").exists():  # interrupted: continue where it stopped
+        recipe.train.resume = "latest"
+    return recipe
+
+
+def release_run(study: Study, arm: Arm, seed: int) -> None:
+    release(run_lock(study, arm, seed))
+
+
+def check_kodak(kodak: Path) -> None:
+    """The Kodak folder, checked before any work (list_images would ask for --data)."""
+    if not Path(kodak).is_dir():
+        raise DataError(f"Kodak folder '{kodak}' does not exist; pass --kodak DIR with the Kodak-24 images "
+                        "(kodim01.png ...).")
+
+
 def run_study(study: Study) -> list[Path]:
     """Train and evaluate every (arm, seed) that is not done yet; returns the run folders."""
+    check_kodak(study.kodak)
     study.out.mkdir(parents=True, exist_ok=True)
+    if study.fetch_photos:
+        training_photos(study.photos)
     prepare(study)
     jobs = [(arm, seed) for arm in study.arms for seed in study.seeds]
     context = multiprocessing.get_context("spawn")
 
     def one(job: tuple[Arm, int]) -> Path:
         arm, seed = job
-        run_dir, recipe = study.run_dir(arm, seed), study.recipe(arm, seed)
-        check_same_recipe(run_dir, recipe)
-        if _finished(run_dir):
+        run_dir = study.run_dir(arm, seed)
+        recipe = claim_run(study, arm, seed)
+        if recipe is None:
             return run_dir
-        if run_dir.exists() and not (run_dir / "run.json").exists():  # killed mid-training: start it afresh
-            shutil.rmtree(run_dir)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        log = run_dir.parent / f"seed{seed}.log"
-        process = context.Process(target=_job, args=(recipe, run_dir, study.out, study.resolutions,
-                                                     log, study.threads))
-        process.start()
-        process.join()
+        try:
+            log = run_dir.parent / f"seed{seed}.log"
+            process = context.Process(target=_job, args=(recipe, run_dir, study.out, study.resolutions,
+                                                         log, study.threads))
+            process.start()
+            process.join()
+        finally:
+            release_run(study, arm, seed)
         if process.exitcode != 0:
             raise DataError(f"Study run {arm.name}/seed{seed} failed (exit {process.exitcode}); see {log}.")
         logger.info("Study run %s/seed%d done.", arm.name, seed)
@@ -639,4 +678,5 @@ def write_report(study: Study, report: Path, figures: Path, command: str = "", b
 
 
 def default_photos(out: Path) -> Path:
-    return training_photos(out / "photos")
+    """Where the default training photos go (fetched when the study trains: Study.fetch_photos)."""
+    return out / "photos"

@@ -21,17 +21,17 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tinyae.errors import DiskFullError, ExportError, OutputError, TinyaeError
+from tinyae.utils.locks import HOST, process_gone
 
 logger = logging.getLogger(__name__)
 
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_HOST = HOST
 # .<name>.tinyae-<host>-<pid>-<random or "old">.tmp
 TEMPORARY = re.compile(r"^\.(?P<base>.+)\.tinyae-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<tag>\w+)\.tmp$")
 LEGACY_TEMPORARY = re.compile(r"^\.tinyae-taesd\.tmp-\w+$")  # TAESD exports before writers were named
@@ -75,15 +75,7 @@ def temporary_prefix(name: str) -> str:
 
 def _writer_is_gone(match: re.Match) -> bool:
     """Only a writer on this host that no longer runs; a live one (or one elsewhere) may still be writing."""
-    if match["host"] != _HOST or int(match["pid"]) == os.getpid():
-        return False
-    try:
-        os.kill(int(match["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, under another user
-        return False
-    return False
+    return process_gone(match["host"], int(match["pid"]))
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
