@@ -399,3 +399,11 @@ def test_a_student_with_non_finite_weights_is_refused_and_not_blamed_on_fp16(stu
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert "not finite" in err and "decoder" in err and "overflow" not in err
     assert not (tmp_path / "comfy").exists()
+
+
+def test_a_pair_renamed_for_another_family_is_refused_on_loading_not_after_training(tmp_path):
+    flux2_style_pair(tmp_path)
+    for role in ("encoder", "decoder"):
+        (tmp_path / f"taef2_{role}.pth").rename(tmp_path / f"taesd_{role}.pth")
+    with pytest.raises(ExportError, match=r"named taesd_\* \(sd, 4 latent channels\) but its tensors have 32"):
+        load_student(tmp_path / "taesd_encoder.pth")

@@ -273,8 +273,18 @@ def load_taesd(encoder_path: str | Path, decoder_path: str | Path | None = None)
         arch = arch_from_pair(encoder, decoder, (f"'{encoder_path}'", f"'{decoder_path}'"))
         student = Student(arch).load_weights(from_taesd(encoder, decoder),
                                              f"The pair '{encoder_path}' + '{decoder_path}'")
-    student.family = family
+    student.family = checked_pair_family(family, prefix, student)
     return student
+
+
+def checked_pair_family(family: str | None, prefix: str, student: Student) -> str | None:
+    """The family a pair's name claims, if its tensors agree (a renamed TAEF2 pair is not an SD one)."""
+    if family is not None and student.latent_channels != FAMILIES[family].latent_channels:
+        fits = [name for name, info in FAMILIES.items() if info.latent_channels == student.latent_channels]
+        raise ExportError(f"The pair is named {prefix}_* ({family}, {FAMILIES[family].latent_channels} latent "
+                          f"channels) but its tensors have {student.latent_channels}: rename it for its family "
+                          f"({', '.join(fits) or 'none tinyae knows'}).")
+    return family
 
 
 def load_student(path: str | Path, family: str | None = None, encoder_only: bool = False) -> Student:
