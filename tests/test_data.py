@@ -237,3 +237,15 @@ def test_folders_reached_through_symlinks_are_searched_and_loops_are_not_followe
     with pytest.warns(UserWarning, match="already searched"):
         files = list_images(root)
     assert [str(p.relative_to(root)) for p in files] == ["again/a.png", "again/b.png", "c.png"]
+
+
+def test_images_smaller_than_the_crop_are_named_not_upscaled_silently(tmp_path, photos):
+    Image.open(photos / "astronaut.png").convert("RGB").resize((80, 60)).save(tmp_path / "big.png")
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    Image.new("RGB", (1000, 8)).save(tmp_path / "strip.png")
+    with pytest.warns(UserWarning, match=r"2 of 3 images under .* are smaller than the 32 px crop.*dot.png 1x1"):
+        good, bad = scan_images(tmp_path, crop=32)
+    assert len(good) == 3 and bad == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scan_images(tmp_path)  # no crop size: nothing to say

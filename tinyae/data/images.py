@@ -98,7 +98,7 @@ def decode_image(payload: Any) -> Image.Image:
     return load_rgb(io.BytesIO(payload) if isinstance(payload, (bytes, bytearray)) else payload)
 
 
-def _check_readable(path: Path) -> None:
+def _check_readable(path: Path) -> tuple[int, int]:
     """Raise one of BAD_IMAGE_ERRORS unless the whole file decodes to pixels `to_rgb` can scale.
 
     Cheap where the format allows: PNG's verify checks every chunk's CRC without inflating,
@@ -106,31 +106,41 @@ def _check_readable(path: Path) -> None:
     at 1/8 scale, which reads every byte: truncated ones fail, trailing junk does not).
     """
     with Image.open(path) as img:
+        size = img.size  # (width, height), before draft() shrinks it
         if img.format == "PNG":
             img.verify()
-            return
+            return size
         if img.format == "JPEG":
             with open(path, "rb") as f:
                 f.seek(-2, os.SEEK_END)
                 if f.read(2) == b"\xff\xd9":
-                    return
+                    return size
             img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
         img.load()
         to_rgb(img)
+        return size
 
 
-def scan_images(root: str | Path) -> tuple[list[Path], list[Path]]:
-    """Split a folder into readable and unreadable images (truncated, or of unknown pixel range), warning once each."""
-    good, bad = [], []
+def scan_images(root: str | Path, crop: int | None = None) -> tuple[list[Path], list[Path]]:
+    """Split a folder into readable and unreadable images (truncated, or of unknown pixel range), warning once each;
+    with `crop`, warn once about the images whose short side is below it (they are upscaled to it)."""
+    good, bad, small = [], [], []
     for path in list_images(root):
         try:
-            _check_readable(path)
+            width, height = _check_readable(path)
             good.append(path)
         except BAD_IMAGE_ERRORS as exc:
             warnings.warn(f"Skipping unreadable image {path}: {exc}", stacklevel=2)
             bad.append(path)
+            continue
+        if crop is not None and min(width, height) < crop:
+            small.append(f"{path.name} {width}x{height}")
     if not good:
         raise DataError(f"None of the {len(bad)} image files under '{root}' could be read.")
+    if small:
+        warnings.warn(f"{len(small)} of {len(good)} images under '{root}' are smaller than the {crop} px crop and are "
+                      f"upscaled to it ({', '.join(small[:3])}{', ...' if len(small) > 3 else ''}); add larger "
+                      "images or choose a smaller resolution.", stacklevel=2)
     return good, bad
 
 

@@ -161,7 +161,7 @@ def make_train_source(recipe: Recipe, teacher=None, output_dir: str | Path | Non
     kind = detect_format(path) if data.format == "auto" else data.format
     source = TrainSource(kind, heldout=heldout, caches=caches, image_column=data.image_column, name=data.path)
     if kind == "folder":
-        good, bad = scan_images(path)
+        good, bad = scan_images(path, max(data.resolution, data.final_resolution or 0))
         source.files, held = split_holdout(good, 0 if data.eval_path else data.holdout)
         source.heldout, source.n_bad = heldout or held, len(bad)
         if not source.files:

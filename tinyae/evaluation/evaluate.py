@@ -260,7 +260,7 @@ def evaluate_folder(student: nn.Module, teacher: nn.Module, data: str | Path, re
     """
     check_eval_arguments(resolutions, limit, batch_size)
     check_resolutions(student, teacher, resolutions)
-    files, bad = scan_images(data)
+    files, bad = scan_images(data, max(resolutions))
     files = files[:limit] if limit else files
     crops: dict[int, list[torch.Tensor]] = {r: [] for r in resolutions}
     names, unreadable = [], [p.name for p in bad]
