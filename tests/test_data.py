@@ -249,3 +249,18 @@ def test_images_smaller_than_the_crop_are_named_not_upscaled_silently(tmp_path, 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         scan_images(tmp_path)  # no crop size: nothing to say
+
+
+def test_a_data_folder_that_cannot_be_read_is_one_sentence(tmp_path, monkeypatch):
+    from tinyae.data import source
+
+    def denied(path):  # what a mode-000 folder does to a non-root user (the tests run as root)
+        raise PermissionError(13, "Permission denied", str(tmp_path / "state.json"))
+
+    monkeypatch.setattr(source, "is_saved_dataset", denied)
+    with pytest.raises(DataError, match=r"Cannot read .*state.json': permission denied"):
+        source.detect_format(str(tmp_path))
+    monkeypatch.setattr("tinyae.data.images.os.walk", lambda root, **kw: kw["onerror"](
+        PermissionError(13, "Permission denied", str(root))) or iter(()))
+    with pytest.raises(DataError, match=r"Cannot read image folder .*: permission denied"):
+        list_images(tmp_path)

@@ -41,7 +41,14 @@ def list_images(root: str | Path) -> list[Path]:
         raise DataError(f"Image folder '{root}' does not exist; pass --data DIR with a folder of jpg/png/webp/tif/"
                         "bmp/gif images.")
     files, searched = [], {}
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:
+        if Path(exc.filename) == root:
+            raise DataError(f"Cannot read image folder '{root}': {exc.strerror.lower()}; make it readable or pass "
+                            "another folder.")
+        warnings.warn(f"Skipping folder '{exc.filename}': {exc.strerror.lower()}.", stacklevel=3)
+
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=unreadable):
         real = os.stat(folder)
         key = (real.st_dev, real.st_ino)
         if key in searched:

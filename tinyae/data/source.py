@@ -124,6 +124,15 @@ class TrainSource:
 
 
 def detect_format(path: str) -> str:
+    """folder, tar, hf or hf-stream, from what is at `path` (or how it is written, for remote data)."""
+    try:
+        return _detect_format(path)
+    except PermissionError as exc:
+        raise DataError(f"Cannot read '{exc.filename or path}': permission denied; make it readable or pass "
+                        "another --data.") from None
+
+
+def _detect_format(path: str) -> str:
     local = Path(path)
     if is_saved_dataset(local):
         return "hf"
