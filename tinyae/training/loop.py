@@ -160,7 +160,7 @@ def _distill(recipe: Recipe) -> Path:
 
     progress = tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="distill")
-    running, health, diverged = RunningMeans(), HealthMonitor(), Divergence(accelerator, out)
+    running, health, diverged = RunningMeans(), HealthMonitor(), Divergence(accelerator, out, progress)
     for step, batch in batches(recipe, source, state.step, accelerator.process_index, accelerator.num_processes):
         threads.update()
         use_adv = recipe.loss.adv_weight > 0 and step >= recipe.loss.adv_start
@@ -222,8 +222,8 @@ class Divergence:
     """The first step whose loss was not finite, kept on the device; checked (one host sync) before anything is
     logged or saved, so a run that went NaN stops there and its last checkpoint stays the last good one."""
 
-    def __init__(self, accelerator: Accelerator, out: Path) -> None:
-        self.accelerator, self.out = accelerator, out
+    def __init__(self, accelerator: Accelerator, out: Path, progress: tqdm) -> None:
+        self.accelerator, self.out, self.progress = accelerator, out, progress
         self.first = torch.full((1,), -1, dtype=torch.long, device=accelerator.device)
 
     def add(self, step: int, terms: dict[str, torch.Tensor]) -> None:
@@ -242,6 +242,7 @@ class Divergence:
     def stop(self, what: str) -> None:
         kept = list_checkpoints(self.out)
         last = f"the last good checkpoint is '{kept[-1]}'" if kept else "no checkpoint had been written"
+        self.progress.close()  # the message starts on a line of its own
         raise DivergedError(f"Training stopped: {what}, so nothing from then on was saved and {last}; lower "
                             "optim.lr or the loss weights and resume with --resume latest.")
 
