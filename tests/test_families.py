@@ -232,7 +232,7 @@ def test_a_smoke_distillation_gives_a_student_that_previews_inside_the_familys_p
     image = generate(family, pipe, PreviewCallback(vae, on_preview=lambda step, ims: seen.append(ims)))
     assert np.array_equal(np.asarray(seen[-1][0]), (image[0] * 255).round().astype(np.uint8))
     if family != "qwen-image":  # and the TAESD pair ComfyUI loads (taef2_*, taesana_*), with a word on the slim layout
-        with pytest.warns(UserWarning, match="layout that ComfyUI and Forge build"):
+        with pytest.warns(UserWarning, match="layout that ComfyUI, Forge and taesd.py build"):
             exported = export_student(out, to="taesd", out=tmp_path / "pair")
         prefix = FAMILY_INFO[family].prefix
         assert sorted(p.name for p in exported.iterdir()) == sorted(
