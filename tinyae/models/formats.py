@@ -13,7 +13,8 @@ the file name, and checked tensor by tensor against the Student it builds, so a 
 of another layout fails with a sentence instead of a silent half-load. An encoder without
 its decoder (taesana_encoder.pth, shipped here without the decoder upstream also publishes) loads
 for training only (`encoder_only`): the decoder is then new, in the layout published for the
-file's prefix (tinyae.models.families). `.pth` files are read with `torch.load(weights_only=True)` only: weights from strangers must not run code.
+file's prefix (tinyae.models.families). `.pth` files are read with `torch.load(weights_only=True)`
+only: weights from strangers must not run code.
 """
 
 from __future__ import annotations
