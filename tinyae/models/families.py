@@ -28,7 +28,7 @@ PIPELINE_VAES = ("plain", "patch-norm", "video")
 
 @dataclass(frozen=True)
 class Family:
-    prefix: str | None  # TAESD file-name prefix that ComfyUI / Forge (taesana: taesd.py-style loaders) look for; None: no pair
+    prefix: str | None  # TAESD file-name prefix (ComfyUI / Forge; taesana: taesd.py-style loaders); None: no pair
     latent_channels: int
     repo_id: str | None  # the published TAESD of this family in diffusers layout on the Hub, if there is one
     variant: str = "taesd"  # the layout published for this prefix, which its loaders build (tinyae.models.variants)
