@@ -340,7 +340,7 @@ def test_missing_or_ambiguous_pairs_say_what_to_pass(student, student16, tmp_pat
     assert "no student_ema/ folder" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- the command line (README "Use it in ComfyUI / Forge")
+# ---------------------------------------------------------------- the command line (docs/shipping.md "Use it in ComfyUI / Forge")
 
 
 def test_export_script_drops_a_pair_into_comfyui(tmp_path):

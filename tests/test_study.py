@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tinyae.cli import main as tinyae_cli
 from tinyae.data.images import sample_photos
 from tinyae.errors import ConfigError, DataError
 from tinyae.training.study import (
@@ -142,3 +143,12 @@ def test_a_run_still_training_shows_the_steps_it_has_reached_along_training_but_
     entry = collect(study)["baseline"]
     assert sorted(entry["curve"]) == [250, 500] and entry["values"] == {} and entry["unfinished"] == [0]
     assert re.search(r"\| `baseline` +\| 500 +\| 20\.00", curve_table({"baseline": entry}))
+
+
+def test_a_wrong_recipe_override_stops_the_study_command_before_photos_are_fetched(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tinyae_cli(["study", "--kodak", str(tmp_path / "kodak"), "--out", str(tmp_path / "study"),
+                    "--loss.adv_loss", "softplus"])
+    assert exit_info.value.code == 2
+    assert "loss.adv_loss" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()

@@ -10,10 +10,11 @@ Two layouts hold the same tensors:
 
 Architecture (latent channels, width, blocks per stage) is read off the tensors, not
 the file name, and checked tensor by tensor against the Student it builds, so a file
-of another layout fails with a sentence instead of a silent half-load. An encoder published
-without its decoder (taesana_encoder.pth) loads for training only (`encoder_only`): the decoder
-is then new, in the layout ComfyUI builds for the file's prefix (tinyae.models.families). `.pth`
-files are read with `torch.load(weights_only=True)` only: weights from strangers must not run code.
+of another layout fails with a sentence instead of a silent half-load. An encoder without
+its decoder (taesana_encoder.pth, shipped here without the decoder upstream also publishes) loads
+for training only (`encoder_only`): the decoder is then new, in the layout published for the
+file's prefix (tinyae.models.families). `.pth` files are read with `torch.load(weights_only=True)`
+only: weights from strangers must not run code.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def arch_from_pair(encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Te
                    names: tuple[str, str] = ("the encoder", "the decoder"), variant: str | None = None) -> StudentArch:
     """A TAESD pair's layout, read from its tensors.
 
-    With `decoder` None (an encoder published alone, such as taesana's) the decoder's layout is
+    With `decoder` None (an encoder alone, such as the taesana one shipped here) the decoder's layout is
     `variant`'s (else the default one for the encoder's downscale), so a fresh decoder can be trained.
     """
     enc = _encoder_layout(encoder, names[0])
@@ -234,7 +235,7 @@ def find_pair(path: str | Path, family: str | None = None,
               decoder_optional: bool = False) -> tuple[Path, Path | None]:
     """(encoder, decoder) files from a folder, either file of the pair, or a prefix like `dir/taesdxl`.
 
-    With `decoder_optional`, an encoder published alone (taesana_encoder.pth) gives (encoder, None).
+    With `decoder_optional`, an encoder alone (taesana_encoder.pth) gives (encoder, None).
     """
     path = Path(path)
     if path.is_file():
@@ -309,7 +310,7 @@ def load_student(path: str | Path, family: str | None = None, encoder_only: bool
     with `student_ema/` or a training output with `student/`), either file of a pair, a prefix
     such as `models/vae_approx/taesdxl`, or an `owner/name` Hub repo. `family` picks the pair in
     a folder holding several and checks the latent channels. `encoder_only` accepts an encoder
-    published without its decoder (taesana): the decoder is then new, to be trained.
+    without its decoder (taesana's, as shipped here): the decoder is then new, to be trained.
     """
     path = Path(path)
     is_prefix = path.parent.is_dir() and any(path.parent.glob(f"{glob.escape(path.name)}_encoder.*"))

@@ -6,7 +6,8 @@
   Sana, Qwen-Image: tinyae.models.families);
 - taesd: the original pair `<prefix>_encoder/_decoder` as .pth and .safetensors twins, named
   for the family (taesd, taesdxl, taesd3, taef1, taef2, taesana) so they drop into ComfyUI's
-  models/vae_approx and Forge's models/VAE-taesd unchanged;
+  models/vae_approx and Forge's models/VAE-taesd unchanged (ComfyUI has no Sana latent format: taesana
+  is for taesd.py-style loaders and tinyae);
 - all: both in one folder (the pair only for families that have one), which is also what the Hub gets;
 - onnx: encoder.onnx and decoder.onnx (+ fp16 twins), dynamic height and width
   (tinyae.shipping.onnx; needs the `tinyae[onnx]` extra).
