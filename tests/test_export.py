@@ -17,6 +17,7 @@ from tinyae.data.images import center_crop, load_rgb
 from tinyae.errors import ExportError
 from tinyae.models.formats import FAMILIES, load_student
 from tinyae.models.student import Student
+from tinyae.models.tiny_autoencoder import TinyAutoencoder
 from tinyae.models.variants import resolve_arch
 from tinyae.shipping.export import export_all, export_diffusers, export_student, export_taesd
 
@@ -382,3 +383,47 @@ def test_qwen_image_has_no_taesd_pair_and_exports_a_pipeline_ready_diffusers_fol
     assert_same_weights(load_student(folder), student)
     again = export_student(folder, to="diffusers", out=tmp_path / "again")  # the family travels with the folder
     assert json.loads((again / "config.json").read_text())["family"] == "qwen-image"
+
+
+# ---------------------------------------------------------------- what clients see (issue: a newcomer's first hour)
+
+
+def test_the_shipped_folder_of_several_pairs_exports_the_family_it_is_asked_for(tmp_path):
+    """`tinyae export --student weights/taesd-upstream --family flux2`: that folder holds taef2 and taesana files."""
+    out = tmp_path / "vae_approx"
+    tinyae_cli(["export", "--student", str(ROOT / "weights" / "taesd-upstream"), "--family", "flux2", "--to", "taesd",
+                "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "taef2_decoder.pth", "taef2_decoder.safetensors", "taef2_encoder.pth", "taef2_encoder.safetensors"]
+    shipped = torch.load(ROOT / "weights" / "taesd-upstream" / "taef2_decoder.pth", weights_only=True)
+    written = load_file(out / "taef2_decoder.safetensors")
+    assert written.keys() == shipped.keys() and all(torch.equal(written[k], shipped[k].float()) for k in shipped)
+
+
+def test_the_same_student_always_exports_the_same_bytes(student, tmp_path):
+    """A .pth is a zip whose inner folder torch names after the file: written through a temporary name, that name
+    (host, PID, random tag) used to end up inside, and each export had another checksum."""
+    for name in ("first", "second"):
+        export_all(student, tmp_path / name, "sd", dtype=torch.float16)
+    files = sorted(p.name for p in (tmp_path / "first").iterdir())
+    assert any(name.endswith(".pth") for name in files)
+    for name in files:
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+
+
+def test_autoencoder_tiny_refuses_a_tiny_autoencoder_folder_and_names_the_class_to_use(tmp_path):
+    """AutoencoderTiny would load a FLUX.2 student's folder with a warning and decode without its pool branch."""
+    student = tiny_student("flux2")
+    export_diffusers(student, tmp_path / "flux2", family="flux2")
+    with pytest.raises(ValueError, match="load this folder with tinyae.tinyautoencoder.from_pretrained"):
+        AutoencoderTiny.from_pretrained(tmp_path / "flux2")
+    model = TinyAutoencoder.from_pretrained(tmp_path / "flux2")
+    assert model.config.act_fn == "relu"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in student.state_dict().items())
+    assert_same_weights(load_student(tmp_path / "flux2"), student)
+
+    config = json.loads((tmp_path / "flux2" / "config.json").read_text())  # as tinyae wrote it before the guard
+    config["act_fn"] = config.pop("activation")
+    (tmp_path / "flux2" / "config.json").write_text(json.dumps(config))
+    assert TinyAutoencoder.from_pretrained(tmp_path / "flux2").config.act_fn == "relu"
+    assert_same_weights(load_student(tmp_path / "flux2"), student)
