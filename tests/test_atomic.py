@@ -132,7 +132,7 @@ def test_a_killed_export_leaves_nothing_comfyui_lists_and_the_next_export_cleans
     if kind == "taesd":
         with pytest.warns(UserWarning, match="layout that ComfyUI"):
             export_taesd(student, vae_approx, "sd")
-        expected = sorted(["taef1_decoder.pth", *taesd_file_names("sd")])
+        expected = sorted(["taef1_decoder.pth", *taesd_file_names("taesd-custom")])  # a small student
     else:
         export_diffusers(student, target)
         expected = ["mine/diffusion_pytorch_model.safetensors", "taef1_decoder.pth"]
@@ -186,7 +186,7 @@ def test_temporaries_of_older_taesd_exports_are_removed_too(tmp_path, small_stud
     (legacy / "taesd_decoder.safetensors").write_bytes(b"half")
     with pytest.warns(UserWarning, match="layout that ComfyUI"):
         export_taesd(Student(small_student_config), tmp_path, "sd")
-    assert comfyui_lists(tmp_path) == sorted(taesd_file_names("sd"))
+    assert comfyui_lists(tmp_path) == sorted(taesd_file_names("taesd-custom"))
 
 
 def test_a_folder_caught_mid_replacement_by_a_kill_is_put_back(tmp_path):

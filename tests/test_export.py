@@ -17,11 +17,12 @@ from tinyae.data.images import center_crop, load_rgb
 from tinyae.errors import ExportError
 from tinyae.models.formats import FAMILIES, load_student
 from tinyae.models.student import Student
+from tinyae.models.tiny_autoencoder import TinyAutoencoder
 from tinyae.models.variants import resolve_arch
 from tinyae.shipping.export import export_all, export_diffusers, export_student, export_taesd
 
 # Small test students are not in the layouts ComfyUI builds; the dedicated test checks that warning.
-pytestmark = pytest.mark.filterwarnings("ignore:.*layout that ComfyUI and Forge build")
+pytestmark = pytest.mark.filterwarnings("ignore:.*layout that ComfyUI, Forge and taesd.py build")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,9 +88,9 @@ def test_taesd_pair_has_the_family_names_and_bare_sequential_keys(family, studen
 
 def test_fp16_exports_store_half_precision(student, tmp_path):
     export_taesd(student, tmp_path / "vae_approx", "sdxl", dtype=torch.float16)
-    assert {v.dtype for v in load_file(tmp_path / "vae_approx" / "taesdxl_decoder.safetensors").values()} == {
+    assert {v.dtype for v in load_file(tmp_path / "vae_approx" / "taesdxl-custom_decoder.safetensors").values()} == {
         torch.float16}
-    assert {v.dtype for v in torch.load(tmp_path / "vae_approx" / "taesdxl_encoder.pth").values()} == {torch.float16}
+    assert {v.dtype for v in torch.load(tmp_path / "vae_approx" / "taesdxl-custom_encoder.pth").values()} == {torch.float16}
 
     export_diffusers(student, tmp_path / "diffusers", fp16_variant=True)
     main = load_file(tmp_path / "diffusers" / "diffusion_pytorch_model.safetensors")
@@ -104,7 +105,8 @@ def test_export_all_writes_one_folder_for_every_consumer(student, tmp_path):
     export_all(student, tmp_path / "out", "sd", dtype=torch.float16)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "config.json", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors",
-        "taesd_decoder.pth", "taesd_decoder.safetensors", "taesd_encoder.pth", "taesd_encoder.safetensors"]
+        "taesd-custom_decoder.pth", "taesd-custom_decoder.safetensors", "taesd-custom_encoder.pth",
+        "taesd-custom_encoder.safetensors"]  # the small test student's pair: a name no client picks up
     assert_same_weights(load_student(tmp_path / "out"), student)  # the fp32 diffusers weights win
 
 
@@ -121,7 +123,8 @@ def test_fp16_overflow_is_refused_not_written_as_inf(student, tmp_path):
 
 def test_student_to_taesd_pair_to_student_is_exact(student, tmp_path):
     export_taesd(student, tmp_path, "sd")
-    for path in (tmp_path, tmp_path / "taesd_encoder.pth", tmp_path / "taesd_decoder.safetensors", tmp_path / "taesd"):
+    for path in (tmp_path, tmp_path / "taesd-custom_encoder.pth", tmp_path / "taesd-custom_decoder.safetensors",
+                 tmp_path / "taesd-custom"):
         loaded = load_student(path)
         assert loaded.arch.encoder_blocks == (1, 1, 1, 1) and loaded.arch.encoder_widths == (16,) * 4
         assert_same_weights(loaded, student)
@@ -235,14 +238,15 @@ def test_existing_targets_are_refused_and_left_untouched(student, tmp_path):
     comfy.mkdir()
     (comfy / "taesd_decoder.pth").write_bytes(b"someone else's")
     (comfy / "taef1_decoder.pth").write_bytes(b"another model")
+    published = make_student(resolve_arch(StudentConfig(latent_channels=4)))  # the layout ComfyUI builds
     with pytest.raises(ExportError, match="taesd_decoder.pth' already exists"):
-        export_taesd(student, comfy, "sd")
+        export_taesd(published, comfy, "sd")
     assert sorted(p.name for p in comfy.iterdir()) == ["taef1_decoder.pth", "taesd_decoder.pth"]
     assert (comfy / "taesd_decoder.pth").read_bytes() == b"someone else's"
 
-    export_taesd(student, comfy, "sd", overwrite=True)  # asked: replaced, neighbours kept
+    export_taesd(published, comfy, "sd", overwrite=True)  # asked: replaced, neighbours kept
     assert (comfy / "taef1_decoder.pth").read_bytes() == b"another model"
-    assert_same_weights(load_student(comfy, family="sd"), student)
+    assert_same_weights(load_student(comfy, family="sd"), published)
     export_diffusers(student, target, overwrite=True)  # replaces what it writes, keeps the rest
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors",
                                                         "notes.txt"]
@@ -296,10 +300,22 @@ def test_a_flux2_style_pair_reads_as_a_pool_student(tmp_path):
     assert student.arch.pool and student.arch.encoder_blocks == (1, 1) and student.latent_channels == 32
 
 
-def test_a_pair_in_a_layout_comfyui_does_not_build_is_written_with_a_warning(student, tmp_path):
-    with pytest.warns(UserWarning, match="not in the 'taesd' layout that ComfyUI and Forge build for taesd_"):
-        export_taesd(student, tmp_path, "sd")
-    assert_same_weights(load_student(tmp_path), student)
+def test_a_pair_in_a_layout_clients_do_not_build_is_written_under_a_name_no_client_picks_up(student, tmp_path):
+    """ComfyUI lists any `taef2_decoder*` in vae_approx and builds the published layout for it: a nano student
+    under that name would crash every FLUX.2 sampling with previews, so its pair is `taef2-nano_*`."""
+    nano = make_student(resolve_arch(StudentConfig(variant="flux_2", size="nano", latent_channels=32)))
+    with pytest.warns(UserWarning, match="written as taef2-nano_\\*, a name no client picks up"):
+        export_taesd(nano, tmp_path / "vae_approx", "flux2")
+    names = sorted(p.name for p in (tmp_path / "vae_approx").iterdir())
+    assert names == ["taef2-nano_decoder.pth", "taef2-nano_decoder.safetensors", "taef2-nano_encoder.pth",
+                     "taef2-nano_encoder.safetensors"]
+    assert not any(name.startswith(("taef2_decoder", "taef2_encoder")) for name in names)  # ComfyUI's match
+    assert_same_weights(load_student(tmp_path / "vae_approx", family="flux2"), nano)  # tinyae reads it back
+    assert load_student(tmp_path / "vae_approx" / "taef2-nano_decoder.pth").family == "flux2"
+
+    with pytest.warns(UserWarning, match="written as taesd-custom_"):  # widths of no registered size
+        export_taesd(student, tmp_path / "custom", "sd")
+    assert_same_weights(load_student(tmp_path / "custom"), student)
 
 
 def test_unknown_layouts_fail_with_a_sentence(student, tmp_path):
@@ -310,10 +326,11 @@ def test_unknown_layouts_fail_with_a_sentence(student, tmp_path):
         load_student(tmp_path / "big_encoder.safetensors")
 
     export_taesd(student, tmp_path / "swapped", "sd")
-    (tmp_path / "swapped" / "taesd_encoder.pth").unlink()
-    (tmp_path / "swapped" / "taesd_encoder.safetensors").rename(tmp_path / "swapped" / "x.safetensors")
-    (tmp_path / "swapped" / "taesd_decoder.safetensors").rename(tmp_path / "swapped" / "taesd_encoder.safetensors")
-    (tmp_path / "swapped" / "x.safetensors").rename(tmp_path / "swapped" / "taesd_decoder.safetensors")
+    swapped = {role: tmp_path / "swapped" / f"taesd-custom_{role}.safetensors" for role in ("encoder", "decoder")}
+    (tmp_path / "swapped" / "taesd-custom_encoder.pth").unlink()
+    swapped["encoder"].rename(tmp_path / "swapped" / "x.safetensors")
+    swapped["decoder"].rename(swapped["encoder"])
+    (tmp_path / "swapped" / "x.safetensors").rename(swapped["decoder"])
     with pytest.raises(ExportError, match="not 3 \\(RGB\\): is it a decoder"):
         load_student(tmp_path / "swapped")
 
@@ -328,12 +345,12 @@ def test_pickles_that_need_code_are_refused(tmp_path):
 def test_missing_or_ambiguous_pairs_say_what_to_pass(student, student16, tmp_path, capsys):
     export_taesd(student, tmp_path, "sd")
     export_taesd(student16, tmp_path, "flux")
-    with pytest.raises(ExportError, match="several TAESD pairs \\(taef1, taesd\\); pass a family"):
+    with pytest.raises(ExportError, match="several TAESD pairs \\(taef1-custom, taesd-custom\\); pass a family"):
         load_student(tmp_path)
     assert load_student(tmp_path, family="flux").latent_channels == 16
-    for path in tmp_path.glob("taesd_decoder.*"):
+    for path in tmp_path.glob("taesd-custom_decoder.*"):
         path.unlink()
-    with pytest.raises(ExportError, match="No taesd_decoder.safetensors or .pth"):
+    with pytest.raises(ExportError, match="No taesd-custom_decoder.safetensors or .pth"):
         load_student(tmp_path, family="sd")
     with pytest.raises(ExportError, match="No student weights at"):
         load_student(tmp_path / "nothing" / "here")
@@ -344,10 +361,11 @@ def test_missing_or_ambiguous_pairs_say_what_to_pass(student, student16, tmp_pat
     assert "no student_ema/ folder" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- the command line (README "Use it in ComfyUI / Forge")
+# ---------------------------------------------------------------- the command line (docs/shipping.md "Use it in ComfyUI / Forge")
 
 
-def test_export_script_drops_a_pair_into_comfyui(student, tmp_path):
+def test_export_script_drops_a_pair_into_comfyui(tmp_path):
+    student = make_student(resolve_arch(StudentConfig(latent_channels=4)))  # the layout ComfyUI builds
     student.save_pretrained(tmp_path / "runs" / "sd" / "student")
     (tmp_path / "runs" / "sd" / "run.json").write_text('{"teacher": "sd", "family": "sdxl"}')
     comfy = tmp_path / "ComfyUI" / "models" / "vae_approx"
@@ -385,6 +403,50 @@ def test_qwen_image_has_no_taesd_pair_and_exports_a_pipeline_ready_diffusers_fol
     assert_same_weights(load_student(folder), student)
     again = export_student(folder, to="diffusers", out=tmp_path / "again")  # the family travels with the folder
     assert json.loads((again / "config.json").read_text())["family"] == "qwen-image"
+
+
+# ---------------------------------------------------------------- what clients see (issue: a newcomer's first hour)
+
+
+def test_the_shipped_folder_of_several_pairs_exports_the_family_it_is_asked_for(tmp_path):
+    """`tinyae export --student weights/taesd-upstream --family flux2`: that folder holds taef2 and taesana files."""
+    out = tmp_path / "vae_approx"
+    tinyae_cli(["export", "--student", str(ROOT / "weights" / "taesd-upstream"), "--family", "flux2", "--to", "taesd",
+                "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "taef2_decoder.pth", "taef2_decoder.safetensors", "taef2_encoder.pth", "taef2_encoder.safetensors"]
+    shipped = torch.load(ROOT / "weights" / "taesd-upstream" / "taef2_decoder.pth", weights_only=True)
+    written = load_file(out / "taef2_decoder.safetensors")
+    assert written.keys() == shipped.keys() and all(torch.equal(written[k], shipped[k].float()) for k in shipped)
+
+
+def test_the_same_student_always_exports_the_same_bytes(student, tmp_path):
+    """A .pth is a zip whose inner folder torch names after the file: written through a temporary name, that name
+    (host, PID, random tag) used to end up inside, and each export had another checksum."""
+    for name in ("first", "second"):
+        export_all(student, tmp_path / name, "sd", dtype=torch.float16)
+    files = sorted(p.name for p in (tmp_path / "first").iterdir())
+    assert any(name.endswith(".pth") for name in files)
+    for name in files:
+        assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+
+
+def test_autoencoder_tiny_refuses_a_tiny_autoencoder_folder_and_names_the_class_to_use(tmp_path):
+    """AutoencoderTiny would load a FLUX.2 student's folder with a warning and decode without its pool branch."""
+    student = tiny_student("flux2")
+    export_diffusers(student, tmp_path / "flux2", family="flux2")
+    with pytest.raises(ValueError, match="load this folder with tinyae.tinyautoencoder.from_pretrained"):
+        AutoencoderTiny.from_pretrained(tmp_path / "flux2")
+    model = TinyAutoencoder.from_pretrained(tmp_path / "flux2")
+    assert model.config.act_fn == "relu"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in student.state_dict().items())
+    assert_same_weights(load_student(tmp_path / "flux2"), student)
+
+    config = json.loads((tmp_path / "flux2" / "config.json").read_text())  # as tinyae wrote it before the guard
+    config["act_fn"] = config.pop("activation")
+    (tmp_path / "flux2" / "config.json").write_text(json.dumps(config))
+    assert TinyAutoencoder.from_pretrained(tmp_path / "flux2").config.act_fn == "relu"
+    assert_same_weights(load_student(tmp_path / "flux2"), student)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])

@@ -138,10 +138,10 @@ def test_the_normalized_adversarial_gradient_has_a_fixed_size_whatever_the_discr
         disc.layers[-1].weight.mul_(100)  # a discriminator at another scale
     g_raw_100, g_norm_100 = (_output_grad(c, disc, fake, images, latents) for c in (raw, normalized))
     assert g_raw_100.norm() / g_raw.norm() > 50  # the raw gradient follows the discriminator's scale ...
-    assert g_norm_100.norm() == pytest.approx(g_norm.norm(), rel=1e-4)  # ... the normalized one does not
-    assert (g_norm * fake.numel() / 2).std() == pytest.approx(1.0, rel=1e-3)  # a unit-std correction, times weight
-    assert _output_grad(normalized, disc, fake, images, latents, weight=3.0).norm() == pytest.approx(
-        3 * g_norm_100.norm(), rel=1e-4)
+    assert g_norm_100.norm().item() == pytest.approx(g_norm.norm().item(), rel=1e-4)  # ... the normalized one does not
+    assert (g_norm * fake.numel() / 2).std().item() == pytest.approx(1.0, rel=1e-3)  # a unit-std correction, times weight
+    assert _output_grad(normalized, disc, fake, images, latents, weight=3.0).norm().item() == pytest.approx(
+        3 * g_norm_100.norm().item(), rel=1e-4)
 
 
 def test_the_adaptive_weight_matches_the_reconstruction_gradient_at_the_last_layer(batch, small_student_config):
@@ -154,7 +154,7 @@ def test_the_adaptive_weight_matches_the_reconstruction_gradient_at_the_last_lay
         recon, images, latents, 1.0, rec, last)
     (g_adv,) = torch.autograd.grad(w * term, last, retain_graph=True)
     (g_rec,) = torch.autograd.grad(rec, last)
-    assert g_adv.norm() == pytest.approx(g_rec.norm(), rel=1e-3)
+    assert g_adv.norm().item() == pytest.approx(g_rec.norm().item(), rel=1e-3)
 
 
 def test_the_replay_buffer_keeps_past_fakes_up_to_its_capacity_and_restores_exactly():

@@ -74,7 +74,7 @@ def test_fp16_onnx_runs_on_the_cpu_close_to_pytorch_fp32(exported):
 
 
 def test_the_real_taef2_pool_layout_exports_and_matches(tmp_path, photos):
-    """GroupNorm pool branch, 32 channels, trained weights; fp16 within the tolerance the README states."""
+    """GroupNorm pool branch, 32 channels, trained weights; fp16 within the tolerance docs/shipping.md states."""
     from tinyae.data.images import list_images, load_eval_images
 
     taef2 = load_student(TAEF2, family="flux2").eval()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tinyae.cli import main as tinyae_cli
 from tinyae.data.images import sample_photos
 from tinyae.errors import ConfigError, DataError
-from tinyae.utils.locks import HOST
 from tinyae.training.study import (
     KEYS,
     Study,
@@ -28,6 +28,7 @@ from tinyae.training.study import (
     verdicts,
     write_report,
 )
+from tinyae.utils.locks import HOST
 
 
 def test_every_arm_changes_the_full_recipe_and_the_baseline_is_the_former_default(tmp_path):
@@ -149,6 +150,15 @@ def test_a_run_still_training_shows_the_steps_it_has_reached_along_training_but_
     assert re.search(r"\| `baseline` +\| 500 +\| 20\.00", curve_table({"baseline": entry}))
 
 
+def test_a_wrong_recipe_override_stops_the_study_command_before_photos_are_fetched(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tinyae_cli(["study", "--kodak", str(tmp_path / "kodak"), "--out", str(tmp_path / "study"),
+                    "--loss.adv_loss", "softplus"])
+    assert exit_info.value.code == 2
+    assert "loss.adv_loss" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()
+
+
 # ---------------------------------------------------------------- concurrent and interrupted studies
 
 
@@ -187,8 +197,6 @@ def test_a_run_another_live_study_is_training_is_left_alone_and_a_dead_ones_is_t
 
 
 def test_unknown_arms_and_a_missing_kodak_folder_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
-    from tinyae.cli import main as tinyae_cli
-
     monkeypatch.setattr("tinyae.training.study.training_photos", lambda *a: pytest.fail("photos were fetched"))
     for flags, named in ((["--kodak", str(tmp_path), "--arms", "nosuch"], "Unknown study arm 'nosuch'"),
                          (["--kodak", str(tmp_path / "missing")], "Kodak folder")):

@@ -29,7 +29,8 @@ from tinyae.cli import (
 )
 from tinyae.errors import TinyaeError
 
-# name -> module with HELP, add_arguments(parser) and run(args, overrides); OVERRIDES = True takes recipe flags.
+# name -> module with HELP, add_arguments(parser) and run(args, overrides); OVERRIDES = True takes recipe flags,
+# and such a module's recipe(args, overrides) builds (and so checks) the recipe they apply to.
 COMMANDS = {
     "distill": distill, "evaluate": evaluate, "bench": bench, "export": export, "push": push,
     "inspect-vae": inspect_vae, "cache-latents": cache_latents, "bench-train": bench_train,
@@ -48,13 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """A command line's arguments and its recipe overrides, without running it (the docs' commands are tested so).
+
+    A bad argument exits with argparse's usage message and code 2, as on the command line.
+    """
+    args, extra = build_parser().parse_known_args(argv)
+    args.argv = list(argv)
+    if extra and not getattr(args.module, "OVERRIDES", False):
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args, extra
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse `argv` (default: the command line), run the subcommand, turn user errors into one sentence."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args, extra = build_parser().parse_known_args(argv)
-    args.argv, module = argv, args.module
-    if extra and not getattr(module, "OVERRIDES", False):
-        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args, extra = parse(sys.argv[1:] if argv is None else list(argv))
+    module = args.module
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         module.run(args, extra)

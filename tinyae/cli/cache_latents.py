@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyae.config import choose_recipe, load_recipe
+from tinyae.config import Recipe, choose_recipe, load_recipe
 from tinyae.data.cache import verify_cache
 from tinyae.data.source import cache_recipe
 
@@ -31,9 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true", help="only check every shard against its sha256")
 
 
+def recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
+    return load_recipe(choose_recipe(args.recipe, overrides), overrides)
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.verify:
         print(f"{args.out}: {verify_cache(args.out)} samples, every shard matches its sha256")
         return
-    recipe = load_recipe(choose_recipe(args.recipe, overrides), overrides)
-    cache_recipe(recipe, args.out, args.samples, args.shard_size, args.with_targets, args.final, args.batch_size)
+    cache_recipe(recipe(args, overrides), args.out, args.samples, args.shard_size, args.with_targets, args.final,
+                 args.batch_size)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyae.config import choose_recipe, load_recipe
+from tinyae.config import Recipe, choose_recipe, load_recipe
 from tinyae.training.loop import distill
 
 HELP = "train a student from a teacher VAE (recipe + --section.field overrides)"
@@ -22,5 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="recipe name (tinyae's recipes/) or a .yaml path (default: the teacher's)")
 
 
+def recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
+    return load_recipe(choose_recipe(args.recipe, overrides), overrides)
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
-    distill(load_recipe(choose_recipe(args.recipe, overrides), overrides))
+    distill(recipe(args, overrides))

@@ -7,7 +7,8 @@
 diffusers: an AutoencoderTiny folder, or a TinyAutoencoder one for FLUX.2, Sana and Qwen-Image students
 (fp16 adds the fp16 variant next to the fp32 weights).
 taesd: <prefix>_encoder/_decoder .pth + .safetensors (prefix taesd, taesdxl, taesd3, taef1, taef2 or
-taesana; Qwen-Image has none); the target folder may exist, existing files are kept unless --overwrite.
+taesana, which ComfyUI does not use; Qwen-Image has none); the target folder may exist, existing files
+are kept unless --overwrite.
 all: both in one new folder. onnx: encoder.onnx + decoder.onnx with dynamic height/width (fp16 adds
 encoder.fp16.onnx + decoder.fp16.onnx); needs pip install 'tinyae[onnx]'.
 The default --out is <source>-<to> beside the source. fp16 exports warn if the student's activations

@@ -18,8 +18,8 @@ import argparse
 import shlex
 from pathlib import Path
 
-from tinyae.config import parse_overrides
-from tinyae.training.study import Study, default_photos, read_bench, run_study, write_report
+from tinyae.config import Recipe, load_recipe, parse_overrides
+from tinyae.training.study import STUDY_RECIPE, Study, default_photos, read_bench, run_study, write_report
 
 HELP = "train and compare the arms of the recipe study, write docs/quality.md"
 OVERRIDES = True
@@ -43,7 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-only", action="store_true", help="do not train; report the finished runs")
 
 
+def recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
+    """The study recipe with the overrides every arm gets: a wrong field stops here, before photos are fetched."""
+    return load_recipe(STUDY_RECIPE, parse_overrides(overrides))
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    recipe(args, overrides)
     study = Study(out=args.out, photos=args.photos or default_photos(args.out), kodak=args.kodak, steps=args.steps,
                   seeds=tuple(args.seeds), arm_names=tuple(args.arms), parallel=args.parallel, threads=args.threads,
                   overrides=parse_overrides(overrides), reference=args.reference, curve_every=args.curve_every,

@@ -28,10 +28,10 @@ PIPELINE_VAES = ("plain", "patch-norm", "video")
 
 @dataclass(frozen=True)
 class Family:
-    prefix: str | None  # TAESD file-name prefix that ComfyUI / Forge look for; None: they load no TAESD pair
+    prefix: str | None  # TAESD file-name prefix (ComfyUI / Forge; taesana: taesd.py-style loaders); None: no pair
     latent_channels: int
     repo_id: str | None  # the published TAESD of this family in diffusers layout on the Hub, if there is one
-    variant: str = "taesd"  # the layout ComfyUI builds for this prefix (tinyae.models.variants)
+    variant: str = "taesd"  # the layout published for this prefix, which its loaders build (tinyae.models.variants)
     pipeline_vae: str = "plain"  # what the family's pipeline reads on pipe.vae (see the module docstring)
     shipped: str | None = None  # the published pair that ships in weights/ (a prefix under it), if any
     name: str = ""  # how people call the models of the family

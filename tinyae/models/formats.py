@@ -10,10 +10,11 @@ Two layouts hold the same tensors:
 
 Architecture (latent channels, width, blocks per stage) is read off the tensors, not
 the file name, and checked tensor by tensor against the Student it builds, so a file
-of another layout fails with a sentence instead of a silent half-load. An encoder published
-without its decoder (taesana_encoder.pth) loads for training only (`encoder_only`): the decoder
-is then new, in the layout ComfyUI builds for the file's prefix (tinyae.models.families). `.pth`
-files are read with `torch.load(weights_only=True)` only: weights from strangers must not run code.
+of another layout fails with a sentence instead of a silent half-load. An encoder without
+its decoder (taesana_encoder.pth, shipped here without the decoder upstream also publishes) loads
+for training only (`encoder_only`): the decoder is then new, in the layout published for the
+file's prefix (tinyae.models.families). `.pth` files are read with `torch.load(weights_only=True)`
+only: weights from strangers must not run code.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tinyae.config import StudentConfig
 from tinyae.errors import ConfigError, ExportError
 from tinyae.models.families import FAMILIES, family_info
 from tinyae.models.student import CONFIG_NAME, Student
-from tinyae.models.variants import StudentArch, resolve_arch, variant_for_teacher
+from tinyae.models.variants import SIZES, StudentArch, resolve_arch, variant_for_teacher
 from tinyae.utils.hub_access import fetch_snapshot, local_path_typo, looks_like_repo_id
 from tinyae.utils.weights import read_weights
 
@@ -45,21 +46,43 @@ logger = logging.getLogger(__name__)
 
 
 def check_family(student: Student, family: str, source: object = "the student") -> None:
-    """A 4-channel student named taef1 would load in ComfyUI and decode garbage: refuse early.
-
-    ComfyUI and Forge build each prefix's fixed upstream layout, so a pair of another
-    layout (a slim student, say) is written with a warning: tinyae reads it, they do not.
-    """
+    """A 4-channel student named taef1 would load in ComfyUI and decode garbage: refuse early."""
     info = family_info(family)
     if student.latent_channels != info.latent_channels:
         raise ExportError(f"{source} has {student.latent_channels} latent channels but family '{family}' uses "
                           f"{info.latent_channels}; pick the family of the teacher it was distilled from.")
-    standard = resolve_arch(StudentConfig(variant=info.variant, latent_channels=info.latent_channels))
-    if info.prefix is not None and (student.arch != dataclasses.replace(
-            standard, act_fn=student.arch.act_fn, upsample_fn=student.arch.upsample_fn) or student.arch.act_fn != "relu"):
-        warnings.warn(f"{source} is not in the '{info.variant}' layout that ComfyUI and Forge build for "
-                      f"{info.prefix}_*: tinyae.load_student reads its pair, they do not (use the diffusers "
-                      "export there).", stacklevel=2)
+
+
+def layout_name(student: Student, family: str) -> str | None:
+    """The size whose layout the student has for the family's variant (`tiny` is the published one), or None."""
+    info = family_info(family)
+    for size in SIZES:
+        config = StudentConfig(variant=info.variant, size=size, latent_channels=info.latent_channels)
+        if student.arch == resolve_arch(config):
+            return size
+    return None
+
+
+def pair_prefix(student: Student, family: str) -> str:
+    """The file-name prefix of a student's TAESD pair: the family's own (`taef2`) when clients can load it.
+
+    ComfyUI, Forge and taesd.py build one fixed layout per prefix; a pair of another layout under
+    that name is listed by ComfyUI and then crashes its sampler's previews. So a student of
+    another size or shape is written under `<prefix>-<size>` (`taef2-nano`, `taesd-custom`), a
+    name no client picks up (ComfyUI matches `<prefix>_decoder*`), and tinyae reads it back.
+    """
+    info = family_info(family)
+    if info.prefix is None:
+        raise ExportError(f"Family '{family}' has no TAESD pair that ComfyUI or Forge load (they preview it with a "
+                          "video model of another architecture); export --to diffusers instead.")
+    size = layout_name(student, family)
+    return info.prefix if size == "tiny" else f"{info.prefix}-{size or 'custom'}"
+
+
+def prefix_family(prefix: str) -> str | None:
+    """The family of a pair's file-name prefix: its own (`taef2`) or an off-layout one (`taef2-nano`)."""
+    base = prefix.split("-")[0]
+    return next((name for name, info in FAMILIES.items() if info.prefix == base), None)
 
 
 # ---------------------------------------------------------------- key mapping
@@ -174,7 +197,7 @@ def arch_from_pair(encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Te
                    names: tuple[str, str] = ("the encoder", "the decoder"), variant: str | None = None) -> StudentArch:
     """A TAESD pair's layout, read from its tensors.
 
-    With `decoder` None (an encoder published alone, such as taesana's) the decoder's layout is
+    With `decoder` None (an encoder alone, such as the taesana one shipped here) the decoder's layout is
     `variant`'s (else the default one for the encoder's downscale), so a fresh decoder can be trained.
     """
     enc = _encoder_layout(encoder, names[0])
@@ -212,7 +235,7 @@ def find_pair(path: str | Path, family: str | None = None,
               decoder_optional: bool = False) -> tuple[Path, Path | None]:
     """(encoder, decoder) files from a folder, either file of the pair, or a prefix like `dir/taesdxl`.
 
-    With `decoder_optional`, an encoder published alone (taesana_encoder.pth) gives (encoder, None).
+    With `decoder_optional`, an encoder alone (taesana_encoder.pth) gives (encoder, None).
     """
     path = Path(path)
     if path.is_file():
@@ -228,10 +251,13 @@ def find_pair(path: str | Path, family: str | None = None,
             prefix = family_info(family).prefix
             if prefix is None:
                 raise ExportError(f"Family '{family}' has no TAESD pair format; load its diffusers folder instead.")
-            if prefix not in prefixes:
+            ours = [p for p in prefixes if prefix_family(p) == family]
+            if prefix not in prefixes and len(ours) != 1:
                 found = f"; it has {', '.join(prefixes)}" if prefixes else ""
-                raise ExportError(f"'{path}' holds no {prefix}_encoder/{prefix}_decoder pair for family "
-                                  f"'{family}'{found}.")
+                which = f" (several: {', '.join(ours)}; pass the path of one file)" if ours else ""
+                raise ExportError(f"'{path}' holds no single {prefix}_encoder/{prefix}_decoder pair for family "
+                                  f"'{family}'{which or found}.")
+            prefix = prefix if prefix in prefixes else ours[0]
         elif len(prefixes) == 1:
             prefix = prefixes[0]
         elif not prefixes:
@@ -262,7 +288,7 @@ def load_taesd(encoder_path: str | Path, decoder_path: str | Path | None = None)
     """A Student from a TAESD pair; without `decoder_path`, its decoder is new (the family's layout) and untrained."""
     encoder = read_weights(encoder_path)
     prefix = PAIR_NAME.fullmatch(Path(encoder_path).name)["prefix"]
-    family = next((name for name, info in FAMILIES.items() if info.prefix == prefix), None)
+    family = prefix_family(prefix)
     if decoder_path is None:
         arch = arch_from_pair(encoder, None, (f"'{encoder_path}'", "its decoder"),
                               FAMILIES[family].variant if family else None)
@@ -294,7 +320,7 @@ def load_student(path: str | Path, family: str | None = None, encoder_only: bool
     with `student_ema/` or a training output with `student/`), either file of a pair, a prefix
     such as `models/vae_approx/taesdxl`, or an `owner/name` Hub repo. `family` picks the pair in
     a folder holding several and checks the latent channels. `encoder_only` accepts an encoder
-    published without its decoder (taesana): the decoder is then new, to be trained.
+    without its decoder (taesana's, as shipped here): the decoder is then new, to be trained.
     """
     path = Path(path)
     is_prefix = path.parent.is_dir() and any(path.parent.glob(f"{glob.escape(path.name)}_encoder.*"))

@@ -143,6 +143,20 @@ class TinyDecoder(_Checkpointable):
         return self.layers[self.split:](features).mul(2).sub(1)
 
 
+# A TinyAutoencoder folder's config.json stores its activation as `activation` and gives `act_fn`, which diffusers'
+# AutoencoderTiny reads, a value that makes `AutoencoderTiny.from_pretrained` fail at once with this sentence in its
+# error: AutoencoderTiny would otherwise load such a folder (FLUX.2's pool branch, Sana's stem) with a warning and
+# decode it wrongly.
+NOT_AUTOENCODER_TINY = "TinyAutoencoder: load this folder with tinyae.TinyAutoencoder.from_pretrained, not AutoencoderTiny"
+
+
+def tiny_autoencoder_config(cfg: dict) -> dict:
+    """A TinyAutoencoder config.json with its real activation under `act_fn` (folders of every tinyae version)."""
+    if "activation" not in cfg:
+        return cfg
+    return {**{k: v for k, v in cfg.items() if k != "activation"}, "act_fn": cfg["activation"]}
+
+
 class Student(TilingMixin, nn.Module):
     """Encoder + decoder with diffusers' AutoencoderTiny key layout; `encode`/`decode` work on tensors.
 
@@ -198,7 +212,8 @@ class Student(TilingMixin, nn.Module):
             return {"latent_channels": a.latent_channels, "encoder_widths": list(a.encoder_widths),
                     "decoder_widths": list(a.decoder_widths), "encoder_blocks": list(a.encoder_blocks),
                     "decoder_blocks": list(a.decoder_blocks), "encoder_stem": list(a.encoder_stem), "pool": a.pool,
-                    "act_fn": a.act_fn, "upsample_fn": a.upsample_fn, "scaling_factor": 1.0, "shift_factor": 0.0,
+                    "act_fn": NOT_AUTOENCODER_TINY, "activation": a.act_fn, "upsample_fn": a.upsample_fn,
+                    "scaling_factor": 1.0, "shift_factor": 0.0,
                     "family": family}
         return {
             "in_channels": 3,
@@ -223,7 +238,7 @@ class Student(TilingMixin, nn.Module):
         """Inverse of `diffusers_config` for either class; refuses configs tinyae cannot represent."""
         if cfg.get("_class_name") == "TinyAutoencoder":
             names = {f.name for f in dataclasses.fields(StudentArch)}
-            return StudentArch(**{k: v for k, v in cfg.items() if k in names})
+            return StudentArch(**{k: v for k, v in tiny_autoencoder_config(cfg).items() if k in names})
         if cfg.get("upsampling_scaling_factor", 2) != 2 or cfg.get("in_channels", 3) != 3:
             raise ValueError("Only 3-channel images and 2x upsampling are supported.")
         enc, dec = cfg.get("encoder_block_out_channels", [64] * 4), cfg.get("decoder_block_out_channels", [64] * 4)

@@ -29,7 +29,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 from tinyae.models.families import pipeline_vae
-from tinyae.models.student import Student, TinyDecoder, TinyEncoder
+from tinyae.models.student import Student, TinyDecoder, TinyEncoder, tiny_autoencoder_config
 from tinyae.models.tiling import Tiling, TilingMixin
 from tinyae.models.variants import StudentArch
 
@@ -94,6 +94,7 @@ class TinyAutoencoder(TilingMixin, ModelMixin, ConfigMixin):
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
         # The derived entries are not constructor arguments: without this, diffusers warns on every load.
+        config_dict = tiny_autoencoder_config(config_dict)
         return super().extract_init_dict({k: v for k, v in config_dict.items() if k not in DERIVED_CONFIG}, **kwargs)
 
     def encode(self, x: Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[Tensor]:

@@ -147,8 +147,8 @@ def register_size(name: str, size: Size) -> None:
     SIZES[name] = size
 
 
-# Chosen by counting MACs per resolution and timing decode/encode at 512 px on a 2-core CPU (README, "Student
-# sizes"); their quality against `tiny` is what training them in the quality study decides.
+# Chosen by counting MACs per resolution and timing decode/encode at 512 px on a 2-core CPU (docs/performance.md,
+# "Student sizes"); their quality against `tiny` is what training them in the quality study decides.
 register_size("tiny", Size(note="the variant as published (TAESD: 61 + 71 GMACs encode + decode at 512 px)"))
 register_size("lean", Size((32, 32), (), (32, 32), (), "outer two stages at 32 channels"))
 register_size("slim", Size((16, 32), (), (16, 32), (), "full resolution at 16 channels, half resolution at 32"))

@@ -6,7 +6,8 @@
   Sana, Qwen-Image: tinyae.models.families);
 - taesd: the original pair `<prefix>_encoder/_decoder` as .pth and .safetensors twins, named
   for the family (taesd, taesdxl, taesd3, taef1, taef2, taesana) so they drop into ComfyUI's
-  models/vae_approx and Forge's models/VAE-taesd unchanged;
+  models/vae_approx and Forge's models/VAE-taesd unchanged (ComfyUI has no Sana latent format: taesana
+  is for taesd.py-style loaders and tinyae);
 - all: both in one folder (the pair only for families that have one), which is also what the Hub gets;
 - onnx: encoder.onnx and decoder.onnx (+ fp16 twins), dynamic height and width
   (tinyae.shipping.onnx; needs the `tinyae[onnx]` extra).
@@ -25,6 +26,7 @@ them exists. Temporaries a killed export left behind are removed by the next wri
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,37 +34,45 @@ import torch
 from safetensors.torch import save_file
 
 from tinyae.errors import ExportError
-from tinyae.models.formats import FAMILIES, check_family, family_info, load_student, to_taesd
+from tinyae.models.formats import FAMILIES, check_family, family_info, load_student, pair_prefix, to_taesd
 from tinyae.models.precision import warn_if_fp16_overflows
 from tinyae.models.student import Student
 from tinyae.shipping.onnx import export_onnx
 from tinyae.utils.atomic import atomic_files, atomic_folder, check_writable, reporting_write_errors
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
-from tinyae.utils.weights import cast_state, refuse_non_finite
+from tinyae.utils.weights import cast_state, refuse_non_finite, save_pth
 
 TARGETS = ("diffusers", "taesd", "all", "onnx")
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model*.safetensors",)  # an fp16 variant left over would load old weights
 
 
-def taesd_file_names(family: str) -> list[str]:
-    prefix = family_info(family).prefix
-    if prefix is None:
-        raise ExportError(f"Family '{family}' has no TAESD pair that ComfyUI or Forge load (they preview it with a "
-                          "video model of another architecture); export --to diffusers instead.")
+def taesd_file_names(prefix: str) -> list[str]:
+    """The four files of a pair: .safetensors and .pth twins of the encoder and the decoder."""
     return [f"{prefix}_{role}.{ext}" for ext in ("safetensors", "pth") for role in ("encoder", "decoder")]
 
 
-def write_taesd(student, folder: Path, family: str, dtype: torch.dtype | None = None) -> list[Path]:
+def taesd_prefix(student: Student, family: str, source: object = "the student") -> str:
+    """The pair's prefix (tinyae.models.formats.pair_prefix), with a warning when no client will load it."""
+    check_family(student, family, source)
+    prefix, published = pair_prefix(student, family), family_info(family).prefix
+    if prefix != published:
+        warnings.warn(f"{source} is not in the '{family_info(family).variant}' layout that ComfyUI, Forge and "
+                      f"taesd.py build for {published}_*, so its pair is written as {prefix}_*, a name no client "
+                      f"picks up (a {published}_* file of this layout would crash ComfyUI's previews); "
+                      "tinyae.load_student reads it. For ComfyUI, distill with --student.size tiny.", stacklevel=3)
+    return prefix
+
+
+def write_taesd(student, folder: Path, prefix: str, dtype: torch.dtype | None = None) -> list[Path]:
     """The four files of the pair, renamed into `folder` together once all are written."""
-    check_family(student, family)
     encoder, decoder = to_taesd(cast_state(student.state_dict(), dtype))
-    names = taesd_file_names(family)
+    names = taesd_file_names(prefix)
     with atomic_files(folder) as stage:
         for name, state in zip(names, (encoder, decoder, encoder, decoder)):
             if name.endswith(".safetensors"):
                 save_file(state, stage(name), metadata={"format": "pt"})
             else:
-                torch.save(state, stage(name))
+                save_pth(state, stage(name))
     return [Path(folder) / name for name in names]
 
 
@@ -82,13 +92,14 @@ def export_taesd(student, directory: str | Path, family: str, dtype: torch.dtype
                  overwrite: bool = False) -> list[Path]:
     """Write the TAESD pair (.safetensors and .pth) into `directory`, which may exist (e.g. models/vae_approx)."""
     directory = Path(directory)
-    names = taesd_file_names(family)
+    prefix = taesd_prefix(student, family)
+    names = taesd_file_names(prefix)
     existing = [name for name in names if (directory / name).exists()]
     if existing and not overwrite:
         raise ExportError(f"'{directory / existing[0]}' already exists; pass --overwrite to replace the pair "
                           "(other files there are kept), or choose another folder.")
-    with reporting_write_errors(directory / names[0], what=f"the {family_info(family).prefix} pair"):
-        return write_taesd(student, directory, family, dtype)
+    with reporting_write_errors(directory / names[0], what=f"the {prefix} pair"):
+        return write_taesd(student, directory, prefix, dtype)
 
 
 def export_all(student, directory: str | Path, family: str, dtype: torch.dtype | None = None,
@@ -102,7 +113,7 @@ def export_all(student, directory: str | Path, family: str, dtype: torch.dtype |
     with atomic_folder(directory, overwrite, DIFFUSERS_WEIGHTS) as tmp:
         student.write_pretrained(tmp, fp16_variant=half, family=family)
         if family_info(family).prefix is not None:
-            write_taesd(student, tmp, family, dtype)
+            write_taesd(student, tmp, taesd_prefix(student, family), dtype)
         else:
             check_family(student, family)
         if extra is not None:
@@ -138,9 +149,10 @@ def export_student(source: str | Path, to: str = "all", family: str | None = Non
     source = Path(source)
     out = Path(out) if out else source.resolve().with_name(f"{source.resolve().name}-{to}")
     check_writable(out, "--out")  # before loading anything
-    student = load_student(source)
+    family = family or run_info(source).get("family")
+    student = load_student(source, family)  # the family picks its pair in a folder of several
     refuse_non_finite(student.state_dict(), f"'{source}'")  # before the fp16 check, which would blame fp16
-    family = family or run_info(source).get("family") or student.family
+    family = family or student.family
     if family is None and to in ("taesd", "all"):
         raise ExportError(f"No run.json near '{source}' says which family the student belongs to; pass --family "
                           f"({', '.join(FAMILIES)}): the TAESD file names depend on it.")

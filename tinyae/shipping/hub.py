@@ -20,7 +20,7 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 
 from tinyae.errors import ExportError
-from tinyae.models.formats import FAMILIES, check_family, family_info, load_student
+from tinyae.models.formats import FAMILIES, check_family, family_info, load_student, pair_prefix
 from tinyae.shipping.export import export_all, run_info
 from tinyae.utils.hub_access import looks_like_repo_id
 
@@ -108,7 +108,7 @@ def model_card(student, repo_id: str, family: str, run: dict | None = None, metr
     teacher_repo = teacher_repo if teacher_repo and looks_like_repo_id(teacher_repo) else None
     pipeline_class, pipeline_repo, dtype, family_tag = PIPELINES[family]
     info = family_info(family)
-    family_name, prefix = info.name, info.prefix
+    family_name, prefix = info.name, info.prefix and pair_prefix(student, family)
     model_class = student.diffusers_class_name(family)
     data = ModelCardData(
         library_name="diffusers",
@@ -151,6 +151,16 @@ def model_card(student, repo_id: str, family: str, run: dict | None = None, metr
         "",
     ]
     if prefix is None:
+        return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+    if prefix != info.prefix:
+        lines += [
+            "## TAESD pair",
+            "",
+            f"The `{prefix}_encoder` / `{prefix}_decoder` files are not in the layout ComfyUI, Forge and taesd.py "
+            f"build for `{info.prefix}`, so they are named for no client to pick up; load them with "
+            f"`tinyae.load_student`.",
+            "",
+        ]
         return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
     lines += [
         "## Use it in ComfyUI / Forge",

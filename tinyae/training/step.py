@@ -50,7 +50,7 @@ def build_student(recipe: Recipe, teacher: Teacher) -> Student:
         if size is not None and size % teacher.size_multiple:
             raise ConfigError(f"Crops of {size} px do not divide into the teacher's latents; set data.resolution "
                               f"and data.final_resolution to multiples of {teacher.size_multiple}.")
-    if config.init:  # an encoder published alone (taesana_encoder.pth) starts the encoder; the decoder is new
+    if config.init:  # an encoder alone (taesana_encoder.pth) starts the encoder; the decoder is new
         student = load_student(config.init, encoder_only=True)
         if student.latent_channels != teacher.latent_channels or student.downscale != teacher.downscale:
             raise ConfigError(f"student.init '{config.init}' reads {student.latent_channels}-channel latents at "

@@ -3,7 +3,7 @@
 PyTorch starts one OpenMP thread per core and every operator waits at a barrier for all of
 them. When another busy process holds a core, one of our threads is descheduled for a
 scheduler time slice (milliseconds) while its siblings spin at the barrier, and a training
-step made of thousands of small operators slows by an order of magnitude or more (README,
+step made of thousands of small operators slows by an order of magnitude or more (docs/training.md,
 "Sharing a CPU"). One thread per *free* core avoids that and costs little on a quiet machine.
 
 `threads: auto` (the recipe default, `--train.threads`) therefore uses: OMP_NUM_THREADS if

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -51,3 +52,11 @@ def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None)
             key = next(k for k, v in out.items() if v.is_floating_point() and not torch.isfinite(v).all())
             raise ExportError(f"Weight '{key}' overflows {dtype}; export in fp32 (--dtype fp32) instead.")
     return out
+
+
+def save_pth(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """torch.save through a buffer: the archive inside is then always named `archive`, not after the (temporary)
+    file, so the same weights always give the same bytes and checksum."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    Path(path).write_bytes(buffer.getvalue())
