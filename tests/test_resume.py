@@ -211,7 +211,8 @@ def test_a_refused_resume_names_the_checkpoint_values_to_pass_not_an_override_to
                                                                                        monkeypatch):
     monkeypatch.setattr("tinyae.training.loop.load_teacher", lambda *a, **k: pytest.fail("work began"))
     with pytest.raises(ConfigError) as refusal:  # e.g. another recipe whose teacher differs: nothing overridden
-        distill(recipe(teacher_dir, photos, run, teacher={"scaling_factor": 0.3}, train={"seed": 1, "resume": "latest"}))
+        distill(recipe(teacher_dir, photos, run, teacher={"scaling_factor": 0.3},
+                       train={"seed": 1, "resume": "latest"}))
     message = str(refusal.value)
     assert "pass the checkpoint's values (--teacher.scaling_factor null --train.seed 0)" in message, message
     assert "drop the override" not in message
