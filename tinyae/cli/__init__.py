@@ -17,6 +17,7 @@ import sys
 from tinyae.cli import (
     bench,
     bench_train,
+    bench_video,
     cache_latents,
     distill,
     evaluate,
@@ -34,7 +35,7 @@ from tinyae.errors import TinyaeError
 COMMANDS = {
     "distill": distill, "evaluate": evaluate, "bench": bench, "export": export, "push": push,
     "inspect-vae": inspect_vae, "cache-latents": cache_latents, "bench-train": bench_train,
-    "train-teacher": train_teacher, "lpips": lpips, "study": study,
+    "train-teacher": train_teacher, "lpips": lpips, "study": study, "bench-video": bench_video,
 }
 
 
