@@ -19,6 +19,7 @@ from tinyae.cli import (
     bench_train,
     bench_video,
     cache_latents,
+    check_comfyui_taehv,
     distill,
     evaluate,
     export,
@@ -36,6 +37,7 @@ COMMANDS = {
     "distill": distill, "evaluate": evaluate, "bench": bench, "export": export, "push": push,
     "inspect-vae": inspect_vae, "cache-latents": cache_latents, "bench-train": bench_train,
     "train-teacher": train_teacher, "lpips": lpips, "study": study, "bench-video": bench_video,
+    "check-comfyui-taehv": check_comfyui_taehv,
 }
 
 
