@@ -18,6 +18,7 @@ def models():
     return VideoStudent(encoder_width=8, decoder_widths=(16, 8, 8, 8)), teacher
 
 
+@pytest.mark.slow  # MAC counting under FlopCounterMode takes seconds on a busy CPU
 def test_the_video_bench_reports_time_memory_and_macs_of_both_decode_modes_against_the_teacher(models):
     student, teacher = models
     results = video_bench(frames=5, width=32, height=32, student=student, teacher_model=teacher)

@@ -276,6 +276,20 @@ class VideoStudent(ModelMixin, ConfigMixin):
                               keep_frames_for_even_latents)
         self.encoder = build_encoder(self.arch)
         self.decoder = build_decoder(self.arch)
+        # What video pipelines read on pipe.vae to size latents and undo their normalisation (none: the student
+        # already reads the normalised latents): WanPipeline the config entries, HunyuanVideo/LTX/CogVideoX pipelines
+        # the attributes. Written to config.json for them, dropped again on loading.
+        self.temporal_compression_ratio = self.arch.time_downscale
+        self.spatial_compression_ratio = self.arch.downscale
+        self.temperal_downsample = list(self.arch.encoder_time_downscale)
+        self.register_to_config(z_dim=latent_channels, latents_mean=[0.0] * latent_channels,
+                                latents_std=[1.0] * latent_channels, scale_factor_temporal=self.arch.time_downscale,
+                                scale_factor_spatial=self.arch.downscale)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        derived = ("z_dim", "latents_mean", "latents_std", "scale_factor_temporal", "scale_factor_spatial")
+        return super().extract_init_dict({k: v for k, v in config_dict.items() if k not in derived}, **kwargs)
 
     @classmethod
     def from_arch(cls, arch: VideoArch, taehv_name: str | None = None) -> "VideoStudent":
