@@ -9,7 +9,7 @@
   (tinyae.models.video_student.VIDEO_MODELS).
 
 The files go into a folder that may exist; they are written under hidden temporary names and
-renamed in together once all are complete (tinyae.utils.atomic), and an existing file is only
+renamed in together, folder by folder, once all are complete (tinyae.utils.atomic), and an existing file is only
 replaced with `overwrite`.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from tinyae.errors import ExportError
@@ -46,10 +45,11 @@ def check_layout(student: VideoStudent, name: str) -> None:
     if (arch.latent_channels, arch.patch_size, arch.encoder_time_downscale, arch.decoder_time_upscale) != (
             expected.latent_channels, expected.patch_size, expected.encoder_time_downscale,
             expected.decoder_time_upscale):
+        fitting = [n for n in VIDEO_MODELS if _fits(arch, n)]
+        instead = f"pass --model with one of: {', '.join(fitting)}" if fitting else "no published layout matches it"
         raise ExportError(f"The student has {arch.latent_channels} latent channels, patch {arch.patch_size} and "
                           f"time factor {arch.time_downscale}, but taehv.py builds '{name}' with "
-                          f"{expected.latent_channels}, {expected.patch_size} and {expected.time_downscale}; pass "
-                          f"--model with one of: {', '.join(n for n in VIDEO_MODELS if _fits(arch, n))}.")
+                          f"{expected.latent_channels}, {expected.patch_size} and {expected.time_downscale}; {instead}.")
     if (arch.encoder_width, arch.decoder_widths, arch.act_fn) != (expected.encoder_width, expected.decoder_widths,
                                                                     expected.act_fn):
         raise ExportError(f"The student's widths ({arch.encoder_width}, {arch.decoder_widths}) are not the "
@@ -106,8 +106,3 @@ def export_video_student(source: str | Path, name: str | None = None, dtype: str
     check_writable(out, "--out")
     export_taehv(load_video_student(source), out, name, dtype, overwrite)
     return out
-
-
-def upstream_input(student: VideoStudent, z: torch.Tensor) -> torch.Tensor:
-    """NCTHW latents as taehv.py's decode_video takes them (NTCHW)."""
-    return z.transpose(1, 2)
