@@ -17,7 +17,9 @@ import sys
 from tinyae.cli import (
     bench,
     bench_train,
+    bench_video,
     cache_latents,
+    check_comfyui_taehv,
     distill,
     evaluate,
     export,
@@ -34,7 +36,8 @@ from tinyae.errors import TinyaeError
 COMMANDS = {
     "distill": distill, "evaluate": evaluate, "bench": bench, "export": export, "push": push,
     "inspect-vae": inspect_vae, "cache-latents": cache_latents, "bench-train": bench_train,
-    "train-teacher": train_teacher, "lpips": lpips, "study": study,
+    "train-teacher": train_teacher, "lpips": lpips, "study": study, "bench-video": bench_video,
+    "check-comfyui-taehv": check_comfyui_taehv,
 }
 
 

@@ -9,6 +9,8 @@ diffusers: an AutoencoderTiny folder, or a TinyAutoencoder one for FLUX.2, Sana 
 taesd: <prefix>_encoder/_decoder .pth + .safetensors (prefix taesd, taesdxl, taesd3, taef1, taef2 or
 taesana, which ComfyUI does not use; Qwen-Image has none); the target folder may exist, existing files
 are kept unless --overwrite.
+taehv: a video student's <model>.pth + .safetensors (taehv.py's names) and, for the models ComfyUI loads,
+comfyui/<its name> (lighttaew2_1, lighttaew2_2, taehv) in the dtype ComfyUI reads their latent space from.
 all: both in one new folder. onnx: encoder.onnx + decoder.onnx with dynamic height/width (fp16 adds
 encoder.fp16.onnx + decoder.fp16.onnx); needs pip install 'tinyae[onnx]'.
 The default --out is <source>-<to> beside the source. fp16 exports warn if the student's activations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 
 from tinyae.models.formats import FAMILIES
+from tinyae.models.video_student import VIDEO_MODELS
 from tinyae.shipping.export import TARGETS, checkpoint_student, export_student
 from tinyae.utils.dtypes import EXPORT_DTYPES
 
@@ -34,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", choices=list(FAMILIES),
                         help="names the TAESD files and fixes which pipelines the diffusers folder serves "
                              "(default: from run.json or the folder's config)")
+    parser.add_argument("--model", choices=list(VIDEO_MODELS),
+                        help="--to taehv: the published TAEHV model the video student stands for (default: its config)")
     parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp32")
     parser.add_argument("--out", help="target folder (default: <source>-<to>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing target")
@@ -43,5 +48,5 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.checkpoint:
         checkpoint_student(args.checkpoint)  # one sentence if it is not a training checkpoint
     source = args.student or args.checkpoint
-    out = export_student(source, args.to, args.family, args.dtype, args.out, args.overwrite)
+    out = export_student(source, args.to, args.family, args.dtype, args.out, args.overwrite, args.model)
     print(f"Exported {source} to {out}")

@@ -38,11 +38,12 @@ from tinyae.models.formats import FAMILIES, check_family, family_info, load_stud
 from tinyae.models.precision import warn_if_fp16_overflows
 from tinyae.models.student import Student
 from tinyae.shipping.onnx import export_onnx
+from tinyae.shipping.taehv import export_video_student
 from tinyae.utils.atomic import atomic_files, atomic_folder, check_writable, reporting_write_errors
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
 from tinyae.utils.weights import cast_state, refuse_non_finite, save_pth
 
-TARGETS = ("diffusers", "taesd", "all", "onnx")
+TARGETS = ("diffusers", "taesd", "all", "onnx", "taehv")
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model*.safetensors",)  # an fp16 variant left over would load old weights
 
 
@@ -140,10 +141,14 @@ def checkpoint_student(checkpoint: str | Path) -> Path:
 
 
 def export_student(source: str | Path, to: str = "all", family: str | None = None, dtype: str = "fp32",
-                   out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Load a student from any known layout and export it; the default target is `<source>-<to>` beside it."""
+                   out: str | Path | None = None, overwrite: bool = False, model: str | None = None) -> Path:
+    """Load a student from any known layout and export it; the default target is `<source>-<to>` beside it.
+
+    `to="taehv"` takes a video student (tinyae.shipping.taehv) and `model` names its published layout."""
     if to not in TARGETS:
         raise ExportError(f"Unknown export target '{to}'; pass one of {', '.join(TARGETS)}.")
+    if to == "taehv":
+        return export_video_student(source, model, dtype, out, overwrite)
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"Unknown dtype '{dtype}'; pass {' or '.join(EXPORT_DTYPES)}.")
     source = Path(source)

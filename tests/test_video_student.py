@@ -1,0 +1,157 @@
+"""The TAEHV-layout video student: upstream's keys and numbers, the frame rule, streaming, diffusers' interface.
+
+The references were computed by madebyollin/taehv's own taehv.py on seeded random weights
+(tests/data/taehv-reference/README.md): `seeded_weights` below rebuilds those weights from the
+key list, so the test needs neither upstream's code nor its files. Upstream works on NTCHW
+frames in [0, 1], as the student's `*_frames01` methods do.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinyae.errors import ExportError
+from tinyae.models.video_student import VIDEO_MODELS, StreamState, VideoArch, VideoStudent, run_parallel
+
+REFERENCE = Path(__file__).resolve().parent / "data" / "taehv-reference"
+REF = load_file(REFERENCE / "outputs.safetensors")
+KEYS = json.loads((REFERENCE / "keys.json").read_text())
+SEEDS = {"taew2_1": 0, "taew2_2": 1, "taecvx": 2, "taeltx_2": 3}  # the order make_reference.py ran them in
+
+
+def seeded_weights(shapes: dict[str, list[int]], seed: int) -> dict[str, torch.Tensor]:
+    """The reference weights: in sorted key order from one seeded generator, convs scaled by 1/sqrt(fan in)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key in sorted(shapes):
+        shape = shapes[key]
+        scale = 1 / math.sqrt(shape[1] * shape[2] * shape[3]) if len(shape) == 4 else 0.1
+        out[key] = torch.randn(shape, generator=g) * scale
+    return out
+
+
+def tiny(**overrides) -> VideoStudent:
+    """A narrow student (same layout and keys, small widths) for cheap behaviour tests."""
+    torch.manual_seed(0)
+    arch = dict(encoder_width=8, decoder_widths=(16, 8, 8, 8)) | overrides
+    return VideoStudent(**arch).eval()
+
+
+@pytest.fixture(scope="module", params=list(SEEDS))
+def published(request) -> tuple[str, VideoStudent]:
+    name = request.param
+    student = VideoStudent.published(name).eval()
+    student.load_state_dict(seeded_weights(KEYS[name], SEEDS[name]), strict=True)
+    return name, student
+
+
+def test_the_state_dict_has_upstreams_keys_and_shapes_for_each_published_model(published):
+    name, student = published
+    assert {k: list(v.shape) for k, v in student.state_dict().items()} == KEYS[name]
+
+
+def test_comfyui_finds_the_output_conv_and_the_latent_channels_where_it_looks():
+    state = VideoStudent.published("taew2_2").state_dict()
+    assert "decoder.22.bias" in state and state["decoder.1.weight"].shape[1] == 48
+    assert state["decoder.22.bias"].shape == (12,)  # 3 x 2 x 2: pixel-shuffled by the patch
+
+
+@torch.no_grad()
+def test_encode_and_decode_match_upstream_taehv_within_1e_5(published):
+    name, student = published
+    latents = student.encode_frames01(REF[f"{name}/video"])
+    assert (latents - REF[f"{name}/encode_video"]).abs().max() < 1e-5
+    assert (student.encode_frames01(REF[f"{name}/video"], parallel=False) - latents).abs().max() < 1e-5
+    for i, key in enumerate(k for k in REF if k.startswith(f"{name}/latents")):
+        z = REF[key]
+        count = key.removeprefix(f"{name}/latents")
+        raw = REF[f"{name}/decoder(latents{count})"]
+        for parallel in (True, False) if i == 0 else (True,):  # streaming once per model: it costs a loop per frame
+            frames = student.decode_frames01(z, parallel=parallel)
+            assert (frames.clamp(0, 1) - REF[f"{name}/decode_video(latents{count})"]).abs().max() < 1e-5
+        # and before the clamp, which hides saturated pixels: upstream's decoder layers on their own
+        assert (run_parallel(student.decoder, z) - raw).abs().max() < 1e-5
+    roundtrip = student.decode_frames01(REF[f"{name}/encode_video"]).clamp(0, 1)
+    assert (roundtrip - REF[f"{name}/decode_video(encode_video)"]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("frames, latents", [(1, 1), (5, 2), (9, 3), (8, 2)])
+def test_1_plus_4k_frames_encode_to_1_plus_k_latents_and_t_latents_decode_to_4t_minus_3_frames(frames, latents):
+    student = tiny()
+    with torch.no_grad():
+        z = student.encode(torch.zeros(1, 3, frames, 16, 16)).latents
+        assert z.shape == (1, 16, latents, 2, 2)
+        assert student.decode(z).sample.shape == (1, 3, 4 * latents - 3, 16, 16)
+    assert student.arch.latent_frames(frames) == latents and student.arch.decoded_frames(latents) == 4 * latents - 3
+
+
+def test_ltx_layout_is_8x_in_time_and_32x_in_space():
+    arch = VIDEO_MODELS["taeltx_2"].arch
+    assert (arch.time_downscale, arch.downscale, arch.latent_frames(17), arch.decoded_frames(3)) == (8, 32, 3, 17)
+
+
+@torch.no_grad()
+def test_streaming_decode_yields_the_parallel_frames_one_at_a_time():
+    student = tiny(latent_channels=12, patch_size=2)
+    z = torch.randn(1, 12, 4, 2, 2)
+    parallel = student.decode(z).sample
+    frames = list(student.decode_frames(z))
+    assert len(frames) == 13 and frames[0].shape == (1, 3, 32, 32)
+    assert (torch.stack(frames, 2) - parallel).abs().max() < 1e-5
+    assert (student.decode(z, parallel=False).sample - parallel).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_streaming_memory_does_not_grow_with_the_video():
+    student = tiny()
+    state = StreamState(student.decoder)  # what decode_frames keeps between frames
+    sizes = []
+    for length in (3, 12):
+        state.memory.clear()
+        for latent in torch.randn(1, length, 16, 2, 2).unbind(1):
+            list(state.push(latent))
+        sizes.append(sum(v.numel() if torch.is_tensor(v) else sum(t.numel() for t in v) for v in state.memory.values()))
+    assert sizes[0] == sizes[1] > 0
+
+
+def test_the_diffusers_class_saves_and_loads_back_exactly(tmp_path):
+    student = tiny(latent_channels=48, patch_size=2)
+    student.save_pretrained(tmp_path)
+    again = VideoStudent.from_pretrained(tmp_path)
+    assert again.arch == student.arch
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), student.state_dict().values()))
+    x = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(again(x).sample, student(x).sample)
+
+
+def test_a_layout_with_the_wrong_number_of_stages_is_refused_in_one_sentence():
+    with pytest.raises(ExportError, match="3 encoder and 3 decoder stages"):
+        VideoArch(decoder_widths=(64, 64))
+
+
+@torch.no_grad()
+def test_a_video_student_is_wan_pipelines_vae_and_decodes_its_live_previews():
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    vae = tiny()
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
+                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32,
+                                        num_layers=1, rope_max_seq_len=32)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler())
+    previews = []
+
+    def preview(pipe, step, timestep, kwargs):
+        previews.append(vae.decode(kwargs["latents"]).sample)  # the latents the transformer sees, as they are
+        return {}
+
+    frames = pipe(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32), height=32,
+                  width=32, num_frames=9, num_inference_steps=2, guidance_scale=1.0, output_type="pt",
+                  callback_on_step_end=preview).frames
+    assert frames.shape == (1, 9, 3, 32, 32)  # 9 frames -> 3 latents -> 9 frames, 8x space
+    assert len(previews) == 2 and previews[-1].shape == (1, 3, 9, 32, 32)

@@ -1,0 +1,175 @@
+"""Video teachers: frozen diffusers video VAEs, in the latent convention of their pipelines.
+
+A video teacher encodes (B, 3, F, H, W) clips in [-1, 1] to the latents its pipeline's
+transformer sees and decodes them back, the clip-wise counterpart of tinyae.models.teacher
+(which feeds these VAEs one frame at a time). Each convention was read from the pipeline in
+diffusers (0.42), where the latents are turned back into the VAE's own before `vae.decode`:
+
+- WanPipeline (Wan 2.1, Wan 2.2 TI2V-5B): `latents / (1 / config.latents_std) + config.latents_mean`,
+  so z = (raw - mean_c) / std_c;
+- HunyuanVideoPipeline: `latents / vae.config.scaling_factor`, so z = raw * 0.476986;
+- LTXPipeline: `_denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)`,
+  z = (raw - mean_c) * scaling_factor / std_c with the VAE's buffers;
+- CogVideoXPipeline: `1 / vae.config.scaling_factor * latents`, so z = raw * scaling_factor (1.15258426 for
+  CogVideoX-2b, 0.7 for 5b: read from the config).
+
+The spaces are tinyae.models.latent_space's, applied per frame. Frames: 1 + 4k -> 1 + k
+latents (LTX: 1 + 8k -> 1 + k), and Wan 2.2 / LTX patchify space on top of the 8x.
+Presets are a registry (`VIDEO_TEACHERS`); anything else is a Hub id or a local folder of one
+of `VIDEO_VAE_CLASSES`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import diffusers
+import torch
+from torch import Tensor, nn
+
+from tinyae.errors import TeacherLoadError
+from tinyae.models.latent_space import LatentSpace, PerChannelSpace, ScalarSpace
+from tinyae.utils.dtypes import DTYPES
+from tinyae.utils.hub_access import hub_unreachable, local_path_typo, not_on_hub_message, quiet_hub
+
+VIDEO_VAE_CLASSES = ("AutoencoderKLWan", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo", "AutoencoderKLCogVideoX")
+
+# Wan 2.2 TI2V-5B's VAE as diffusers' conversion configures it: residual blocks, 2x2 patches in and out (12 ch),
+# 48 latent channels at 16x. Its latents_mean/std come with the real config; weights-free builds use 0 / 1.
+_WAN22_ARCH = dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12, out_channels=12,
+                   patch_size=2, scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+
+
+@dataclass(frozen=True)
+class VideoTeacherPreset:
+    repo_id: str
+    vae_class: str
+    taehv_model: str  # the TAEHV layout its students take (tinyae.models.video_student.VIDEO_MODELS)
+    subfolder: str | None = "vae"
+    arch: dict = field(default_factory=dict)  # constructor arguments for weights-free builds ({}: the defaults)
+    note: str = ""
+
+
+VIDEO_TEACHERS: dict[str, VideoTeacherPreset] = {}
+
+
+def register_video_teacher(name: str, preset: VideoTeacherPreset) -> None:
+    VIDEO_TEACHERS[name] = preset
+
+
+register_video_teacher("wan2.1", VideoTeacherPreset("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "AutoencoderKLWan", "taew2_1",
+                                                    note="Wan 2.1 (all sizes) and Qwen-Image share this VAE"))
+register_video_teacher("wan2.2", VideoTeacherPreset("Wan-AI/Wan2.2-TI2V-5B-Diffusers", "AutoencoderKLWan", "taew2_2",
+                                                    arch=_WAN22_ARCH, note="Wan 2.2 TI2V-5B: 48 channels, 16x"))
+register_video_teacher("hunyuan-video", VideoTeacherPreset("hunyuanvideo-community/HunyuanVideo",
+                                                           "AutoencoderKLHunyuanVideo", "taehv"))
+register_video_teacher("ltx-video", VideoTeacherPreset("Lightricks/LTX-Video", "AutoencoderKLLTXVideo", "taeltx_2",
+                                                       note="128 channels, 32x space, 8x time"))
+register_video_teacher("cogvideox", VideoTeacherPreset("THUDM/CogVideoX-2b", "AutoencoderKLCogVideoX", "taecvx"))
+
+
+def video_latent_space(vae: nn.Module) -> LatentSpace:
+    """The space the VAE's pipeline hands its transformer (see the module docstring)."""
+    name, config = type(vae).__name__, vae.config
+    if name == "AutoencoderKLWan":
+        return PerChannelSpace(config.latents_mean, config.latents_std, 1.0)
+    if name == "AutoencoderKLLTXVideo":
+        return PerChannelSpace(vae.latents_mean.tolist(), vae.latents_std.tolist(), config.scaling_factor)
+    if name in ("AutoencoderKLHunyuanVideo", "AutoencoderKLCogVideoX"):
+        return ScalarSpace(config.scaling_factor)
+    raise TeacherLoadError(f"'{name}' is not a video VAE tinyae knows; use one of {', '.join(VIDEO_VAE_CLASSES)}.")
+
+
+def _per_frame(space_fn, x: Tensor) -> Tensor:
+    b, c, t, h, w = x.shape
+    frames = space_fn(x.transpose(1, 2).reshape(b * t, c, h, w))
+    return frames.reshape(b, t, *frames.shape[1:]).transpose(1, 2)
+
+
+class VideoTeacher(nn.Module):
+    """A frozen video VAE plus its pipeline's latent space; clips are (B, 3, F, H, W) in [-1, 1]."""
+
+    def __init__(self, vae: nn.Module, name: str = "custom", taehv_model: str | None = None):
+        super().__init__()
+        if type(vae).__name__ not in VIDEO_VAE_CLASSES:
+            raise TeacherLoadError(f"'{type(vae).__name__}' is not a video VAE tinyae knows; use one of "
+                                   f"{', '.join(VIDEO_VAE_CLASSES)}.")
+        self.vae = vae.eval().requires_grad_(False)
+        self.latent_space = video_latent_space(vae)
+        self.name = name
+        self.taehv_model = taehv_model
+
+    def train(self, mode: bool = True) -> "VideoTeacher":
+        return super().train(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    @property
+    def latent_channels(self) -> int:
+        config = self.vae.config
+        return int(config.get("z_dim") or config["latent_channels"])
+
+    @torch.no_grad()
+    def encode(self, video: Tensor) -> Tensor:
+        """(B, 3, F, H, W) in [-1, 1] -> (B, C, T, h, w) latents in the pipeline's space (posterior mean)."""
+        raw = self.vae.encode(video.to(self.dtype)).latent_dist.mean.float()
+        return _per_frame(self.latent_space.from_raw, raw)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents in the pipeline's space -> (B, 3, F, H, W) in [-1, 1] (float32)."""
+        raw = _per_frame(self.latent_space.to_raw, latents.float()).to(self.dtype)
+        return self.vae.decode(raw).sample.float()
+
+
+def _vae_class(name: str) -> type[nn.Module]:
+    if name not in VIDEO_VAE_CLASSES:
+        raise TeacherLoadError(f"'{name}' is not a video VAE tinyae knows; use one of {', '.join(VIDEO_VAE_CLASSES)}.")
+    return getattr(diffusers, name)
+
+
+def load_video_teacher(name: str, subfolder: str | None = None, dtype: str = "fp32") -> VideoTeacher:
+    """A preset (`wan2.1`, `wan2.2`, `hunyuan-video`, `ltx-video`, `cogvideox`), Hub repo id or local folder."""
+    preset = VIDEO_TEACHERS.get(name)
+    source = preset.repo_id if preset else name
+    subfolder = subfolder if subfolder is not None else (preset.subfolder if preset else None)
+    if preset is None and (typo := local_path_typo(source)):
+        raise TeacherLoadError(f"No video VAE at '{source}' (nothing there, though '{typo}' exists: a typo?).")
+    if preset is None and not Path(source).exists() and source.count("/") != 1:
+        raise TeacherLoadError(f"Unknown video teacher '{source}': pass a preset ({', '.join(VIDEO_TEACHERS)}), a "
+                               "Hub repo id (owner/name) or a local diffusers VAE folder.")
+    try:
+        with quiet_hub():
+            if Path(source).exists():
+                config_path = Path(source) / (subfolder or "") / "config.json"
+                if not config_path.is_file():
+                    raise TeacherLoadError(f"'{config_path.parent}' is not a diffusers VAE folder (no config.json).")
+                class_name = json.loads(config_path.read_text()).get("_class_name")
+            else:
+                class_name = preset.vae_class if preset else diffusers.AutoencoderKLWan.load_config(
+                    source, subfolder=subfolder, local_files_only=hub_unreachable()).get("_class_name")
+            vae = _vae_class(class_name).from_pretrained(
+                source, subfolder=subfolder, torch_dtype=DTYPES[dtype],
+                local_files_only=not Path(source).exists() and hub_unreachable())
+    except TeacherLoadError:
+        raise
+    except Exception as exc:  # diffusers/huggingface_hub raise many types for "not reachable"
+        if Path(source).exists():
+            raise TeacherLoadError(f"Could not load the video VAE from '{source}': {exc}") from None
+        raise TeacherLoadError(not_on_hub_message(source, "the video teacher VAE", subfolder, "--teacher")) from None
+    return VideoTeacher(vae, name, preset.taehv_model if preset else None)
+
+
+def build_video_teacher(name: str, dtype: str = "fp32", seed: int = 0, **overrides) -> VideoTeacher:
+    """A preset's architecture with random weights (`overrides` change its config): for speed, never quality."""
+    preset = VIDEO_TEACHERS.get(name)
+    if preset is None:
+        raise TeacherLoadError(f"Unknown video teacher '{name}'; known: {', '.join(VIDEO_TEACHERS)}.")
+    torch.manual_seed(seed)
+    vae = _vae_class(preset.vae_class)(**(preset.arch | overrides))
+    nn.Module.to(vae, DTYPES[dtype])
+    return VideoTeacher(vae, f"{name} (random weights)", preset.taehv_model)

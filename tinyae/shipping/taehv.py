@@ -1,0 +1,108 @@
+"""Export a video student as TAEHV files: what taehv.py and ComfyUI load.
+
+- `<name>.pth` and `<name>.safetensors` (name: taew2_1, taehv, taew2_2, ...), in the dtype asked
+  for: madebyollin/taehv's `TAEHV("<name>.pth")` picks the layout from the file name;
+- where ComfyUI has a TAEHV path for the model, `comfyui/<comfyui name>.pth` and `.safetensors`
+  (lighttaew2_1, lighttaew2_2, taehv) for its models/vae_approx. ComfyUI (comfy/sd.py) tells a
+  16-channel file's latent space by its dtype: fp16 is HunyuanVideo's (it scales the latents),
+  fp32 Wan 2.1's (it does not), so those files are written in the dtype that names their space
+  (tinyae.models.video_student.VIDEO_MODELS).
+
+The files go into a folder that may exist; they are written under hidden temporary names and
+renamed in together, folder by folder, once all are complete (tinyae.utils.atomic), and an existing file is only
+replaced with `overwrite`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from tinyae.errors import ExportError
+from tinyae.models.video_student import VIDEO_MODELS, VideoStudent, load_video_student, video_model
+from tinyae.utils.atomic import atomic_files, check_writable, reporting_write_errors
+from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
+from tinyae.utils.weights import cast_state, save_pth
+
+COMFYUI_FOLDER = "comfyui"
+
+
+def taehv_files(name: str, dtype: str) -> dict[str, str]:
+    """{relative path: dtype name} of the files written for the model `name`."""
+    model = video_model(name)
+    files = {f"{name}.{ext}": dtype for ext in ("safetensors", "pth")}
+    if model.comfyui_name is not None:
+        comfy_dtype = dtype if model.comfyui_fp16 is None else ("fp16" if model.comfyui_fp16 else "fp32")
+        files |= {f"{COMFYUI_FOLDER}/{model.comfyui_name}.{ext}": comfy_dtype for ext in ("safetensors", "pth")}
+    return files
+
+
+def check_layout(student: VideoStudent, name: str) -> None:
+    """The student must have the published model's layout where loaders build it from the name or the channels."""
+    expected = video_model(name).arch
+    arch = student.arch
+    if (arch.latent_channels, arch.patch_size, arch.encoder_time_downscale, arch.decoder_time_upscale) != (
+            expected.latent_channels, expected.patch_size, expected.encoder_time_downscale,
+            expected.decoder_time_upscale):
+        fitting = [n for n in VIDEO_MODELS if _fits(arch, n)]
+        instead = f"pass --model with one of: {', '.join(fitting)}" if fitting else "no published layout matches it"
+        raise ExportError(f"The student has {arch.latent_channels} latent channels, patch {arch.patch_size} and "
+                          f"time factor {arch.time_downscale}, but taehv.py builds '{name}' with "
+                          f"{expected.latent_channels}, {expected.patch_size} and {expected.time_downscale}; {instead}.")
+    if (arch.encoder_width, arch.decoder_widths, arch.act_fn) != (expected.encoder_width, expected.decoder_widths,
+                                                                    expected.act_fn):
+        raise ExportError(f"The student's widths ({arch.encoder_width}, {arch.decoder_widths}) are not the "
+                          f"published ones ({expected.encoder_width}, {expected.decoder_widths}) that taehv.py and "
+                          "ComfyUI build, so they could not load it; export it as a VideoStudent folder instead.")
+
+
+def _fits(arch, name: str) -> bool:
+    other = video_model(name).arch
+    return (other.latent_channels, other.patch_size, other.time_downscale) == (
+        arch.latent_channels, arch.patch_size, arch.time_downscale)
+
+
+def export_taehv(student: VideoStudent, directory: str | Path, name: str | None = None, dtype: str = "fp16",
+                 overwrite: bool = False) -> list[Path]:
+    """Write the student's TAEHV files (see the module docstring) into `directory`; returns their paths."""
+    name = name or student.taehv_name
+    if name is None:
+        raise ExportError(f"The student does not say which published model it stands for; pass --model "
+                          f"({', '.join(VIDEO_MODELS)}): the file names tell loaders its layout and latent space.")
+    if dtype not in EXPORT_DTYPES:
+        raise ExportError(f"Unknown dtype '{dtype}'; pass {' or '.join(EXPORT_DTYPES)}.")
+    check_layout(student, name)
+    model = video_model(name)
+    if model.comfyui_name == name and model.comfyui_fp16 is not None and model.comfyui_fp16 != (dtype == "fp16"):
+        needed = "fp16" if model.comfyui_fp16 else "fp32"
+        raise ExportError(f"ComfyUI reads a {model.arch.latent_channels}-channel '{name}' file in {dtype} as another "
+                          f"model's latent space; export '{name}' with --dtype {needed}.")
+    directory = Path(directory)
+    files = taehv_files(name, dtype)
+    existing = [path for path in files if (directory / path).exists()]
+    if existing and not overwrite:
+        raise ExportError(f"'{directory / existing[0]}' already exists; pass overwrite=True (--overwrite) or "
+                          "choose another folder.")
+    states = {d: cast_state(student.state_dict(), DTYPES[d]) for d in set(files.values())}
+    with reporting_write_errors(directory / next(iter(files)), what=f"the {name} files"):
+        for folder in sorted({Path(path).parent for path in files}):
+            group = {path: d for path, d in files.items() if Path(path).parent == folder}
+            with atomic_files(directory / folder) as stage:
+                for path, d in group.items():
+                    target = stage(Path(path).name)
+                    if path.endswith(".safetensors"):
+                        save_file(states[d], target, metadata={"format": "pt"})
+                    else:
+                        save_pth(states[d], target)
+    return [directory / path for path in files]
+
+
+def export_video_student(source: str | Path, name: str | None = None, dtype: str = "fp16",
+                         out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Load a video student (folder or TAEHV file) and export its TAEHV files; default target `<source>-taehv`."""
+    source = Path(source)
+    out = Path(out) if out else source.resolve().with_name(f"{source.resolve().stem}-taehv")
+    check_writable(out, "--out")
+    export_taehv(load_video_student(source), out, name, dtype, overwrite)
+    return out

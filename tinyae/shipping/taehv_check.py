@@ -1,0 +1,137 @@
+"""Check exported TAEHV files with the loaders people use: ComfyUI's and madebyollin/taehv's own code.
+
+Both are imported, unmodified, from a checkout the caller names (tinyae ships neither):
+
+- ComfyUI: `comfy.utils.load_torch_file` + `comfy.sd.VAE(sd=...)`, the path its VAELoader and its
+  latent previews take for files in models/vae_approx. `VAE.decode` takes ComfyUI's latents and
+  converts them with the latent format it picked for the file (`first_stage_model.process_in`), so
+  tinyae decodes that converted latent and the frames must agree;
+- taehv.py: `TAEHV("<name>.pth")`, which picks the layout from the file name, then its
+  `encode_video` / `decode_video` against tinyae's on the same frames and latents.
+
+Each file is compared with tinyae's decode of the same file (an fp16 file: fp16 weights in both),
+and ComfyUI runs on the CPU (its `--cpu`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tinyae.errors import ExportError
+from tinyae.models.video_student import VideoStudent, load_video_student, video_model
+from tinyae.shipping.taehv import COMFYUI_FOLDER, export_taehv
+
+
+def import_comfyui(checkout: str | Path):
+    """ComfyUI's `comfy.sd` and `comfy.utils` from a checkout, set to run on the CPU as `--cpu` does."""
+    checkout = Path(checkout).resolve()
+    if not (checkout / "comfy" / "sd.py").is_file():
+        raise ExportError(f"'{checkout}' is not a ComfyUI checkout (no comfy/sd.py); pass the folder of a clone of "
+                          "comfyanonymous/ComfyUI.")
+    sys.path.insert(0, str(checkout))
+    try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+        import comfy.sd
+        import comfy.utils
+    except ImportError as exc:
+        raise ExportError(f"ComfyUI at '{checkout}' could not be imported ({exc}); install its requirements.txt "
+                          "into this environment first.") from None
+    return comfy.sd, comfy.utils
+
+
+def import_taehv(checkout: str | Path):
+    """The `taehv` module (taehv.py) of a madebyollin/taehv checkout."""
+    path = Path(checkout).resolve() / "taehv.py"
+    if not path.is_file():
+        raise ExportError(f"'{checkout}' has no taehv.py; pass the folder of a clone of madebyollin/taehv.")
+    spec = importlib.util.spec_from_file_location("taehv", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@torch.no_grad()
+def check_comfyui(checkout: str | Path, folder: str | Path, seed: int = 0) -> list[dict]:
+    """Decode a latent with ComfyUI's loader for every file in `folder`/comfyui; one result per file."""
+    comfy_sd, comfy_utils = import_comfyui(checkout)
+    results = []
+    files = sorted(p for p in (Path(folder) / COMFYUI_FOLDER).glob("*") if p.suffix in (".pth", ".safetensors"))
+    if not files:
+        raise ExportError(f"'{folder}' has no {COMFYUI_FOLDER}/ files: export a model ComfyUI loads (taew2_1, "
+                          "taew2_2, taehv) with `tinyae export --to taehv`.")
+    for path in files:
+        vae = comfy_sd.VAE(sd=comfy_utils.load_torch_file(str(path)))
+        model = vae.first_stage_model
+        model.show_progress_bar = False
+        student = load_video_student(path).eval()  # the same file, read by tinyae
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(1, student.arch.latent_channels, 3, 4, 4, generator=g)
+        theirs = vae.decode(z).float()  # (B, T, H, W, 3)
+        ours = student.decode_frames01(model.process_in(z).transpose(1, 2)).permute(0, 1, 3, 4, 2)
+        results.append(dict(file=path.name, loader=f"{type(model).__module__}.{type(model).__name__}",
+                            dtype=str(next(iter(comfy_utils.load_torch_file(str(path)).values())).dtype),
+                            latent_format=getattr(model.latent_format, "__name__", "none"),
+                            frames=tuple(theirs.shape), max_abs_diff=float((theirs - ours).abs().max())))
+    return results
+
+
+@torch.no_grad()
+def check_upstream(checkout: str | Path, folder: str | Path, name: str, seed: int = 0) -> dict:
+    """Upstream taehv.py loads `<name>.pth` and encodes and decodes as tinyae does (its outputs clamped to [0, 1])."""
+    taehv = import_taehv(checkout)
+    path = Path(folder) / f"{name}.pth"
+    upstream = taehv.TAEHV(str(path)).float().eval()
+    student = load_video_student(path).float().eval()
+    arch = student.arch
+    g = torch.Generator().manual_seed(seed)
+    side = 4 * arch.downscale
+    video = torch.rand(1, 1 + 2 * arch.time_downscale, 3, side, side, generator=g)
+    z = torch.randn(1, 3, arch.latent_channels, 4, 4, generator=g)
+    encode = (upstream.encode_video(video, show_progress_bar=False) - student.encode_frames01(video)).abs().max()
+    decode = max((upstream.decode_video(z, parallel=parallel, show_progress_bar=False)
+                  - student.decode_frames01(z, parallel=parallel).clamp(0, 1)).abs().max() for parallel in (True, False))
+    return dict(file=path.name, frames_in=video.shape[1], latents=tuple(upstream.encode_video(
+        video, show_progress_bar=False).shape), frames_out=student.arch.decoded_frames(3),
+        encode_max_abs_diff=float(encode), decode_max_abs_diff=float(decode))
+
+
+def seeded_student(name: str, seed: int = 0) -> VideoStudent:
+    """A student of the published layout with random weights scaled so every layer stays in range: the check then
+    tells layouts apart, which default initialisation (outputs near 0.5 everywhere) would hide."""
+    student = VideoStudent.published(name)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in student.parameters():
+            fan_in = param[0].numel() if param.ndim > 1 else 100
+            param.copy_(torch.randn(param.shape, generator=g) / fan_in ** 0.5)
+    return student.eval()
+
+
+def run_checks(comfyui: str | Path | None, taehv: str | Path | None, models: list[str], student: str | Path | None,
+               dtype: str = "fp32") -> dict[str, list[dict]]:
+    """Export each model (the given student, or a seeded random one of its layout) into a temporary folder and
+    check the files with ComfyUI's loader and/or upstream taehv.py."""
+    results: dict[str, list[dict]] = {"comfyui": [], "taehv.py": []}
+    for name in models:
+        model = load_video_student(student) if student else seeded_student(name)
+        published = video_model(name)
+        # taehv's own file is also ComfyUI's, which reads a 16-channel fp32 file as Wan 2.1's: it is fp16 only
+        own_dtype = "fp16" if published.comfyui_name == name and published.comfyui_fp16 else dtype
+        with tempfile.TemporaryDirectory() as folder:
+            export_taehv(model, folder, name, own_dtype)
+            if comfyui is not None and (Path(folder) / COMFYUI_FOLDER).is_dir():
+                results["comfyui"] += check_comfyui(comfyui, folder)
+            if taehv is not None:
+                results["taehv.py"].append(check_upstream(taehv, folder, name))
+    return results
+
+
+def format_results(results: list[dict]) -> str:
+    return "\n".join("  ".join(f"{k}={v}" for k, v in r.items()) for r in results)
