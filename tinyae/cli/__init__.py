@@ -18,6 +18,7 @@ from tinyae.cli import (
     bench,
     bench_train,
     cache_latents,
+    derive_teacher,
     distill,
     evaluate,
     export,
@@ -33,7 +34,7 @@ from tinyae.errors import TinyaeError
 COMMANDS = {
     "distill": distill, "evaluate": evaluate, "bench": bench, "export": export, "push": push,
     "inspect-vae": inspect_vae, "cache-latents": cache_latents, "bench-train": bench_train,
-    "train-teacher": train_teacher, "lpips": lpips, "study": study,
+    "train-teacher": train_teacher, "lpips": lpips, "study": study, "derive-teacher": derive_teacher,
 }
 
 
