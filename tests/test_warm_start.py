@@ -136,3 +136,11 @@ def test_the_finetune_recipe_runs_end_to_end_and_trains_only_the_decoder_when_as
     for key, value in donor.encoder.state_dict().items():
         if not key.startswith(f"layers.{last}."):
             assert torch.equal(trained.encoder.state_dict()[key], value), key
+
+
+def test_encoder_widths_given_with_a_donor_build_that_width_and_only_unmatched_layers_start_fresh(crops, caplog):
+    with caplog.at_level(logging.INFO):
+        student = build_student(recipe(encoder_widths=[32]), load_teacher("taef2"), crops)
+    assert student.arch.encoder_widths == (32, 32, 32, 32) and student.arch.decoder_widths == (64, 64, 64, 64)
+    fresh = caplog.text.split("fresh: ")[1]
+    assert "encoder.layers.0" in fresh and "decoder." not in fresh  # the decoder is the donor's, whole

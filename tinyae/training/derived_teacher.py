@@ -102,7 +102,7 @@ def derive_teacher(photos: str | Path, out: str | Path, donor: str = "taef2", se
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % 50 == 0:
             logger.info("derive-teacher step %d/%d: loss %.4f", step + 1, steps, sum(losses[-50:]) / 50)
     record = {"donor": donor, "seed": seed, "steps": steps, "resolution": resolution, "batch_size": batch_size,

@@ -176,7 +176,9 @@ def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Studen
         mapped.append(f"encoder.layers.{len(student.encoder.layers) - 1} (teacher <- donor, R² {forward.r2:.4f})")
         if forward.r2 < POOR_FIT:
             logger.warning("The donor's latents explain only R² %.3f of the teacher's through a linear map: the "
-                           "encoder starts far from the teacher and the warm start helps it less.", forward.r2)
+                           "encoder starts far from the teacher and the warm start helps it less%s.", forward.r2,
+                           "; it is not trained (train.parts decoder): pass --train.parts both"
+                           if recipe.train.parts == "decoder" else "")
     if not same and decoder_out.out_channels == donor_first.out_channels and "decoder" not in donor.untrained:
         backward = fit_latent_map(teacher_latents, donor_latents, config.init_ridge)
         fold_into_decoder(decoder_out, donor_first, backward)
