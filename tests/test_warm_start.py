@@ -9,11 +9,11 @@ import torch
 
 from tinyae.config import StudentConfig, load_recipe
 from tinyae.data.images import load_eval_images
-from tinyae.errors import ConfigError
+from tinyae.errors import ConfigError, DataError
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
 from tinyae.models.variants import resolve_arch
-from tinyae.training.derived_teacher import grade, random_space, transform_space
+from tinyae.training.derived_teacher import derive_teacher, grade, random_space, transform_space
 from tinyae.training.loop import distill
 from tinyae.training.step import build_student
 from tinyae.training.warm_start import fit_latent_map, load_donor
@@ -144,3 +144,27 @@ def test_encoder_widths_given_with_a_donor_build_that_width_and_only_unmatched_l
     assert student.arch.encoder_widths == (32, 32, 32, 32) and student.arch.decoder_widths == (64, 64, 64, 64)
     fresh = caplog.text.split("fresh: ")[1]
     assert "encoder.layers.0" in fresh and "decoder." not in fresh  # the decoder is the donor's, whole
+
+
+def test_a_negative_ridge_is_refused_at_start():
+    with pytest.raises(ConfigError, match="student.init_ridge must be >= 0"):
+        load_recipe("finetune", {"student": {"init": "taef2", "init_ridge": -1.0}})
+
+
+def test_derive_teacher_refuses_an_empty_photo_folder_and_an_existing_output(tmp_path, photos):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no jpg"):
+        derive_teacher(tmp_path / "empty", tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match="already exists: pass --overwrite"):
+        derive_teacher(photos, tmp_path / "out")
+
+
+def test_a_derived_teacher_is_reproducible_from_its_seed_and_changes_the_look(tmp_path, photos, crops):
+    first = derive_teacher(photos, tmp_path / "a", seed=1, steps=2, resolution=64, batch_size=1)
+    derive_teacher(photos, tmp_path / "b", seed=1, steps=2, resolution=64, batch_size=1)
+    a, b = load_student(tmp_path / "a"), load_student(tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert first["steps"] == 2 and json.loads((tmp_path / "a" / "derived.json").read_text())["seed"] == 1
+    teacher = load_teacher(str(tmp_path / "a"))
+    assert teacher.latent_channels == 32 and teacher.family == "flux2"

@@ -73,11 +73,9 @@ def derive_teacher(photos: str | Path, out: str | Path, donor: str = "taef2", se
                    resolution: int = 128, batch_size: int = 4, lr: float = 1e-4, warmup: int = 20,
                    overwrite: bool = False) -> dict:
     """Write the derived teacher to `out` and return its record (derived.json)."""
-    files = list_images(photos)
-    if not files:
-        raise ConfigError(f"No images in '{photos}': pass a folder of training photos with --data.")
     if Path(out).exists() and not overwrite:
         raise ConfigError(f"'{out}' already exists: pass --overwrite to replace it, or choose another --out.")
+    files = list_images(photos)  # refuses a folder without images
     started = (time.perf_counter(), time.process_time())
     torch.manual_seed(seed)
     model = load_donor(donor)
