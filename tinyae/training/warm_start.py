@@ -124,7 +124,7 @@ def transfer(student: Student, donor: Student, skip: tuple[str, ...] = ()) -> li
     fresh = []
     for side in ("encoder", "decoder"):
         ours, theirs = getattr(student, side).layers, getattr(donor, side).layers
-        their_tags = {tag: index for tag, index in _layer_tags(theirs).items()}
+        their_tags = _layer_tags(theirs)
         for tag, index in _layer_tags(ours).items():
             source = theirs[their_tags[tag]] if tag in their_tags and side not in skip else None
             target = ours[index]
@@ -163,25 +163,25 @@ def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Studen
             logger.warning("The donor '%s' was trained with %s=%s; the student uses %s as student.%s says.", init,
                            name, getattr(donor.arch, name), getattr(arch, name), name)
 
-    encoder_in, decoder_out = student.encoder.layers[-1], student.decoder.layers[0]
+    last_conv, first_conv = student.encoder.layers[-1], student.decoder.layers[0]
     donor_last, donor_first = donor.encoder.layers[-1], donor.decoder.layers[0]
     teacher_latents = _latents(teacher.encode, images.to(teacher.device)).cpu()
     donor_latents = _latents(donor.encode, images)
     mapped, same = [], donor.latent_channels == teacher.latent_channels and _r2(donor_latents, teacher_latents) >= SAME
     if same:  # the donor already writes the teacher's latents (a copy, a resumed fine-tune): nothing to fold
         logger.info("The donor's latents already are the teacher's (R² >= %.4f): no latent map.", SAME)
-    if not same and encoder_in.in_channels == donor_last.in_channels:
+    if not same and last_conv.in_channels == donor_last.in_channels:
         forward = fit_latent_map(donor_latents, teacher_latents, config.init_ridge)
-        fold_into_encoder(encoder_in, donor_last, forward)
+        fold_into_encoder(last_conv, donor_last, forward)
         mapped.append(f"encoder.layers.{len(student.encoder.layers) - 1} (teacher <- donor, R² {forward.r2:.4f})")
         if forward.r2 < POOR_FIT:
             logger.warning("The donor's latents explain only R² %.3f of the teacher's through a linear map: the "
                            "encoder starts far from the teacher and the warm start helps it less%s.", forward.r2,
                            "; it is not trained (train.parts decoder): pass --train.parts both"
                            if recipe.train.parts == "decoder" else "")
-    if not same and decoder_out.out_channels == donor_first.out_channels and "decoder" not in donor.untrained:
+    if not same and first_conv.out_channels == donor_first.out_channels and "decoder" not in donor.untrained:
         backward = fit_latent_map(teacher_latents, donor_latents, config.init_ridge)
-        fold_into_decoder(decoder_out, donor_first, backward)
+        fold_into_decoder(first_conv, donor_first, backward)
         mapped.append(f"decoder.layers.0 (donor <- teacher, R² {backward.r2:.4f})")
         if backward.r2 < POOR_FIT:
             logger.warning("The teacher's latents explain only R² %.3f of the donor's through a linear map: the "
