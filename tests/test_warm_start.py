@@ -168,3 +168,10 @@ def test_a_derived_teacher_is_reproducible_from_its_seed_and_changes_the_look(tm
     assert first["steps"] == 2 and json.loads((tmp_path / "a" / "derived.json").read_text())["seed"] == 1
     teacher = load_teacher(str(tmp_path / "a"))
     assert teacher.latent_channels == 32 and teacher.family == "flux2"
+
+
+def test_training_one_half_refuses_adversarial_terms_that_would_not_run():
+    with pytest.raises(ConfigError, match="train.parts encoder trains no decoder"):
+        load_recipe("finetune", {"train": {"parts": "encoder"}, "loss": {"adv_weight": 0.1}})
+    with pytest.raises(ConfigError, match="needs train.parts both"):
+        load_recipe("finetune", {"loss": {"encoder_adv_weight": 0.1}})

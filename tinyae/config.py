@@ -173,6 +173,10 @@ class Recipe:
             (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
             (self.student.init_ridge >= 0, "student.init_ridge must be >= 0"),
+            (self.train.parts != "encoder" or self.loss.adv_weight == 0,
+             "train.parts encoder trains no decoder for the discriminator to judge; set loss.adv_weight 0"),
+            (self.train.parts == "both" or self.loss.encoder_adv_weight == 0,
+             "loss.encoder_adv_weight judges the round trip, which needs train.parts both"),
             (isinstance(self.train.threads, str) or self.train.threads > 0, "train.threads must be auto, torch or > 0"),
         ]
         for ok, message in checks:

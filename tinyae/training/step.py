@@ -9,8 +9,8 @@ updates is built once per run by `build_parts`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -135,8 +135,7 @@ def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: b
 
     with acc.accumulate(parts.step_model, adversary.disc):
         # Student: the encoder matches the teacher's latents, the decoder reconstructs the image from them.
-        use_adv = use_adv and recipe.train.parts != "encoder"  # the discriminator judges the trained decoder
-        round_trip = use_adv and c.encoder_adv_weight > 0 and recipe.train.parts == "both"
+        round_trip = use_adv and c.encoder_adv_weight > 0  # the recipe allows it only with train.parts both
         student_latents, recon, rt = parts.step_model(images, latents, round_trip)
         reconstruction = parts.loss.decoder_terms(recon, target) if recon is not None else {}
         terms = (parts.loss.encoder_terms(student_latents, latents) if student_latents is not None else {}
