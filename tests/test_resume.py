@@ -97,6 +97,7 @@ def test_every_recipe_field_has_a_resume_rule():
     assert rule_for("train.steps") == "may grow" and rule_for("student.encoder_widths") == "must equal"
     assert rule_for("optim.lr") == "applies to the optimizer" and rule_for("train.ema_decay") == "applies to the EMA"
     assert rule_for("train.log_every") == "may change" and rule_for("train.seed") == "must equal"
+    assert rule_for("train.parts") == "must equal" and rule_for("student.init_ridge") == "may change"
 
 
 def test_a_new_learning_rate_and_batch_size_apply_on_resume_and_are_recorded(teacher_dir, photos, run, caplog):
@@ -135,6 +136,7 @@ def test_an_unchanged_resume_says_so(teacher_dir, photos, run, caplog):
 @pytest.mark.parametrize("section, fields, named", [
     ("student", {"encoder_widths": [16]}, r"student\.encoder_widths \(\[8\] -> \[16\]\)"),
     ("train", {"seed": 1}, r"train\.seed \(0 -> 1\)"),
+    ("train", {"parts": "decoder"}, r"train\.parts \('both' -> 'decoder'\)"),
     ("loss", {"disc_width": 16}, r"loss\.disc_width \(8 -> 16\)"),
     ("teacher", {"scaling_factor": 0.3}, r"teacher\.scaling_factor \(None -> 0\.3\)"),
 ])

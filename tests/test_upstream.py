@@ -80,7 +80,8 @@ def test_a_sana_student_exports_to_the_taesana_layout_and_loads_back_exactly(tmp
 
 
 def test_a_sana_student_can_start_from_the_published_encoder(tmp_path):
-    """--student.init taesana_encoder.pth: the encoder is upstream's, the decoder new (f32 layout)."""
+    """--student.init taesana_encoder.pth: the encoder is upstream's (its last conv mapped into this teacher's
+    latent space), the decoder new (f32 layout)."""
     dc_ae().save_pretrained(tmp_path / "dcae")
     recipe = load_recipe("smoke", {"teacher": {"name": str(tmp_path / "dcae")},
                                    "student": {"init": str(UPSTREAM / "taesana_encoder.pth")},
@@ -88,7 +89,9 @@ def test_a_sana_student_can_start_from_the_published_encoder(tmp_path):
     student = build_student(recipe, load_teacher(recipe.teacher))
     assert student.arch == resolve_arch(StudentConfig(variant="f32", latent_channels=32))
     original = read_weights(UPSTREAM / "taesana_encoder.pth")
-    assert all(torch.equal(student.encoder.layers.state_dict()[k], original[k].float()) for k in original)
+    last = f"{len(student.encoder.layers) - 1}."
+    assert all(torch.equal(student.encoder.layers.state_dict()[k], original[k].float()) for k in original
+               if not k.startswith(last))
 
 
 def test_a_flux2_student_exports_back_to_a_taef2_pair_that_reads_the_same(taef2, tmp_path):

@@ -53,7 +53,9 @@ class StudentConfig:
     pool: bool | None = None  # FLUX.2's GroupNorm pool branch in the deepest stages
     act_fn: Literal["relu", "silu", "swish", "mish", "gelu"] = "relu"
     upsample_fn: Literal["nearest", "bilinear", "bicubic"] = "nearest"
-    init: str | None = None  # start from these weights (AutoencoderTiny/TinyAutoencoder folder, TAESD pair, Hub id)
+    init: str | None = None  # start from a published TAE: a preset (taef2), folder, TAESD pair or Hub id; any latent
+    # space of the teacher's downscale (tinyae.training.warm_start aligns it); the fields above still apply
+    init_ridge: float = 1e-3  # ridge of the latent-space fit, relative to the donor latents' mean variance
     mid_grey_init: bool = False  # start the decoder's last bias at mid-grey (TAESD's 0.5 in [0, 1])
     gradient_checkpointing: bool = False
 
@@ -134,6 +136,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the student (opt-in: slow to start, faster on GPUs)
     threads: Literal["auto", "torch"] | int = "auto"  # CPU threads: free CPUs, re-checked (tinyae.utils.threads)
     sample_images: int = 4  # held-out images in the sample grid
+    parts: Literal["both", "encoder", "decoder"] = "both"  # which half trains (a preview decoder needs only its own)
 
 
 @dataclass
@@ -194,6 +197,11 @@ class Recipe:
             (all(0 <= b < 1 for b in self.optim.betas), "optim.betas must be in [0, 1)"),
             (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+            (self.student.init_ridge >= 0, "student.init_ridge must be >= 0"),
+            (self.train.parts != "encoder" or self.loss.adv_weight == 0,
+             "train.parts encoder trains no decoder for the discriminator to judge; set loss.adv_weight 0"),
+            (self.train.parts == "both" or self.loss.encoder_adv_weight == 0,
+             "loss.encoder_adv_weight judges the round trip, which needs train.parts both"),
             (isinstance(self.train.threads, str) or self.train.threads > 0, "train.threads must be auto, torch or > 0"),
         ]
         for ok, message in checks:

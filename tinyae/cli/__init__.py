@@ -20,6 +20,7 @@ from tinyae.cli import (
     bench_video,
     cache_latents,
     check_comfyui_taehv,
+    derive_teacher,
     distill,
     evaluate,
     export,
@@ -37,7 +38,7 @@ COMMANDS = {
     "distill": distill, "evaluate": evaluate, "bench": bench, "export": export, "push": push,
     "inspect-vae": inspect_vae, "cache-latents": cache_latents, "bench-train": bench_train,
     "train-teacher": train_teacher, "lpips": lpips, "study": study, "bench-video": bench_video,
-    "check-comfyui-taehv": check_comfyui_taehv,
+    "check-comfyui-taehv": check_comfyui_taehv, "derive-teacher": derive_teacher,
 }
 
 

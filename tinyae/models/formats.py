@@ -294,6 +294,7 @@ def load_taesd(encoder_path: str | Path, decoder_path: str | Path | None = None)
                               FAMILIES[family].variant if family else None)
         student = Student(arch).load_weights(from_taesd(encoder, {}), f"The encoder '{encoder_path}'", "encoder")
         logger.warning("'%s' comes without its decoder: the decoder starts untrained.", encoder_path)
+        student.untrained = ("decoder",)
     else:
         decoder = read_weights(decoder_path)
         arch = arch_from_pair(encoder, decoder, (f"'{encoder_path}'", f"'{decoder_path}'"))

@@ -169,6 +169,7 @@ class Student(TilingMixin, nn.Module):
             arch = resolve_arch(arch)
         self.arch = arch
         self.family: str | None = None  # the family its files were saved for, when they say (TinyAutoencoder, pair)
+        self.untrained: tuple[str, ...] = ()  # halves that did not come from its files (an encoder published alone)
         self.encoder = TinyEncoder(arch)
         self.decoder = TinyDecoder(arch)
 

@@ -208,16 +208,24 @@ def _per_stage(side: str, widths: list[int] | None, blocks: list[int] | None, va
 
 
 def resolve_arch(config: StudentConfig, latent_channels: int | None = None, downscale: int | None = None,
-                 family: str | None = None) -> StudentArch:
+                 family: str | None = None, layout: StudentArch | None = None) -> StudentArch:
     """The architecture a recipe's `student` section asks for: its variant narrowed by its size, then its
-    explicit fields (which win), with what is left open taken from the teacher."""
+    explicit fields (which win), with what is left open taken from the teacher.
+
+    `layout` (a warm start's donor) stands in for the variant when the recipe names none, so the size
+    and explicit fields apply to the donor's layout.
+    """
     name = ALIASES.get(config.variant, config.variant) or variant_for_teacher(downscale or 8, family)
     if name not in VARIANTS:
         raise ConfigError(f"Unknown student.variant '{name}'; registered: {', '.join(VARIANTS)}.")
     size = config.size or "tiny"
     if size not in SIZES:
         raise ConfigError(f"Unknown student.size '{size}'; registered: {', '.join(SIZES)}.")
-    base = apply_size({**dataclasses.asdict(StudentArch(latent_channels=1)), **VARIANTS[name].arch}, SIZES[size])
+    start = dataclasses.asdict(layout) if layout is not None and config.variant is None else {
+        **dataclasses.asdict(StudentArch(latent_channels=1)), **VARIANTS[name].arch}
+    if layout is not None and config.variant is None:
+        name = "student.init"
+    base = apply_size(start, SIZES[size])
     channels = config.latent_channels or latent_channels
     if channels is None:
         raise ConfigError("The student's latent_channels are unknown: set student.latent_channels or give a teacher.")

@@ -137,7 +137,8 @@ def _distill(recipe: Recipe) -> Path:
                 teacher.latent_channels, teacher.latent_space.describe(), source.describe())
 
     # The student, its EMA copy (what samples, checkpoints and the export use), discriminator, optimizers.
-    student = build_student(recipe, teacher)
+    fit_images = source.preview_images(32, recipe.data.resolution) if recipe.student.init else None
+    student = build_student(recipe, teacher, fit_images)  # a warm start aligns its donor on these crops
     ema_student = Student(student.arch).to(accelerator.device).requires_grad_(False)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
     parts = build_parts(recipe, teacher, student, accelerator)

@@ -51,6 +51,7 @@ RESUME_POLICY: dict[str, str] = {
     "student.gradient_checkpointing": MAY_CHANGE,  # memory for compute, same numbers
     "student.init": MAY_CHANGE,  # where step 0 started; the checkpoint's weights replace it
     "student.mid_grey_init": MAY_CHANGE,  # likewise
+    "student.init_ridge": MAY_CHANGE,  # likewise: the warm start's latent-space fit
     "data": MAY_CHANGE,  # moved folders, caches, workers, crop sizes of the next steps
     "data.holdout": MUST_EQUAL,  # another split would evaluate on trained images
     "loss": MAY_CHANGE,  # the terms and weights of the next steps
@@ -63,6 +64,7 @@ RESUME_POLICY: dict[str, str] = {
     "train": MAY_CHANGE,  # batch size, precision, logging, checkpoints, output: from the checkpoint on
     "train.steps": MAY_GROW,  # a resume cannot undo steps
     "train.seed": MUST_EQUAL,  # every step's crops are a function of it
+    "train.parts": MUST_EQUAL,  # the saved optimizer holds the state of the trained half's parameters only
     "train.ema_decay": EMA,
     "train.resume": NOT_COMPARED,
     "train.output_dir": NOT_COMPARED,  # a run folder may be moved between resumes

@@ -9,6 +9,7 @@ updates is built once per run by `build_parts`.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,31 +18,40 @@ from accelerate import Accelerator
 from torch import nn
 
 from tinyae.config import Recipe
+from tinyae.data.images import load_eval_images, sample_photos
 from tinyae.errors import ConfigError
 from tinyae.models.discriminator import build_discriminator
-from tinyae.models.formats import load_student
 from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher
 from tinyae.models.variants import resolve_arch
 from tinyae.training.adversarial import Adversary
 from tinyae.training.losses import DistillLoss, weighted_total
+from tinyae.training.warm_start import warm_start
 
 
 class StudentStep(nn.Module):
-    """One forward for both halves, so DDP sees (and syncs) encoder and decoder together."""
+    """One forward for both halves, so DDP sees (and syncs) encoder and decoder together.
 
-    def __init__(self, student: Student):
+    With `parts` "encoder" or "decoder" only that half runs (the other is frozen): its output is None.
+    """
+
+    def __init__(self, student: Student, parts: str = "both"):
         super().__init__()
         self.student = student
+        self.parts = parts
 
     def forward(self, images: torch.Tensor, teacher_latents: torch.Tensor, round_trip: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        latents = self.student.encode(images)
-        return latents, self.student.decode(teacher_latents), self.student.decode(latents) if round_trip else None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        latents = self.student.encode(images) if self.parts != "decoder" else None
+        recon = self.student.decode(teacher_latents) if self.parts != "encoder" else None
+        return latents, recon, self.student.decode(latents) if round_trip and latents is not None else None
 
 
-def build_student(recipe: Recipe, teacher: Teacher) -> Student:
-    """A new student shaped for `teacher` (the recipe's variant), or the weights named by `student.init`."""
+def build_student(recipe: Recipe, teacher: Teacher, fit_images: torch.Tensor | None = None) -> Student:
+    """A new student shaped for `teacher` (the recipe's variant), or one warm-started from `student.init`.
+
+    `fit_images` (crops in [-1, 1]) align a donor's latent space to the teacher's; default: the sample photos.
+    """
     config = recipe.student
     if config.latent_channels not in (None, teacher.latent_channels):
         raise ConfigError(f"student.latent_channels={config.latent_channels} but the teacher has "
@@ -50,12 +60,11 @@ def build_student(recipe: Recipe, teacher: Teacher) -> Student:
         if size is not None and size % teacher.size_multiple:
             raise ConfigError(f"Crops of {size} px do not divide into the teacher's latents; set data.resolution "
                               f"and data.final_resolution to multiples of {teacher.size_multiple}.")
-    if config.init:  # an encoder alone (taesana_encoder.pth) starts the encoder; the decoder is new
-        student = load_student(config.init, encoder_only=True)
-        if student.latent_channels != teacher.latent_channels or student.downscale != teacher.downscale:
-            raise ConfigError(f"student.init '{config.init}' reads {student.latent_channels}-channel latents at "
-                              f"1/{student.downscale} scale, the teacher writes {teacher.latent_channels} channels at "
-                              f"1/{teacher.downscale}: start from a student of this teacher's family.")
+    if config.init:  # a published TAE, aligned to the teacher's latent space (tinyae.training.warm_start)
+        if fit_images is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                fit_images = load_eval_images(sorted(sample_photos(tmp).iterdir()), recipe.data.resolution)
+        student = warm_start(recipe, teacher, fit_images)
     else:
         student = Student(resolve_arch(config, teacher.latent_channels, teacher.downscale, teacher.family))
         if config.mid_grey_init:
@@ -85,8 +94,11 @@ def build_parts(recipe: Recipe, teacher: Teacher, student: Student, accelerator:
     disc = build_discriminator(loss.disc, student.latent_channels, loss.disc_width)
     if train.channels_last:
         student, disc = student.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
-    step_model = StudentStep(torch.compile(student) if train.compile else student)
-    opt = torch.optim.Adam(student.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+    if train.parts != "both":  # the other half stays as it started (a warm start's, or fresh)
+        (student.decoder if train.parts == "encoder" else student.encoder).requires_grad_(False)
+    step_model = StudentStep(torch.compile(student) if train.compile else student, train.parts)
+    trained = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trained, lr=optim.lr, betas=tuple(optim.betas),
                            weight_decay=optim.weight_decay, amsgrad=optim.amsgrad)
     d_opt = torch.optim.Adam(disc.parameters(), lr=optim.disc_lr, betas=tuple(optim.betas))
     warmup = max(optim.warmup_steps, 1)
@@ -115,7 +127,7 @@ def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: b
     images = batch["images"].to(acc.device)
     latents = batch["latents"].to(acc.device) if "latents" in batch else teacher.encode(images)
     target = images
-    if c.target == "teacher":
+    if c.target == "teacher" and recipe.train.parts != "encoder":
         target = batch["targets"].to(acc.device) if "targets" in batch else teacher.decode(latents)
     clock("teacher")
     if recipe.train.channels_last:
@@ -123,10 +135,11 @@ def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: b
 
     with acc.accumulate(parts.step_model, adversary.disc):
         # Student: the encoder matches the teacher's latents, the decoder reconstructs the image from them.
-        round_trip = use_adv and c.encoder_adv_weight > 0
+        round_trip = use_adv and c.encoder_adv_weight > 0  # the recipe allows it only with train.parts both
         student_latents, recon, rt = parts.step_model(images, latents, round_trip)
-        reconstruction = parts.loss.decoder_terms(recon, target)
-        terms = parts.loss.encoder_terms(student_latents, latents) | reconstruction
+        reconstruction = parts.loss.decoder_terms(recon, target) if recon is not None else {}
+        terms = (parts.loss.encoder_terms(student_latents, latents) if student_latents is not None else {}
+                 ) | reconstruction
         logged: dict[str, torch.Tensor] = {}
         if use_adv:
             last_layer = parts.student.decoder.layers[-1].weight

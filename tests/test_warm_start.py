@@ -1,0 +1,177 @@
+"""Warm starts: a student begins as a published TAE, aligned to the teacher's latent space, and stays good."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyae.config import StudentConfig, load_recipe
+from tinyae.data.images import load_eval_images
+from tinyae.errors import ConfigError, DataError
+from tinyae.models.formats import load_student
+from tinyae.models.teacher import load_teacher
+from tinyae.models.variants import resolve_arch
+from tinyae.training.derived_teacher import derive_teacher, grade, random_space, transform_space
+from tinyae.training.loop import distill
+from tinyae.training.step import build_student
+from tinyae.training.warm_start import fit_latent_map, load_donor
+
+torch.set_num_threads(1)
+TAESANA_ENCODER = Path(__file__).resolve().parent.parent / "weights" / "taesd-upstream" / "taesana_encoder.pth"
+
+
+@pytest.fixture(scope="module")
+def crops(photos):
+    return load_eval_images(sorted(photos.iterdir()), 64)
+
+
+@pytest.fixture(scope="module")
+def mixed_teacher(tmp_path_factory):
+    """TAEF2 whose latent space is a random invertible linear map of its own (no decoder fine-tune)."""
+    folder = tmp_path_factory.mktemp("mixed") / "teacher"
+    transform_space(load_donor("taef2"), random_space(32, seed=3)).save_pretrained(folder, family="flux2")
+    return load_teacher(str(folder))
+
+
+def recipe(**student):
+    return load_recipe("finetune", {"student": {"init": "taef2", **student}, "data": {"resolution": 64}})
+
+
+def r2(prediction, target):
+    return float(1 - ((prediction - target) ** 2).sum() / ((target - target.mean((0, 2, 3), keepdim=True)) ** 2).sum())
+
+
+def test_the_ridge_fit_recovers_an_exact_linear_map_with_r2_near_one():
+    source = torch.randn(4, 6, 8, 8)
+    weight, bias = torch.randn(3, 6), torch.randn(3)
+    target = torch.einsum("td,bdhw->bthw", weight, source) + bias.view(1, 3, 1, 1)
+    fit = fit_latent_map(source, target, ridge=1e-6)
+    assert fit.r2 > 0.9999
+    assert torch.allclose(fit.weight, weight, atol=1e-3) and torch.allclose(fit.bias, bias, atol=1e-3)
+
+
+def test_a_teacher_whose_latents_are_a_linear_map_of_the_donors_gets_encoder_r2_above_0999_before_training(
+        mixed_teacher, crops):
+    student = build_student(recipe(), mixed_teacher, crops)
+    with torch.no_grad():
+        assert r2(student.encode(crops), mixed_teacher.encode(crops)) >= 0.999
+
+
+def test_an_exact_copy_of_the_teacher_starts_as_the_teacher(crops, caplog):
+    teacher = load_teacher("taef2")
+    with caplog.at_level(logging.INFO):
+        student = build_student(recipe(), teacher, crops)
+    assert "no latent map" in caplog.text
+    donor = load_donor("taef2")
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), donor.state_dict().values()))
+
+
+def test_a_donor_of_another_channel_count_is_mapped_into_the_teachers(crops, caplog):
+    teacher = load_teacher("tiny")  # 4 channels, from a 32-channel donor
+    with caplog.at_level(logging.INFO):
+        student = build_student(recipe(), teacher, crops)
+    assert student.latent_channels == 4 and student.decoder.layers[0].in_channels == 4
+    assert "teacher <- donor, R²" in caplog.text and "donor <- teacher, R²" in caplog.text
+    with torch.no_grad():
+        assert student.encode(crops).shape == teacher.encode(crops).shape
+
+
+def test_architecture_overrides_apply_on_the_donor_and_the_log_names_the_fresh_layers(crops, caplog):
+    teacher = load_teacher("taef2")
+    with caplog.at_level(logging.INFO):
+        student = build_student(recipe(size="nano", act_fn="silu"), teacher, crops)
+    expected = resolve_arch(StudentConfig(variant="flux_2", size="nano", act_fn="silu"), 32, 8)
+    assert student.arch == expected
+    assert "fresh: encoder.layers.0" in caplog.text  # the 12-wide entry conv cannot take the donor's 64-wide one
+    donor = load_donor("taef2")
+    deep = student.decoder.layers[2]  # the first decoder stage keeps its width: the donor's block
+    assert torch.equal(deep.conv[0].weight, donor.decoder.layers[2].conv[0].weight)
+
+
+def test_a_donor_of_another_downscale_is_refused_with_the_reason(crops):
+    with pytest.raises(ConfigError, match="downscales 32x but the teacher 8x.*cannot add or drop"):
+        build_student(load_recipe("finetune", {"student": {"init": str(TAESANA_ENCODER)},
+                                               "data": {"resolution": 64}}), load_teacher("taef2"), crops)
+
+
+def test_a_full_vae_preset_as_donor_is_refused_with_the_reason(crops):
+    with pytest.raises(ConfigError, match="names a full VAE, not a tiny autoencoder"):
+        build_student(load_recipe("finetune", {"student": {"init": "sd"}, "data": {"resolution": 64}}),
+                      load_teacher("taef2"), crops)
+
+
+def test_the_look_grade_is_warmer_and_keeps_the_image_range():
+    grey = torch.zeros(1, 3, 4, 4)
+    graded = grade(grey)
+    assert graded[:, 0].mean() > graded[:, 2].mean() and graded.abs().max() <= 1
+
+
+@pytest.mark.slow
+def test_the_finetune_recipe_keeps_an_exact_copy_within_half_a_db_after_20_steps(tmp_path):
+    out = distill(load_recipe("finetune", {
+        "teacher": {"name": "taef2"}, "student": {"init": "taef2"},
+        "data": {"path": "builtin:skimage", "resolution": 64, "holdout": 2},
+        "train": {"steps": 20, "batch_size": 2, "output_dir": str(tmp_path / "run"), "log_with": None,
+                  "threads": 1, "checkpoint_every": 20}}))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 20
+    assert metrics["psnr_vs_original"] >= metrics["teacher_psnr_vs_original"] - 0.5
+
+
+@pytest.mark.slow
+def test_the_finetune_recipe_runs_end_to_end_and_trains_only_the_decoder_when_asked(tmp_path, mixed_teacher):
+    teacher_dir = mixed_teacher.name
+    out = distill(load_recipe("finetune", {
+        "teacher": {"name": teacher_dir}, "student": {"init": "taef2"},
+        "data": {"path": "builtin:skimage", "resolution": 64, "holdout": 2},
+        "train": {"steps": 3, "batch_size": 2, "parts": "decoder", "output_dir": str(tmp_path / "run"),
+                  "log_with": None, "threads": 1, "checkpoint_every": 3}}))
+    assert json.loads((out / "recipe.json").read_text())["train"]["parts"] == "decoder"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["psnr_vs_teacher"] > 20
+    trained, donor = load_student(out / "student"), load_donor("taef2")
+    last = len(donor.encoder.layers) - 1  # the mapped conv; every other encoder layer is the donor's, untrained
+    for key, value in donor.encoder.state_dict().items():
+        if not key.startswith(f"layers.{last}."):
+            assert torch.equal(trained.encoder.state_dict()[key], value), key
+
+
+def test_encoder_widths_given_with_a_donor_build_that_width_and_only_unmatched_layers_start_fresh(crops, caplog):
+    with caplog.at_level(logging.INFO):
+        student = build_student(recipe(encoder_widths=[32]), load_teacher("taef2"), crops)
+    assert student.arch.encoder_widths == (32, 32, 32, 32) and student.arch.decoder_widths == (64, 64, 64, 64)
+    fresh = caplog.text.split("fresh: ")[1]
+    assert "encoder.layers.0" in fresh and "decoder." not in fresh  # the decoder is the donor's, whole
+
+
+def test_a_negative_ridge_is_refused_at_start():
+    with pytest.raises(ConfigError, match="student.init_ridge must be >= 0"):
+        load_recipe("finetune", {"student": {"init": "taef2", "init_ridge": -1.0}})
+
+
+def test_derive_teacher_refuses_an_empty_photo_folder_and_an_existing_output(tmp_path, photos):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no jpg"):
+        derive_teacher(tmp_path / "empty", tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match="already exists: pass --overwrite"):
+        derive_teacher(photos, tmp_path / "out")
+
+
+def test_a_derived_teacher_is_reproducible_from_its_seed_and_changes_the_look(tmp_path, photos, crops):
+    first = derive_teacher(photos, tmp_path / "a", seed=1, steps=2, resolution=64, batch_size=1)
+    derive_teacher(photos, tmp_path / "b", seed=1, steps=2, resolution=64, batch_size=1)
+    a, b = load_student(tmp_path / "a"), load_student(tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert first["steps"] == 2 and json.loads((tmp_path / "a" / "derived.json").read_text())["seed"] == 1
+    teacher = load_teacher(str(tmp_path / "a"))
+    assert teacher.latent_channels == 32 and teacher.family == "flux2"
+
+
+def test_training_one_half_refuses_adversarial_terms_that_would_not_run():
+    with pytest.raises(ConfigError, match="train.parts encoder trains no decoder"):
+        load_recipe("finetune", {"train": {"parts": "encoder"}, "loss": {"adv_weight": 0.1}})
+    with pytest.raises(ConfigError, match="needs train.parts both"):
+        load_recipe("finetune", {"loss": {"encoder_adv_weight": 0.1}})

@@ -1,0 +1,195 @@
+"""Warm starts: a student that begins as a published TAE (the donor), in the teacher's latent space.
+
+Practitioners fine-tune a published TAE rather than train one from scratch (TAEHV began as TAEM1,
+a latent space with another channel count). A donor of another latent space (channel count,
+scale/shift or family) but the teacher's downscale is aligned by two linear maps fitted on the
+same crops, by ridge least squares on every latent pixel: teacher <- donor, folded into the
+encoder's last conv (so the donor's encoder writes the teacher's latents), and donor <- teacher,
+folded into the decoder's first conv (so the donor's decoder reads them). Each fit's R² is
+reported and a poor one is warned about. The recipe's architecture fields (size, widths,
+blocks, act_fn) apply on the donor's layout; tensors whose shapes then differ start fresh and the
+log names their layers. The map is a cheap first step: the decoder's soft clamp sits before its
+first conv, so the fold is exact only where latents are small, and training does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tinyae.config import Recipe
+from tinyae.errors import ConfigError
+from tinyae.models.formats import load_student
+from tinyae.models.presets import TEACHERS
+from tinyae.models.student import Block, Student
+from tinyae.models.teacher import Teacher
+from tinyae.models.variants import resolve_arch
+
+logger = logging.getLogger(__name__)
+
+POOR_FIT = 0.9  # R² below this: the donor's space is far from linear in the teacher's; the warm start helps less
+SAME = 0.9999  # R² of the donor's latents as they are: above it the spaces are one, and no map is folded
+FIT_BATCH = 8
+
+
+@dataclass
+class LatentMap:
+    """y ≈ weight @ x + bias per latent pixel (weight: (C_out, C_in)), and how much of y it explains."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    r2: float
+
+
+def fit_latent_map(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3) -> LatentMap:
+    """Ridge least squares from `source` (B, C_in, h, w) latents to `target` (B, C_out, h, w), in float64.
+
+    The ridge is relative to the source's mean variance, so it means the same for every scale of latents.
+    """
+    if source.shape[0] != target.shape[0] or source.shape[-2:] != target.shape[-2:]:
+        raise ConfigError(f"Latents of shape {tuple(source.shape)} and {tuple(target.shape)} do not cover the "
+                          "same pixels: the donor and the teacher must have the same downscale.")
+    x = source.double().permute(0, 2, 3, 1).reshape(-1, source.shape[1])
+    y = target.double().permute(0, 2, 3, 1).reshape(-1, target.shape[1])
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc, yc = x - x_mean, y - y_mean
+    gram = xc.T @ xc
+    penalty = ridge * gram.diagonal().mean().clamp_min(1e-12)
+    weight = torch.linalg.solve(gram + penalty * torch.eye(gram.shape[0], dtype=gram.dtype), xc.T @ yc).T
+    bias = y_mean - weight @ x_mean
+    residual = ((yc - xc @ weight.T) ** 2).sum()
+    r2 = float(1 - residual / (yc ** 2).sum().clamp_min(1e-12))
+    return LatentMap(weight.float(), bias.float(), r2)
+
+
+def _r2(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """R² of `prediction` as it is (no fit) for `target`, pooled over channels."""
+    centred = target.double() - target.double().mean(dim=(0, 2, 3), keepdim=True)
+    return float(1 - ((target.double() - prediction.double()) ** 2).sum() / (centred ** 2).sum().clamp_min(1e-12))
+
+
+def fold_into_encoder(conv: nn.Conv2d, donor_conv: nn.Conv2d, latent_map: LatentMap) -> None:
+    """`conv` := the map applied after `donor_conv` (the encoder's last conv writes the teacher's latents)."""
+    with torch.no_grad():
+        conv.weight.copy_(torch.einsum("td,dkij->tkij", latent_map.weight, donor_conv.weight))
+        conv.bias.copy_(latent_map.weight @ donor_conv.bias + latent_map.bias)
+
+
+def fold_into_decoder(conv: nn.Conv2d, donor_conv: nn.Conv2d, latent_map: LatentMap) -> None:
+    """`conv` := `donor_conv` applied after the map (the decoder's first conv reads the teacher's latents)."""
+    with torch.no_grad():
+        conv.weight.copy_(torch.einsum("kdij,dt->ktij", donor_conv.weight, latent_map.weight))
+        conv.bias.copy_(donor_conv.bias + torch.einsum("kdij,d->k", donor_conv.weight, latent_map.bias))
+
+
+def load_donor(init: str) -> Student:
+    """The donor named by student.init: a shipped TAE preset (taef2), a folder, a TAESD pair or file, a Hub id."""
+    preset = TEACHERS.get(init)
+    if preset is not None:
+        if preset.vae_class not in ("TinyAutoencoder", "AutoencoderTiny"):
+            raise ConfigError(f"student.init '{init}' names a full VAE, not a tiny autoencoder; start from a "
+                              f"published TAE ({', '.join(tiny_presets())}), a TAESD pair or an AutoencoderTiny "
+                              "folder.")
+        init = preset.repo_id
+    return load_student(init, encoder_only=True)
+
+
+def tiny_presets() -> list[str]:
+    return [name for name, preset in TEACHERS.items() if preset.vae_class in ("TinyAutoencoder", "AutoencoderTiny")]
+
+
+def _layer_tags(layers: nn.Sequential) -> dict[tuple[int, int], int]:
+    """(convs so far, blocks since the last conv) -> layer index: the same place in two layouts with equal stages."""
+    tags, convs, blocks = {}, 0, 0
+    for index, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d):
+            convs, blocks = convs + 1, 0
+            tags[(convs, 0)] = index
+        elif isinstance(layer, Block):
+            blocks += 1
+            tags[(convs, blocks)] = index
+    return tags
+
+
+def transfer(student: Student, donor: Student, skip: tuple[str, ...] = ()) -> list[str]:
+    """Copy the donor's tensors into `student` layer by matching layer; returns the student layers left fresh.
+
+    Layers are matched by their place (stage and block), not their index, so a layout with fewer blocks per
+    stage still gets the donor's blocks where they exist. `skip` names halves that were never trained.
+    """
+    fresh = []
+    for side in ("encoder", "decoder"):
+        ours, theirs = getattr(student, side).layers, getattr(donor, side).layers
+        their_tags = _layer_tags(theirs)
+        for tag, index in _layer_tags(ours).items():
+            source = theirs[their_tags[tag]] if tag in their_tags and side not in skip else None
+            target = ours[index]
+            own, donor_state = target.state_dict(), source.state_dict() if source is not None else {}
+            if donor_state.keys() == own.keys() and all(own[k].shape == donor_state[k].shape for k in own):
+                target.load_state_dict(donor_state)
+            else:
+                fresh.append(f"{side}.layers.{index}")
+    return fresh
+
+
+def _latents(encode, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([encode(images[i:i + FIT_BATCH]).float() for i in range(0, len(images), FIT_BATCH)])
+
+
+def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Student:
+    """A student for `teacher` that starts as the donor named by `recipe.student.init`, aligned on `images`.
+
+    Refuses a donor of another downscale (there are no stages to transfer one for one). Logs what was
+    transferred, mapped and left fresh, and each fit's R².
+    """
+    config, init = recipe.student, recipe.student.init
+    donor = load_donor(init).eval()
+    if donor.downscale != teacher.downscale:
+        raise ConfigError(f"student.init '{init}' downscales {donor.downscale}x but the teacher "
+                          f"{teacher.downscale}x: a warm start transfers stages one for one and cannot add or drop "
+                          "them; start from a TAE of the teacher's downscale, or train from scratch without "
+                          "student.init.")
+    arch = resolve_arch(config, teacher.latent_channels, teacher.downscale, teacher.family,
+                        layout=dataclasses.replace(donor.arch, latent_channels=teacher.latent_channels))
+    student = Student(arch)
+    fresh = transfer(student, donor, donor.untrained)
+    for name in ("act_fn", "upsample_fn"):
+        if getattr(arch, name) != getattr(donor.arch, name):
+            logger.warning("The donor '%s' was trained with %s=%s; the student uses %s as student.%s says.", init,
+                           name, getattr(donor.arch, name), getattr(arch, name), name)
+
+    last_conv, first_conv = student.encoder.layers[-1], student.decoder.layers[0]
+    donor_last, donor_first = donor.encoder.layers[-1], donor.decoder.layers[0]
+    teacher_latents = _latents(teacher.encode, images.to(teacher.device)).cpu()
+    donor_latents = _latents(donor.encode, images)
+    mapped, same = [], donor.latent_channels == teacher.latent_channels and _r2(donor_latents, teacher_latents) >= SAME
+    if same:  # the donor already writes the teacher's latents (a copy, a resumed fine-tune): nothing to fold
+        logger.info("The donor's latents already are the teacher's (R² >= %.4f): no latent map.", SAME)
+    if not same and last_conv.in_channels == donor_last.in_channels:
+        forward = fit_latent_map(donor_latents, teacher_latents, config.init_ridge)
+        fold_into_encoder(last_conv, donor_last, forward)
+        mapped.append(f"encoder.layers.{len(student.encoder.layers) - 1} (teacher <- donor, R² {forward.r2:.4f})")
+        if forward.r2 < POOR_FIT:
+            logger.warning("The donor's latents explain only R² %.3f of the teacher's through a linear map: the "
+                           "encoder starts far from the teacher and the warm start helps it less%s.", forward.r2,
+                           "; it is not trained (train.parts decoder): pass --train.parts both"
+                           if recipe.train.parts == "decoder" else "")
+    if not same and first_conv.out_channels == donor_first.out_channels and "decoder" not in donor.untrained:
+        backward = fit_latent_map(teacher_latents, donor_latents, config.init_ridge)
+        fold_into_decoder(first_conv, donor_first, backward)
+        mapped.append(f"decoder.layers.0 (donor <- teacher, R² {backward.r2:.4f})")
+        if backward.r2 < POOR_FIT:
+            logger.warning("The teacher's latents explain only R² %.3f of the donor's through a linear map: the "
+                           "decoder starts far from the teacher and the warm start helps it less.", backward.r2)
+    boundary = {name.split(" ")[0] for name in mapped}
+    fresh = [name for name in fresh if name not in boundary]
+    logger.info("Warm start from '%s' (%d -> %d latent channels, %d crops of %d px): mapped %s; fresh: %s.", init,
+                donor.latent_channels, teacher.latent_channels, len(images), images.shape[-1],
+                ", ".join(mapped) or "nothing", ", ".join(fresh) or "none")
+    return student
+
