@@ -19,11 +19,9 @@ only: weights from strangers must not run code.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import logging
 import re
-import warnings
 from pathlib import Path
 
 import torch

@@ -29,7 +29,7 @@ from tinyae.models.latent_space import IDENTITY, LatentSpace, PatchNormSpace, Pe
 from tinyae.models.presets import TEACHERS, TeacherPreset
 from tinyae.models.tiny_autoencoder import TinyAutoencoder, diffusers_model
 from tinyae.utils.dtypes import DTYPES
-from tinyae.utils.hub_access import hub_unreachable, local_path_typo, not_on_hub_message, quiet_hub
+from tinyae.utils.hub_access import hub_unreachable, loading_vae, local_path_typo
 
 
 @dataclass(frozen=True)
@@ -210,20 +210,13 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
         family = family or guess_family(vae, IDENTITY)
         return Teacher(vae, name=config.name, family=family,
                        latent_space=resolve_space(vae, config, preset)).to(device)
-    try:
-        with quiet_hub():
-            cfg = _read_config(source, subfolder, config.revision)
-            cls = _vae_class(cfg.get("_class_name", "AutoencoderKL"))
-            vae = cls.from_pretrained(
-                source, subfolder=subfolder, revision=config.revision, torch_dtype=DTYPES[config.dtype],
-                local_files_only=not Path(source).exists() and hub_unreachable(),
-            )
-    except TeacherLoadError:
-        raise
-    except Exception as exc:  # diffusers/huggingface_hub raise many types for "not reachable"
-        if Path(source).exists():
-            raise TeacherLoadError(f"Could not load the teacher VAE from '{source}': {exc}") from None
-        raise TeacherLoadError(not_on_hub_message(source, "the teacher VAE", subfolder, "--teacher")) from None
+    with loading_vae(source, "the teacher VAE", subfolder):
+        cfg = _read_config(source, subfolder, config.revision)
+        cls = _vae_class(cfg.get("_class_name", "AutoencoderKL"))
+        vae = cls.from_pretrained(
+            source, subfolder=subfolder, revision=config.revision, torch_dtype=DTYPES[config.dtype],
+            local_files_only=not Path(source).exists() and hub_unreachable(),
+        )
     if config.dtype == "fp16" and preset is not None and not preset.fp16_safe:
         warnings.warn(f"Teacher '{config.name}' is not known to be fp16-safe (its activations can overflow to NaN); "
                       "use --teacher.dtype bf16 or fp32 if losses turn NaN.", stacklevel=2)

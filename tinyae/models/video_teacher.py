@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from tinyae.errors import TeacherLoadError
 from tinyae.models.latent_space import LatentSpace, PerChannelSpace, ScalarSpace
 from tinyae.utils.dtypes import DTYPES
-from tinyae.utils.hub_access import hub_unreachable, local_path_typo, not_on_hub_message, quiet_hub
+from tinyae.utils.hub_access import hub_unreachable, loading_vae, local_path_typo
 
 VIDEO_VAE_CLASSES = ("AutoencoderKLWan", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo", "AutoencoderKLCogVideoX")
 
@@ -142,25 +142,18 @@ def load_video_teacher(name: str, subfolder: str | None = None, dtype: str = "fp
     if preset is None and not Path(source).exists() and source.count("/") != 1:
         raise TeacherLoadError(f"Unknown video teacher '{source}': pass a preset ({', '.join(VIDEO_TEACHERS)}), a "
                                "Hub repo id (owner/name) or a local diffusers VAE folder.")
-    try:
-        with quiet_hub():
-            if Path(source).exists():
-                config_path = Path(source) / (subfolder or "") / "config.json"
-                if not config_path.is_file():
-                    raise TeacherLoadError(f"'{config_path.parent}' is not a diffusers VAE folder (no config.json).")
-                class_name = json.loads(config_path.read_text()).get("_class_name")
-            else:
-                class_name = preset.vae_class if preset else diffusers.AutoencoderKLWan.load_config(
-                    source, subfolder=subfolder, local_files_only=hub_unreachable()).get("_class_name")
-            vae = _vae_class(class_name).from_pretrained(
-                source, subfolder=subfolder, torch_dtype=DTYPES[dtype],
-                local_files_only=not Path(source).exists() and hub_unreachable())
-    except TeacherLoadError:
-        raise
-    except Exception as exc:  # diffusers/huggingface_hub raise many types for "not reachable"
+    with loading_vae(source, "the video teacher VAE", subfolder):
         if Path(source).exists():
-            raise TeacherLoadError(f"Could not load the video VAE from '{source}': {exc}") from None
-        raise TeacherLoadError(not_on_hub_message(source, "the video teacher VAE", subfolder, "--teacher")) from None
+            config_path = Path(source) / (subfolder or "") / "config.json"
+            if not config_path.is_file():
+                raise TeacherLoadError(f"'{config_path.parent}' is not a diffusers VAE folder (no config.json).")
+            class_name = json.loads(config_path.read_text()).get("_class_name")
+        else:
+            class_name = preset.vae_class if preset else diffusers.AutoencoderKLWan.load_config(
+                source, subfolder=subfolder, local_files_only=hub_unreachable()).get("_class_name")
+        vae = _vae_class(class_name).from_pretrained(
+            source, subfolder=subfolder, torch_dtype=DTYPES[dtype],
+            local_files_only=not Path(source).exists() and hub_unreachable())
     return VideoTeacher(vae, name, preset.taehv_model if preset else None)
 
 

@@ -23,8 +23,8 @@ from tinyae.data.images import list_images
 from tinyae.data.source import make_train_loader
 from tinyae.errors import ConfigError
 from tinyae.models.student import Student
-from tinyae.utils.atomic import atomic_file
 from tinyae.training.warm_start import LatentMap, fold_into_decoder, fold_into_encoder, load_donor
+from tinyae.utils.atomic import atomic_file
 
 logger = logging.getLogger(__name__)
 

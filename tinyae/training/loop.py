@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from tinyae.config import Recipe
 from tinyae.data.images import load_eval_images
 from tinyae.data.source import TrainSource, crop_policy, make_train_loader, make_train_source
-from tinyae.evaluation.evaluate import evaluate, summary, write_report
 from tinyae.errors import ConfigError, DivergedError, OutputError, TinyaeError
+from tinyae.evaluation.evaluate import evaluate, summary, write_report
 from tinyae.evaluation.factors import estimate_factors
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student

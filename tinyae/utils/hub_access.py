@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tinyae.errors import ExportError
+from tinyae.errors import ExportError, TeacherLoadError
 
 
 def hub_unreachable() -> bool:
@@ -79,3 +79,18 @@ def fetch_snapshot(repo_id: str, allow_patterns: list[str], what: str) -> Path:
             return Path(snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=hub_unreachable()))
     except Exception:  # huggingface_hub raises many types for offline / unreachable / unknown
         raise ExportError(not_on_hub_message(repo_id, what)) from None
+
+
+@contextmanager
+def loading_vae(source: str, what: str, subfolder: str | None = None) -> Iterator[None]:
+    """Loading a VAE with diffusers: whatever it and huggingface_hub raise (many types mean "not reachable")
+    becomes one TeacherLoadError sentence that names the repo or folder; TeacherLoadErrors pass as they are."""
+    try:
+        with quiet_hub():
+            yield
+    except TeacherLoadError:
+        raise
+    except Exception as exc:
+        if Path(source).exists():
+            raise TeacherLoadError(f"Could not load {what} from '{source}': {exc}") from None
+        raise TeacherLoadError(not_on_hub_message(source, what, subfolder, "--teacher")) from None
