@@ -145,6 +145,11 @@ class LatentStats:
         sst = self.sum_sq - self.sum.pow(2) / self.n
         return (1 - self.sse / sst).float()
 
+    def pooled_r2(self) -> float:
+        """R^2 of all channels together (their SSE and SST summed): one figure for a whole latent space."""
+        sst = self.sum_sq - self.sum.pow(2) / self.n
+        return float(1 - self.sse.sum() / sst.sum().clamp_min(1e-12))
+
     def std(self) -> torch.Tensor:
         """Per-channel standard deviation of the targets (the teacher's latents)."""
         return (self.sum_sq / self.n - (self.sum / self.n).pow(2)).clamp_min(0).sqrt().float()

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from tinyae.errors import ExportError
 from tinyae.models.video_student import VIDEO_MODELS, VideoStudent, load_video_student, video_model
-from tinyae.utils.atomic import atomic_files, check_writable, reporting_write_errors
+from tinyae.utils.atomic import EXISTS, atomic_files, check_writable, reporting_write_errors
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
 from tinyae.utils.weights import cast_state, save_pth
 
@@ -82,8 +82,7 @@ def export_taehv(student: VideoStudent, directory: str | Path, name: str | None 
     files = taehv_files(name, dtype)
     existing = [path for path in files if (directory / path).exists()]
     if existing and not overwrite:
-        raise ExportError(f"'{directory / existing[0]}' already exists; pass overwrite=True (--overwrite) or "
-                          "choose another folder.")
+        raise ExportError(f"'{directory / existing[0]}' {EXISTS}.")
     states = {d: cast_state(student.state_dict(), DTYPES[d]) for d in set(files.values())}
     with reporting_write_errors(directory / next(iter(files)), what=f"the {name} files"):
         for folder in sorted({Path(path).parent for path in files}):

@@ -23,6 +23,7 @@ from torch import nn
 
 from tinyae.config import Recipe
 from tinyae.errors import ConfigError
+from tinyae.evaluation.metrics import LatentStats
 from tinyae.models.formats import load_student
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Block, Student
@@ -64,12 +65,6 @@ def fit_latent_map(source: torch.Tensor, target: torch.Tensor, ridge: float = 1e
     residual = ((yc - xc @ weight.T) ** 2).sum()
     r2 = float(1 - residual / (yc ** 2).sum().clamp_min(1e-12))
     return LatentMap(weight.float(), bias.float(), r2)
-
-
-def _r2(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    """R² of `prediction` as it is (no fit) for `target`, pooled over channels."""
-    centred = target.double() - target.double().mean(dim=(0, 2, 3), keepdim=True)
-    return float(1 - ((target.double() - prediction.double()) ** 2).sum() / (centred ** 2).sum().clamp_min(1e-12))
 
 
 def fold_into_encoder(conv: nn.Conv2d, donor_conv: nn.Conv2d, latent_map: LatentMap) -> None:
@@ -167,7 +162,9 @@ def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Studen
     donor_last, donor_first = donor.encoder.layers[-1], donor.decoder.layers[0]
     teacher_latents = _latents(teacher.encode, images.to(teacher.device)).cpu()
     donor_latents = _latents(donor.encode, images)
-    mapped, same = [], donor.latent_channels == teacher.latent_channels and _r2(donor_latents, teacher_latents) >= SAME
+    as_is = LatentStats().update(donor_latents, teacher_latents).pooled_r2() if (
+        donor.latent_channels == teacher.latent_channels) else 0.0
+    mapped, same = [], as_is >= SAME
     if same:  # the donor already writes the teacher's latents (a copy, a resumed fine-tune): nothing to fold
         logger.info("The donor's latents already are the teacher's (R² >= %.4f): no latent map.", SAME)
     if not same and last_conv.in_channels == donor_last.in_channels:

@@ -31,7 +31,6 @@ from tinyae.utils.locks import HOST, process_gone
 
 logger = logging.getLogger(__name__)
 
-_HOST = HOST
 # .<name>.tinyae-<host>-<pid>-<random or "old">.tmp
 TEMPORARY = re.compile(r"^\.(?P<base>.+)\.tinyae-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<tag>\w+)\.tmp$")
 LEGACY_TEMPORARY = re.compile(r"^\.tinyae-taesd\.tmp-\w+$")  # TAESD exports before writers were named
@@ -70,12 +69,7 @@ def share(path: str | Path) -> None:
 
 def temporary_prefix(name: str) -> str:
     """The start of a temporary's name for `name` (mkstemp/mkdtemp add a random part; end it with `.tmp`)."""
-    return f".{name}.tinyae-{_HOST}-{os.getpid()}-"
-
-
-def _writer_is_gone(match: re.Match) -> bool:
-    """Only a writer on this host that no longer runs; a live one (or one elsewhere) may still be writing."""
-    return process_gone(match["host"], int(match["pid"]))
+    return f".{name}.tinyae-{HOST}-{os.getpid()}-"
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -91,7 +85,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
             removed.append(Path(entry.path))
             continue
         match = TEMPORARY.match(entry.name)
-        if match is None or not _writer_is_gone(match):
+        if match is None or not process_gone(match["host"], int(match["pid"])):  # a live writer may still write
             continue
         path, target = Path(entry.path), Path(folder) / match["base"]
         if match["tag"] == "old" and not target.exists():
