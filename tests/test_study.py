@@ -53,6 +53,29 @@ def test_every_arm_changes_the_full_recipe_and_the_baseline_is_the_former_defaul
     assert (every_100.train.checkpoint_every, every_100.train.checkpoints_total_limit) == (100, 3)
 
 
+def test_the_warm_regime_fine_tunes_the_named_donor_for_the_named_teacher_and_compares_with_the_finetune_recipe(
+        tmp_path):
+    study = Study(out=tmp_path, photos=tmp_path, kodak=tmp_path, steps=250, regime="finetune",
+                  overrides={"teacher": {"name": "tiny"}, "student": {"init": "taef2"}})
+    assert study.reference == "finetune" and study.teacher.name == "tiny"
+    recipes = {arm.name: study.recipe(arm, 0) for arm in study.arms}
+    assert list(recipes)[:2] == ["finetune", "published"] and "cold" in recipes
+    finetune = recipes["finetune"]
+    assert (finetune.loss.target, finetune.optim.lr, finetune.train.parts, finetune.data.final_steps) == (
+        "teacher", 1e-4, "decoder", 0)  # the finetune recipe as it ships, no closing phase added
+    assert all(r.student.init == "taef2" for name, r in recipes.items() if name != "cold")
+    assert recipes["cold"].student.init is None
+    published = recipes["published"]
+    assert (published.loss.adv_loss, published.loss.adv_scale, published.loss.pixel_pool, published.loss.lpips_weight,
+            published.loss.target) == ("relativistic", "adaptive", 8, 0.0, "teacher")
+    former = recipes["former_default"]
+    assert (former.loss.adv_loss, former.loss.adv_weight, former.loss.lpips_weight) == ("hinge", 0.3, 0.1)
+    with pytest.raises(ConfigError, match="Unknown study regime 'warm'; regimes: study, finetune"):
+        Study(out=None, photos=None, kodak=None, regime="warm")
+    with pytest.raises(ConfigError, match="Unknown reference arm 'full'; arms: finetune, published"):
+        Study(out=None, photos=None, kodak=None, regime="finetune", reference="full")
+
+
 def test_the_verdicts_compare_every_arm_with_the_chosen_reference():
     table = {"baseline": {"values": {"512": {k: [1.0, 1.0] for k, *_ in KEYS}}},
              "adaptive_gradient": {"values": {"512": {k: [2.0, 2.0] for k, *_ in KEYS}}}}

@@ -24,7 +24,7 @@ import multiprocessing
 import os
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tinyae.config import Recipe, dotted_fields, load_recipe, merge_recipe_data
+from tinyae.config import Recipe, TeacherConfig, dotted_fields, load_recipe, merge_recipe_data
 from tinyae.data.images import list_images, load_eval_images, to_pil
 from tinyae.data.photos import training_photos
 from tinyae.errors import ConfigError, DataError
@@ -104,6 +104,48 @@ def arms(steps: int) -> list[Arm]:
     ]
 
 
+def warm_arms(steps: int) -> list[Arm]:
+    """The same question where students start near the teacher: a warm start from a published TAE (the study's
+    overrides name it, e.g. `--student.init taef2`) fine-tuned by each decoder objective, and a cold start."""
+    gan = {"adv_start": 0, "adv_loss": "relativistic", "adv_scale": "adaptive", "replay": 1024, "disc": "multiscale",
+           "disc_width": 32}
+    return [
+        Arm("finetune", "the finetune recipe (recipes/finetune.yaml): L1 + LPIPS 0.1 against the teacher's decode, "
+                        "no GAN"),
+        Arm("published", "the published decoder objective: the relativistic GAN (weight 1, VQGAN's adaptive gradient "
+                         "size, replay buffer, multi-depth discriminator at width 32) with only a faint 8x-pooled MSE "
+                         "(weight 0.5), no LPIPS, amsgrad",
+            {"loss": {"pixel": "mse", "pixel_weight": 0.5, "pixel_pool": 8, "lpips_weight": 0.0, "adv_weight": 1.0,
+                      **gan}, "optim": {"amsgrad": True}}),
+        Arm("former_default", "the former default: full-res MSE 1 + LPIPS 0.1 + hinge GAN 0.3 from 5% of the steps, "
+                              "small patch discriminator",
+            {"loss": {key: value for key, value in baseline_overrides(steps)["loss"].items()} | {"pixel": "mse"}}),
+        Arm("finetune_gan", "the finetune recipe plus the published GAN at a tenth of the reconstruction's gradient "
+                            "(adaptive weight 0.1)", {"loss": {"adv_weight": 0.1, **gan}}),
+        Arm("cold", "no warm start: the finetune recipe from a fresh student", {"student": {"init": None}}),
+    ]
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Where the study's students start: its base recipe, its arms and the arm the others are compared with."""
+    recipe: str
+    arms: Callable[[int], list[Arm]]
+    reference: str
+    closing_phase: bool  # 10% of the steps at the recipe's closing crop size
+    students: str  # the report's first words: what was trained from what
+
+
+REGIMES = {
+    "study": Regime(STUDY_RECIPE, arms, "full", True,
+                    "Students of the `flux_2` layout trained from the real TAEF2 pair (FLUX.2 latents, 30.0 dB on "
+                    "Kodak-24 at 512 px)"),
+    "finetune": Regime("finetune", warm_arms, "finetune", False,
+                       "Students warm-started from a published TAE (`student.init`) and fine-tuned for another "
+                       "teacher with the `finetune` recipe"),
+}
+
+
 @dataclass
 class Study:
     out: Path
@@ -116,20 +158,25 @@ class Study:
     threads: int = 1
     overrides: dict = field(default_factory=dict)  # applied to every arm (e.g. a shorter smoke of the study)
     resolutions: tuple[int, ...] = RESOLUTIONS  # Kodak centre crops, px
-    reference: str = "full"  # the arm the verdicts compare every other arm with
+    reference: str = ""  # the arm the verdicts compare every other arm with (default: the regime's)
     curve_every: int = 0  # keep and evaluate a checkpoint every so many steps (0: only the end)
     fetch_photos: bool = False  # fetch the default training photos into `photos` when training starts
+    regime: str = "study"  # a key of REGIMES: the base recipe and its arms
 
     def __post_init__(self) -> None:
+        if self.regime not in REGIMES:
+            raise ConfigError(f"Unknown study regime '{self.regime}'; regimes: {', '.join(REGIMES)}.")
+        self.reference = self.reference or REGIMES[self.regime].reference
         _ = self.arms  # unknown arm names are refused here, before any work
         if self.curve_every and not 0 < self.curve_every <= self.steps:
             raise ConfigError(f"--curve-every {self.curve_every} should be between 1 and --steps ({self.steps}).")
-        if self.reference not in {a.name for a in arms(self.steps)}:
-            raise ConfigError(f"Unknown reference arm '{self.reference}'; arms: {', '.join(a.name for a in arms(1))}.")
+        every = REGIMES[self.regime].arms(self.steps)
+        if self.reference not in {a.name for a in every}:
+            raise ConfigError(f"Unknown reference arm '{self.reference}'; arms: {', '.join(a.name for a in every)}.")
 
     @property
     def arms(self) -> list[Arm]:
-        every = arms(self.steps)
+        every = REGIMES[self.regime].arms(self.steps)
         if not self.arm_names:
             return every
         unknown = sorted(set(self.arm_names) - {a.name for a in every})
@@ -141,13 +188,21 @@ class Study:
         return self.out / "runs" / arm.name / f"seed{seed}"
 
     def recipe(self, arm: Arm, seed: int) -> Recipe:
-        common = {"data": {"path": str(self.photos), "final_steps": self.steps // 10},
+        regime = REGIMES[self.regime]
+        common = {"data": {"path": str(self.photos)},
                   "train": {"steps": self.steps, "seed": seed, "output_dir": str(self.run_dir(arm, seed)),
                             "threads": self.threads}}
+        if regime.closing_phase:
+            common["data"]["final_steps"] = self.steps // 10
         if self.curve_every:
             common["train"] |= {"checkpoint_every": self.curve_every,
                                 "checkpoints_total_limit": self.steps // self.curve_every}
-        return load_recipe(STUDY_RECIPE, merge_recipe_data(merge_recipe_data(common, self.overrides), arm.overrides))
+        return load_recipe(regime.recipe, merge_recipe_data(merge_recipe_data(common, self.overrides), arm.overrides))
+
+    @property
+    def teacher(self) -> TeacherConfig:
+        """Every arm's teacher (the regime's recipe with the study's overrides)."""
+        return self.recipe(self.arms[0], self.seeds[0]).teacher
 
 
 # ---------------------------------------------------------------- running
@@ -163,7 +218,7 @@ def prepare(study: Study) -> None:
     names = [p.stem for p in list_images(study.kodak)]
     if len(names) < 2:
         raise DataError(f"'{study.kodak}' should hold the Kodak-24 images (kodim01.png ...); found {len(names)}.")
-    teacher = load_teacher(load_recipe(STUDY_RECIPE).teacher)
+    teacher = load_teacher(study.teacher)
     for resolution in study.resolutions:
         path = reference_path(study.out, resolution)
         if not path.exists():
@@ -173,8 +228,8 @@ def prepare(study: Study) -> None:
                                                     metadata={"names": json.dumps(names)}))
 
 
-def _on_kodak(student_path: Path, study_out: Path, resolutions: Sequence[int]) -> dict:
-    teacher = load_teacher(load_recipe(STUDY_RECIPE).teacher)
+def _on_kodak(student_path: Path, teacher: TeacherConfig, study_out: Path, resolutions: Sequence[int]) -> dict:
+    teacher = load_teacher(teacher)
     student = load_student(student_path)
     refs = [load_file(reference_path(study_out, r)) for r in resolutions]
     names = json.loads(_metadata(reference_path(study_out, resolutions[0]))["names"])
@@ -182,9 +237,9 @@ def _on_kodak(student_path: Path, study_out: Path, resolutions: Sequence[int]) -
                     comparisons=COMPARED, precision=False)
 
 
-def evaluate_run(run_dir: Path, study_out: Path, resolutions: Sequence[int]) -> dict:
+def evaluate_run(run_dir: Path, teacher: TeacherConfig, study_out: Path, resolutions: Sequence[int]) -> dict:
     """The run's student on the Kodak crops at every study resolution; written to kodak.json."""
-    results = _on_kodak(run_dir / "student", study_out, resolutions)
+    results = _on_kodak(run_dir / "student", teacher, study_out, resolutions)
     atomic_file(run_dir / "kodak.json", lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(results)) + "\n"))
     return results
 
@@ -197,14 +252,14 @@ def _kept_steps(run_dir: Path) -> dict[str, Path]:
     return {CHECKPOINT_RE.match(c.name).group(1): c for c in list_checkpoints(run_dir)}
 
 
-def evaluate_checkpoints(run_dir: Path, study_out: Path, resolution: int) -> dict:
+def evaluate_checkpoints(run_dir: Path, teacher: TeacherConfig, study_out: Path, resolution: int) -> dict:
     """Every kept checkpoint's EMA student on the Kodak crops at `resolution`: the headline numbers per step,
     written to kodak-steps.json. Steps evaluated before (of a run still training, say) are kept, not redone."""
     path = run_dir / CURVE
     steps = json.loads(path.read_text())["steps"] if path.exists() else {}
     for step, checkpoint in _kept_steps(run_dir).items():
         if step not in steps:
-            flat = summary(_on_kodak(checkpoint, study_out, [resolution]), resolution)
+            flat = summary(_on_kodak(checkpoint, teacher, study_out, [resolution]), resolution)
             steps[step] = {key: flat[key] for key, *_ in KEYS}
     curve = {"resolution": resolution, "steps": dict(sorted(steps.items(), key=lambda item: int(item[0])))}
     atomic_file(path, lambda tmp: Path(tmp).write_text(json.dumps(_json_safe(curve)) + "\n"))
@@ -247,9 +302,9 @@ def _job(recipe: Recipe, run_dir: Path, study_out: Path, resolutions: Sequence[i
     if not (run_dir / "run.json").exists():
         distill(recipe)
     if not (run_dir / "kodak.json").exists():
-        evaluate_run(run_dir, study_out, resolutions)
+        evaluate_run(run_dir, recipe.teacher, study_out, resolutions)
     if list_checkpoints(run_dir):
-        evaluate_checkpoints(run_dir, study_out, min(resolutions))  # the steps not evaluated yet
+        evaluate_checkpoints(run_dir, recipe.teacher, study_out, min(resolutions))  # the steps not evaluated yet
 
 
 # May differ between calls of one study: where things are, how many threads, which checkpoints are kept.
@@ -342,9 +397,10 @@ KEYS = [  # (metrics key in the 512 px summary, header, format, better)
     ("psnr_vs_teacher", "PSNR vs teacher", ".2f", "high"),
     ("ssim_vs_teacher", "SSIM vs teacher", ".3f", "high"),
     ("lpips_vs_teacher", "LPIPS vs teacher", ".3f", "low"),
+    ("colour_error_vs_teacher", "colour error vs teacher", ".2f", "low"),
     ("psnr_vs_original", "PSNR vs original", ".2f", "high"),
     ("lpips_vs_original", "LPIPS vs original", ".3f", "low"),
-    ("colour_error_vs_original", "colour error", ".2f", "low"),
+    ("colour_error_vs_original", "colour error vs original", ".2f", "low"),
     ("chroma_diff_vs_original", "ΔC*ab", "+.2f", "zero"),
     ("saturation_diff_vs_original", "Δsat", "+.3f", "zero"),
     ("latent_r2", "latent R²", ".3f", "high"),
@@ -412,7 +468,7 @@ def verdicts(table: dict[str, dict], resolution: str, reference: str = "full") -
         if arm == reference or not values or not ref:
             continue
         parts = []
-        for key, name, spec, better in KEYS[:6]:
+        for key, name, spec, better in KEYS[:7]:
             delta = _mean(values[key]) - _mean(ref[key])
             noise = _spread(values[key]) + _spread(ref[key])
             sign = 1 if better == "high" else -1
@@ -424,7 +480,7 @@ def verdicts(table: dict[str, dict], resolution: str, reference: str = "full") -
     return lines
 
 
-CURVE_KEYS = ("psnr_vs_teacher", "lpips_vs_original", "colour_error_vs_original")
+CURVE_KEYS = ("psnr_vs_teacher", "lpips_vs_teacher", "lpips_vs_original", "colour_error_vs_original")
 
 
 def curve_table(table: dict[str, dict]) -> str:
@@ -598,18 +654,19 @@ def plot_sizes(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _regime(table: dict[str, dict], resolution: str) -> list[str]:
-    """Where in training the students are: a budget that leaves them far below the teacher ranks how fast each
-    recipe starts, not where it ends, and the report should say so."""
+def _regime(table: dict[str, dict], resolution: str, reference: str) -> list[str]:
+    """Where in training the students are: a budget that leaves the reference arm far below the teacher ranks how
+    fast each recipe starts, not where it ends, and the report should say so."""
     psnr = [_mean(e["values"][resolution]["psnr_vs_teacher"]) for e in table.values() if e["values"].get(resolution)]
     r2 = [_mean(e["values"][resolution]["latent_r2"]) for e in table.values() if e["values"].get(resolution)]
     if not psnr:
         return []
+    ref = table.get(reference, {}).get("values", {}).get(resolution)
+    early = ref is None or _mean(ref["latent_r2"]) < 0.5 or _mean(ref["psnr_vs_teacher"]) < 25
     return [f"At {resolution} px the arms' decoders reach {min(psnr):.1f}-{max(psnr):.1f} dB PSNR against the "
             f"teacher's decode and their encoders a latent R² of {min(r2):.2f}-{max(r2):.2f}"
             + (": the students are early in training, so this ranks how fast each recipe starts, not where it "
-               "ends; a longer budget (`--steps`) may rank them otherwise." if min(r2) < 0.5 or max(psnr) < 25
-               else "."), ""]
+               "ends; a longer budget (`--steps`) may rank them otherwise." if early else "."), ""]
 
 
 def write_report(study: Study, report: Path, figures: Path, command: str = "", bench: dict | None = None) -> Path:
@@ -624,20 +681,21 @@ def write_report(study: Study, report: Path, figures: Path, command: str = "", b
     lines = [
         "# Quality study: which parts of the published recipe make a student better",
         "",
-        f"Students of the `flux_2` layout trained from the real TAEF2 pair (FLUX.2 latents, 30.0 dB on Kodak-24 "
-        f"at 512 px), {study.steps} steps per run ({study.steps // 10} of them at the closing crop size), seeds "
+        f"{REGIMES[study.regime].students}, {study.steps} steps per run"
+        + (f" ({study.steps // 10} of them at the closing crop size)" if REGIMES[study.regime].closing_phase else "")
+        + ", seeds "
         f"{', '.join(map(str, study.seeds))}, on {len(list_images(study.photos))} photos from Debian packages and "
         f"scikit-image (never Kodak), {study.threads} CPU thread per run. CPU time per run: "
         f"{min(cpu, default=math.nan):.1f}-{max(cpu, default=math.nan):.1f} min. Evaluated on Kodak-24 centre crops; "
         "values are means over seeds ± half their range. Reproduce: "
         f"`{command or 'tinyae study --kodak KODAK'}`.",
         "",
-        *_regime(table, str(max(study.resolutions))),
+        *_regime(table, str(max(study.resolutions)), study.reference),
         *[f"Not finished: `{arm}` seed(s) {', '.join(map(str, entry['unfinished']))}"
           + (f", evaluated along training up to step {max(entry['curve'])}" if entry["curve"] else "")
           + "; the tables at the end leave them out." for arm, entry in table.items() if entry["unfinished"]],
         "",
-        "| arm | what differs from `full` |",
+        f"| arm | what differs from `{REGIMES[study.regime].arms(1)[0].name}` |",
         "|---|---|",
         *[f"| `{arm}` | {entry['change']} |" for arm, entry in table.items()],
         "",
@@ -668,7 +726,7 @@ def write_report(study: Study, report: Path, figures: Path, command: str = "", b
                   curve_table(table), "",
                   f"![Kodak metrics along training]({rel}/{plot_curves(table, figures / 'steps.png', size).name})", ""]
     lines += ["## Loss curves", "", f"![loss curves]({rel}/{curves.name})", "", "## Comparison grids", "",
-              f"Kodak crops at {min(study.resolutions)} px: original | teacher (TAEF2) | the arm's student decoding "
+              f"Kodak crops at {min(study.resolutions)} px: original | teacher | the arm's student decoding "
               "the teacher's latents.", ""]
     for arm, grid in grids.items():
         lines += [f"### `{arm}`", "", f"![{arm}]({rel}/{grid.name})", ""]
