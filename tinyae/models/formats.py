@@ -47,8 +47,10 @@ def check_family(student: Student, family: str, source: object = "the student") 
     """A 4-channel student named taef1 would load in ComfyUI and decode garbage: refuse early."""
     info = family_info(family)
     if student.latent_channels != info.latent_channels:
+        fits = [name for name, other in FAMILIES.items() if other.latent_channels == student.latent_channels]
         raise ExportError(f"{source} has {student.latent_channels} latent channels but family '{family}' uses "
-                          f"{info.latent_channels}; pick the family of the teacher it was distilled from.")
+                          f"{info.latent_channels}; pick the family of the teacher it was distilled from "
+                          f"({', '.join(fits) or 'none tinyae knows'}).")
 
 
 def layout_name(student: Student, family: str) -> str | None:
@@ -304,11 +306,8 @@ def load_taesd(encoder_path: str | Path, decoder_path: str | Path | None = None)
 
 def checked_pair_family(family: str | None, prefix: str, student: Student) -> str | None:
     """The family a pair's name claims, if its tensors agree (a renamed TAEF2 pair is not an SD one)."""
-    if family is not None and student.latent_channels != FAMILIES[family].latent_channels:
-        fits = [name for name, info in FAMILIES.items() if info.latent_channels == student.latent_channels]
-        raise ExportError(f"The pair is named {prefix}_* ({family}, {FAMILIES[family].latent_channels} latent "
-                          f"channels) but its tensors have {student.latent_channels}: rename it for its family "
-                          f"({', '.join(fits) or 'none tinyae knows'}).")
+    if family is not None:
+        check_family(student, family, f"The pair named {prefix}_*")
     return family
 
 
