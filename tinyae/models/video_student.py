@@ -26,6 +26,7 @@ frames as they are ready, holding one frame per layer: the same frames, in bound
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -382,10 +383,35 @@ def arch_from_state(state: dict[str, Tensor], name: str | None = None) -> VideoA
                      bool(name and name.startswith("taecvx")))
 
 
-def load_video_student(source: str | Path) -> VideoStudent:
-    """A VideoStudent from a diffusers-style folder (config.json) or a taehv.py / ComfyUI weight file."""
+def _student_folder(source: Path) -> Path:
+    """A training checkpoint's student_ema/ or a training output's student/, else the folder itself."""
+    for sub in ("student_ema", "student"):
+        if (source / sub / "config.json").is_file():
+            return source / sub
+    return source
+
+
+def is_video_student(source: str | Path) -> bool:
+    """Whether `source` holds a video student (a VideoStudent folder, a training output of one, or a TAEHV file),
+    so commands that take any student know which kind to load."""
     source = Path(source)
     if source.is_dir():
+        config = _student_folder(source) / "config.json"
+        return config.is_file() and json.loads(config.read_text()).get("_class_name") == VideoStudent.__name__
+    if source.is_file() and source.suffix in (".pth", ".safetensors"):
+        try:
+            return "decoder.22.bias" in read_weights(source)
+        except ExportError:
+            return False
+    return False
+
+
+def load_video_student(source: str | Path) -> VideoStudent:
+    """A VideoStudent from a diffusers-style folder (config.json; also a training output's student/) or a
+    taehv.py / ComfyUI weight file."""
+    source = Path(source)
+    if source.is_dir():
+        source = _student_folder(source)
         if not (source / "config.json").is_file():
             raise ExportError(f"'{source}' has no config.json: pass a VideoStudent folder or a TAEHV weight file.")
         return VideoStudent.from_pretrained(source)
