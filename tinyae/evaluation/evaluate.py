@@ -108,12 +108,14 @@ def _count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _describe(model: nn.Module, fallback: str) -> dict:
+def describe_model(model: nn.Module, fallback: str) -> dict:
+    """What a report says about a model: its name, layout, latent space and parameter counts."""
     info = {"name": getattr(model, "name", fallback)}
     if dataclasses.is_dataclass(getattr(model, "arch", None)):
         info["arch"] = model.arch.to_dict()
-    for key in ("scaling_factor", "shift_factor"):
-        if isinstance(getattr(model, key, None), float):
+    for key in ("scaling_factor", "shift_factor"):  # the teacher's own (not a diffusers config entry's)
+        if (key in vars(model) or isinstance(getattr(type(model), key, None), property)) and isinstance(
+                getattr(model, key, None), float):
             info[key] = getattr(model, key)
     if isinstance(getattr(model, "latent_space", None), LatentSpace):
         info["latent_space"] = model.latent_space.describe()
@@ -211,8 +213,8 @@ def evaluate(student: nn.Module, teacher: nn.Module, images: torch.Tensor | Sequ
     lpips_source = getattr(load_lpips(lpips_net), "tinyae_source", "unknown")
     return {
         "format": FORMAT,
-        "teacher": _describe(teacher, "teacher"),
-        "student": _describe(student, "student"),
+        "teacher": describe_model(teacher, "teacher"),
+        "student": describe_model(student, "student"),
         "lpips_net": lpips_net,
         "notes": [
             "Decoded images are clamped to [-1, 1]; PSNR/SSIM/MS-SSIM are computed on [0, 1].",
@@ -342,13 +344,14 @@ def format_table(results: dict) -> str:
     return f"{images}\n\n{latents}" + (f"\n\n{precision}" if precision else "")
 
 
-def _json_safe(obj):
+def json_safe(obj):
+    """NaN and infinities as None, so the JSON is standard."""
     if isinstance(obj, float):
         return _finite_or_none(obj)
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -415,7 +418,7 @@ def write_report(results: dict, out_dir: str | Path, student: nn.Module | None =
             written[f"grid_{res}"] = comparison_grid(student, teacher, x[:grid_images], path,
                                                      names[:grid_images] if names else None)
     written["json"] = out_dir / "eval.json"
-    text = json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n"
     atomic_file(written["json"], lambda tmp: Path(tmp).write_text(text))
     written["md"] = out_dir / "eval.md"
     md = _markdown(results, [p for k, p in written.items() if k.startswith("grid_")])
