@@ -1,5 +1,6 @@
 """Video students train through the image loop: same step, recipe, checkpoints, resume and export, with time."""
 
+import argparse
 import json
 import logging
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tinyae.cli import distill as distill_cli
 from tinyae.config import StudentConfig, load_recipe
 from tinyae.errors import ConfigError, DataError, TeacherLoadError
 from tinyae.models.discriminator import FrameGroupDiscriminator, build_discriminator, frame_latents
@@ -152,3 +154,10 @@ def test_a_video_run_refuses_settings_it_cannot_honour_before_any_work(wan_dir, 
     with pytest.raises(error, match=message):
         distill(video_recipe(wan_dir, photos, out, **sections))
     assert not (out / "recipe.json").exists() and not list_checkpoints(out)
+
+
+def test_distill_with_a_video_teacher_and_no_recipe_takes_the_video_recipe(wan_dir):
+    args = argparse.Namespace(recipe=None)
+    assert distill_cli.recipe(args, ["--teacher", "wan2.1"]).name == "video"
+    assert distill_cli.recipe(args, ["--teacher", str(wan_dir)]).name == "video"
+    assert distill_cli.recipe(args, ["--teacher", "tiny"]).name == "sd"

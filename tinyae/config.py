@@ -13,6 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import yaml
@@ -443,11 +444,14 @@ def check_positive(option: str, *values: int | None) -> None:
             raise ConfigError(f"{option} must be positive, got {value}.")
 
 
-def choose_recipe(recipe: str | None, overrides: list[str]) -> str:
-    """An explicit --recipe wins; else the recipe named after --teacher, else the generic `sd` one."""
+def choose_recipe(recipe: str | None, overrides: list[str], is_video: Callable[[str], bool] | None = None) -> str:
+    """An explicit --recipe wins; else the recipe named after --teacher, else `video` for a video teacher
+    (`is_video(name)`), else the generic `sd` one."""
     if recipe:
         return recipe
     for flag, value in zip(overrides, overrides[1:]):
         if flag in ("--teacher", "--teacher.name") and value in recipe_names():
             return value
+        if flag in ("--teacher", "--teacher.name") and is_video is not None and is_video(value):
+            return "video"
     return "sd"
