@@ -316,6 +316,7 @@ def train_small_video_vae(
                 len(train_files), len(held_files))
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.9, 0.99))
     budget = max_minutes * 60 if max_minutes else math.inf
+    order = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     start = time.perf_counter()
     for step in range(steps):
@@ -325,7 +326,9 @@ def train_small_video_vae(
             break
         for group in optimizer.param_groups:
             group["lr"] = lr * _lr_factor(step, progress, warmup)
-        clips = torch.stack([dataset[(step * batch_size + i) % len(dataset)] for i in range(batch_size)])
+        # Random clips of random photos: clips taken in order come photo by photo, and the model chased each in turn.
+        picks = torch.randint(0, 2**30, (batch_size,), generator=order)
+        clips = torch.stack([dataset[int(i)] for i in picks])
         posterior = vae.encode(clips).latent_dist
         # The posterior mean, not a sample: at this width the encoder's means start about 100x smaller than the
         # unit posterior noise, and sampled training stalled (L1 flat near 0.4 over 700 steps, measured).
@@ -348,7 +351,7 @@ def train_small_video_vae(
 
     # Measured on the weights as shipped (fp16), on clips no training step drew.
     vae = vae.eval().requires_grad_(False).half().float()
-    unseen = torch.stack([dataset[2**30 + i] for i in range(4 * eval_clips)])
+    unseen = torch.stack([dataset[2**31 + i] for i in range(4 * eval_clips)])  # beyond any training pick
     mean, std = latent_statistics(vae, unseen)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     held = torch.stack([PhotoClips(held_files, policy, seed=seed + 1)[i] for i in range(eval_clips)]) if (
