@@ -10,11 +10,14 @@ from safetensors.torch import load_file
 
 from tinyae.cli import distill as distill_cli
 from tinyae.config import StudentConfig, load_recipe
+from tinyae.data.images import from_uint8
+from tinyae.data.source import cache_recipe
 from tinyae.errors import ConfigError, DataError, TeacherLoadError
 from tinyae.models.discriminator import FrameGroupDiscriminator, build_discriminator, frame_latents
 from tinyae.models.student import Student
 from tinyae.models.variants import resolve_arch
 from tinyae.models.video_student import MemBlock, TGrow, TPool, VideoStudent
+from tinyae.models.video_teacher import load_video_teacher
 from tinyae.shipping.taehv import export_video_student
 from tinyae.training.checkpoints import list_checkpoints
 from tinyae.training.loop import distill
@@ -143,7 +146,6 @@ def test_a_warm_start_from_an_image_student_of_another_downscale_is_refused(wan_
     ({"data": {"frames": 6}}, ConfigError, "data.frames 6 does not encode to whole latents"),
     ({"student": {"size": "nano"}}, ConfigError, "student.size shape image students"),
     ({"train": {"channels_last": True}}, ConfigError, "train.channels_last shape image students"),
-    ({"data": {"cache": "somewhere"}}, ConfigError, "a video teacher trains on clips drawn on the fly"),
     ({"teacher": {"scaling_factor": 0.5}}, TeacherLoadError, "do not apply to the video teacher"),
     ({"loss": {"disc_frames": 9}}, ConfigError, "loss.disc_frames 9 is more than the 5 frames"),
     ({"data": {"format": "tar"}}, DataError, "A video teacher trains on a folder of video files"),
@@ -161,3 +163,19 @@ def test_distill_with_a_video_teacher_and_no_recipe_takes_the_video_recipe(wan_d
     assert distill_cli.recipe(args, ["--teacher", "wan2.1"]).name == "video"
     assert distill_cli.recipe(args, ["--teacher", str(wan_dir)]).name == "video"
     assert distill_cli.recipe(args, ["--teacher", "tiny"]).name == "sd"
+
+
+def test_a_teacher_cache_of_clips_holds_the_teachers_latents_and_trains_a_video_student(wan_dir, photos, tmp_path):
+    recipe = video_recipe(wan_dir, photos, tmp_path / "run", train={"steps": 1}, loss={"adv_weight": 0.0})
+    cache = cache_recipe(recipe, tmp_path / "cache", samples=2, shard_size=2, batch_size=2, show_progress=False)
+    shard = load_file(cache / "shard-000000.safetensors")
+    assert shard["images"].shape == (2, 3, 5, 32, 32) and shard["latents"].shape == (2, 16, 2, 4, 4)
+    teacher = load_video_teacher(str(wan_dir))
+    assert torch.allclose(shard["latents"], teacher.encode(from_uint8(shard["images"])), atol=1e-5)
+    assert json.loads((cache / "index.json").read_text())["frames"] == 5
+
+    out = distill(video_recipe(wan_dir, photos, tmp_path / "cached", train={"steps": 1}, data={"cache": str(cache)},
+                               loss={"adv_weight": 0.0}))
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 1
+    with pytest.raises(DataError, match="holds clips of 5 frames but training asks for clips of 9 frames"):
+        distill(video_recipe(wan_dir, photos, tmp_path / "other", data={"cache": str(cache), "frames": 9}))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyae.config import Recipe, TeacherConfig, choose_recipe, load_recipe
+from tinyae.config import Recipe, choose_recipe, load_recipe
 from tinyae.models.video_teacher import is_video_teacher
 from tinyae.training.loop import distill
 
@@ -26,8 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
-    return load_recipe(choose_recipe(args.recipe, overrides, lambda name: is_video_teacher(TeacherConfig(name))),
-                       overrides)
+    return load_recipe(choose_recipe(args.recipe, overrides, is_video_teacher), overrides)
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:

@@ -183,10 +183,10 @@ def load_video_teacher(name: str, subfolder: str | None = None, dtype: str = "fp
     return VideoTeacher(vae, name, preset.taehv_model if preset else None)
 
 
-def is_video_teacher(config: TeacherConfig) -> bool:
-    """True when the recipe's teacher is a video VAE: a video preset, or a folder of one of VIDEO_VAE_CLASSES.
-
-    A Hub id is a video teacher only through a preset (reading its config would need the network at start)."""
+def is_video_teacher(config: TeacherConfig | str) -> bool:
+    """True when the recipe's teacher (or teacher name) is a video VAE: a video preset, or a folder of one of
+    VIDEO_VAE_CLASSES. A Hub id is a video teacher only through a preset (its config would need the network)."""
+    config = TeacherConfig(name=config) if isinstance(config, str) else config
     if config.name in VIDEO_TEACHERS:
         return True
     config_path = Path(config.name) / (config.subfolder or "") / "config.json"
