@@ -25,8 +25,8 @@ from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
 from tinyae.config import DataConfig, Recipe
-from tinyae.data.clips import VIDEO_EXTENSIONS, ClipPolicy, PhotoClips, VideoFolder, list_videos
 from tinyae.data.cache import build_cache, cache_header, finish_cache, num_shards, open_cache, start_cache
+from tinyae.data.clips import VIDEO_EXTENSIONS, ClipPolicy, PhotoClips, VideoFolder, list_videos
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
 from tinyae.data.images import (
     BUILTIN_PHOTOS,

@@ -4,7 +4,9 @@ Set up (teacher, data, student and its EMA copy, discriminator, optimizers, resu
 then for every step of every phase (long training at small crops, a short fine-tune
 at the final size): the student's step and the discriminator's (tinyae.training.step),
 the EMA update, logging, samples and checkpoints. At the end the EMA student is
-exported, evaluated on held-out images and, if asked, pushed to the Hub.
+exported, evaluated on held-out images and, if asked, pushed to the Hub. A video teacher
+runs the same loop on clips: its student is a TAEHV-layout VideoStudent, exported also as
+TAEHV files and evaluated on held-out clips.
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ from tinyae.evaluation.factors import estimate_factors
 from tinyae.evaluation.video_evaluate import evaluate_video, video_summary, write_video_report
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
-from tinyae.models.teacher import Teacher
 from tinyae.models.video_student import VIDEO_MODELS, VideoStudent
 from tinyae.models.video_teacher import VIDEO_TEACHERS, VideoTeacher
 from tinyae.shipping.export import export_diffusers
-from tinyae.shipping.taehv import export_taehv
 from tinyae.shipping.hub import push_to_hub
+from tinyae.shipping.taehv import export_taehv
 from tinyae.training.checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from tinyae.training.health import HEALTH_KEYS, HealthMonitor
 from tinyae.training.resume import apply_recipe, check_student, plan_run

@@ -110,6 +110,9 @@ def build_video_student(recipe: Recipe, teacher: VideoTeacher) -> VideoStudent:
     if set_fields:
         raise ConfigError(f"{', '.join(set_fields)} shape image students; a video student takes a published TAEHV "
                           "layout (student.taehv): drop them.")
+    if config.latent_channels not in (None, teacher.latent_channels):
+        raise ConfigError(f"student.latent_channels={config.latent_channels} but the teacher has "
+                          f"{teacher.latent_channels}; drop the override or pick the matching teacher.")
     name = taehv_layout(config, teacher)
     arch = VIDEO_MODELS[name].arch
     if (arch.latent_channels, arch.downscale) != (teacher.latent_channels, teacher.downscale):
