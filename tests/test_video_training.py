@@ -165,6 +165,7 @@ def test_distill_with_a_video_teacher_and_no_recipe_takes_the_video_recipe(wan_d
     assert distill_cli.recipe(args, ["--teacher", "tiny"]).name == "sd"
 
 
+@pytest.mark.slow
 def test_a_teacher_cache_of_clips_holds_the_teachers_latents_and_trains_a_video_student(wan_dir, photos, tmp_path):
     recipe = video_recipe(wan_dir, photos, tmp_path / "run", train={"steps": 1}, loss={"adv_weight": 0.0})
     cache = cache_recipe(recipe, tmp_path / "cache", samples=2, shard_size=2, batch_size=2, show_progress=False)
