@@ -5,10 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_pipelines import tiny_student
 
 from tinyae.cli import main as tinyae_cli
 from tinyae.errors import ExportError
 from tinyae.models.video_student import VideoStudent, arch_from_state, load_video_student
+from tinyae.shipping.export import export_all, export_student
 from tinyae.shipping.taehv import export_taehv, taehv_files
 from tinyae.shipping.taehv_check import seeded_student
 
@@ -89,3 +91,40 @@ def test_the_cli_exports_a_video_student_folder_and_refuses_a_wrong_model_with_e
                     "--out", str(tmp_path / "ltx")])
     assert exit_info.value.code == 2 and "taeltx_2" in capsys.readouterr().err
     assert not Path(tmp_path / "ltx").exists()
+
+
+# ---------------------------------------------------------------- qwen-image: ComfyUI previews it with lighttaew2_1
+
+
+def test_the_qwen_image_family_exports_a_wan_2_1_video_student_as_the_taew2_1_file_comfyui_previews_it_with(
+        taew2_1, tmp_path):
+    taew2_1.save_pretrained(tmp_path / "student")
+    out = export_student(tmp_path / "student", to="taehv", family="qwen-image", dtype="fp16")
+    comfy = load_file(out / "comfyui" / "lighttaew2_1.safetensors")  # the name latent_formats.Wan21 asks for
+    assert comfy["decoder.22.bias"].dtype == torch.float32 and comfy["decoder.1.weight"].shape[1] == 16
+    # ComfyUI's previewer decodes one latent frame of a Qwen-Image latent: one image, the first frame of any video
+    student = load_video_student(out / "comfyui" / "lighttaew2_1.safetensors")
+    z = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        image, video = student.decode(z[:, :, :1]).sample, student.decode(z).sample
+    assert image.shape == (1, 3, 1, 32, 32) and (image[:, :, 0] - video[:, :, 0]).abs().max() < 1e-5
+
+
+def test_an_image_student_of_qwen_image_is_refused_with_why_and_the_video_path(tmp_path, capsys):
+    export_all(tiny_student("qwen-image"), tmp_path / "image", "qwen-image")
+    with pytest.raises(SystemExit) as exit_info:
+        tinyae_cli(["export", "--student", str(tmp_path / "image"), "--to", "taehv", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert "image student of the qwen-image family" in err and "cannot be written as a taew2_1 file" in err
+    assert "distill a video student against wan2.1" in err and not (tmp_path / "out").exists()
+
+
+def test_a_video_student_of_another_latent_space_is_not_exported_for_qwen_image(tmp_path):
+    hunyuan = VideoStudent.published("taehv")
+    hunyuan.save_pretrained(tmp_path / "student")
+    with pytest.raises(ExportError, match="stands for 'taehv' .* previewed with 'taew2_1'"):
+        export_student(tmp_path / "student", to="taehv", family="qwen-image", out=tmp_path / "out")
+    with pytest.raises(ExportError, match="Family 'sd' has no TAEHV file"):
+        export_student(tmp_path / "student", to="taehv", family="sd", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

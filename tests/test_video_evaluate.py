@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_clips import write_video
 
 from tinyae.cli import main as tinyae_cli
 from tinyae.errors import ConfigError, DataError
@@ -120,6 +121,15 @@ def test_tinyae_evaluate_measures_a_video_student_on_clips_from_photos(saved, ph
     assert report["n_clips"] == 2 and report["frames"] == 5 and report["clip_source"] == "pans and zooms over photos"
     assert report["metrics"]["decoder_vs_teacher"]["psnr"] is not None
     assert "temporal PSNR" in capsys.readouterr().out and (tmp_path / "eval" / "eval.md").is_file()
+
+
+def test_a_folder_of_video_files_gives_clips_from_the_videos(saved, tmp_path):
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "ramp.mkv", 12)
+    tinyae_cli(["evaluate", "--student", str(saved / "student"), "--teacher", str(saved / "teacher"), "--data",
+                str(tmp_path / "videos"), "--frames", "5", "--resolution", "32", "--out", str(tmp_path / "eval")])
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["clip_source"] == "video files" and report["clips"] == ["ramp.mkv"]
 
 
 @pytest.mark.parametrize("flags, named", [

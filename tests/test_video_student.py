@@ -112,10 +112,56 @@ def test_streaming_memory_does_not_grow_with_the_video():
     sizes = []
     for length in (3, 12):
         state.memory.clear()
-        for latent in torch.randn(1, length, 16, 2, 2).unbind(1):
+        for latent in torch.randn(1, length, 16, 2, 2).split(1, 1):
             list(state.push(latent))
-        sizes.append(sum(v.numel() if torch.is_tensor(v) else sum(t.numel() for t in v) for v in state.memory.values()))
+        sizes.append(sum(v.numel() for v in state.memory.values()))
     assert sizes[0] == sizes[1] > 0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layout", [{}, {"latent_channels": 12, "patch_size": 2}, {"keep_frames_for_even_latents": True},
+                                    {"latent_channels": 8, "patch_size": 4, "encoder_time_downscale": (True,) * 3,
+                                     "decoder_time_upscale": (True,) * 3}], ids=["taew2_1", "patch 2", "taecvx", "ltx"])
+def test_decoding_in_chunks_gives_the_unchunked_frames_for_every_chunk_size_and_length(layout):
+    student = tiny(**layout)
+    for latents in (1, 5):
+        z = torch.randn(2, student.arch.latent_channels, latents, 2, 3, generator=torch.Generator().manual_seed(latents))
+        whole = student.decode(z).sample
+        assert whole.shape[2] == student.arch.decoded_frames(latents)
+        for chunk in (2, 3):
+            chunked = student.decode(z, chunk_size=chunk).sample
+            assert chunked.shape == whole.shape and (chunked - whole).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_no_layer_takes_more_frames_than_the_chunk():
+    student = tiny()
+    widest = []
+    hooks = [layer.register_forward_hook(lambda module, inputs, out: widest.append(inputs[0].shape[0]))
+             for layer in student.decoder]
+    list(student.stream_chunks01(torch.randn(1, 9, 16, 2, 2), 2))
+    for hook in hooks:
+        hook.remove()
+    assert max(widest) == 2  # frames folded into the batch: N = 1 clip x at most 2 frames
+
+
+@torch.no_grad()
+def test_a_chunk_size_set_once_or_in_the_config_is_how_decode_runs(tmp_path):
+    student = tiny()
+    z = torch.randn(1, 16, 3, 2, 2)
+    whole = student.decode(z).sample
+    calls = []
+    real = student.stream_chunks01
+    student.stream_chunks01 = lambda z, chunk: calls.append(chunk) or real(z, chunk)
+    student.enable_chunking(2)
+    assert (student.decode(z).sample - whole).abs().max() < 1e-5 and calls == [2]
+    student.disable_chunking()
+    student.decode(z)
+    assert calls == [2]
+    tiny(decode_chunk_size=3).save_pretrained(tmp_path)
+    assert VideoStudent.from_pretrained(tmp_path).decode_chunk_size == 3
+    with pytest.raises(ExportError, match="at least 1 frame"):
+        student.enable_chunking(0)
 
 
 def test_the_diffusers_class_saves_and_loads_back_exactly(tmp_path):

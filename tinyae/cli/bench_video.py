@@ -5,7 +5,8 @@
 
 Both are built from their architectures with random weights (speed does not depend on weights): the
 teacher is the preset's full-size VAE, the student the TAEHV layout for its latent space. The student
-decodes in parallel and streaming (frame by frame); the teacher with diffusers' own decode.
+decodes in parallel (all frames at once, then at most --chunk-size frames through a layer at once) and
+streaming (frame by frame); the teacher with diffusers' own decode.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per model (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (the first measures memory)")
+    parser.add_argument("--chunk-size", type=int, default=1,
+                        help="frames through a layer at once in the chunked parallel decode")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
     torch.set_num_threads(args.threads)
-    results = video_bench(args.teacher, args.frames, args.width, args.height, args.repeats, args.warmup)
+    results = video_bench(args.teacher, args.frames, args.width, args.height, args.repeats, args.warmup,
+                          chunk_size=args.chunk_size)
     print(format_video_bench(results))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -11,6 +11,8 @@ taesana, which ComfyUI does not use; Qwen-Image has none); the target folder may
 are kept unless --overwrite.
 taehv: a video student's <model>.pth + .safetensors (taehv.py's names) and, for the models ComfyUI loads,
 comfyui/<its name> (lighttaew2_1, lighttaew2_2, taehv) in the dtype ComfyUI reads their latent space from.
+--family qwen-image exports a video student of wan2.1 as taew2_1, the file ComfyUI previews Qwen-Image with
+(an image student cannot become one: the layouts differ).
 all: both in one new folder. onnx: encoder.onnx + decoder.onnx with dynamic height/width (fp16 adds
 encoder.fp16.onnx + decoder.fp16.onnx); needs pip install 'tinyae[onnx]'.
 The default --out is <source>-<to> beside the source. fp16 exports warn if the student's activations
@@ -36,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", choices=TARGETS, default="all")
     parser.add_argument("--family", choices=list(FAMILIES),
                         help="names the TAESD files and fixes which pipelines the diffusers folder serves "
-                             "(default: from run.json or the folder's config)")
+                             "(default: from run.json or the folder's config); with --to taehv, the TAEHV model "
+                             "clients preview the family with (qwen-image: taew2_1)")
     parser.add_argument("--model", choices=list(VIDEO_MODELS),
                         help="--to taehv: the published TAEHV model the video student stands for (default: its config)")
     parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp32")

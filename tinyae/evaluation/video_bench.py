@@ -1,7 +1,8 @@
 """Video decode speed, peak memory and MACs: a TAEHV-layout student against a full video VAE, in one run.
 
-The student decodes the clip's latents in parallel (every frame through each layer at once)
-and streaming (one latent in, frames out as soon as they are ready; bounded memory); the
+The student decodes the clip's latents in parallel (every frame through each layer at once),
+in parallel by chunks (at most `chunk_size` frames through a layer at once, the same frames in
+bounded memory) and streaming (one latent in, frames out as soon as they are ready); the
 teacher decodes the same latents with diffusers' own decode (Wan's is causal, chunk by chunk).
 Weights do not change speed, so both are built from their architectures with random weights
 (the teacher from its preset: the full-size VAE). Timing and peak memory use
@@ -33,8 +34,8 @@ def _macs(fn: Callable[[torch.nn.Module, torch.Tensor], object], model: torch.nn
 
 
 def video_bench(teacher: str = "wan2.1", frames: int = 33, width: int = 512, height: int = 320, repeats: int = 1,
-                warmup: int = 1, student: VideoStudent | None = None, teacher_model: VideoTeacher | None = None
-                ) -> dict:
+                warmup: int = 1, student: VideoStudent | None = None, teacher_model: VideoTeacher | None = None,
+                chunk_size: int = 1) -> dict:
     """Decode time, peak memory and MACs for a clip of `frames` frames at width x height."""
     teacher_model = teacher_model or build_video_teacher(teacher)
     student = (student or VideoStudent.published(teacher_model.taehv_model)).eval()
@@ -42,17 +43,27 @@ def video_bench(teacher: str = "wan2.1", frames: int = 33, width: int = 512, hei
     if (frames - 1) % arch.time_downscale or width % arch.downscale or height % arch.downscale:
         raise ConfigError(f"A clip of {frames} frames at {width}x{height} does not fit the student's factors: frames "
                           f"must be 1 + {arch.time_downscale}k and sides multiples of {arch.downscale}.")
+    if chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be positive, got {chunk_size}.")
     z = torch.randn(1, arch.latent_channels, arch.latent_frames(frames), height // arch.downscale,
                     width // arch.downscale, generator=torch.Generator().manual_seed(0))
+    chunked = f"student parallel, chunks of {chunk_size}"
     fns = {
         "student parallel": lambda: student.decode(z).sample,
+        chunked: lambda: student.decode(z, chunk_size=chunk_size).sample,
         "student streaming": lambda: [frame for frame in student.decode_frames(z)][-1],
         "teacher": lambda: teacher_model.decode(z),
     }
-    timings = measure(fns, torch.device("cpu"), repeats, warmup)
-    macs = {"student parallel": _macs(lambda m, x: m.decode(x), student, z),
-            "student streaming": _macs(lambda m, x: list(m.decode_frames(x)), student, z),
-            "teacher": _macs(lambda m, x: m.decode(x), teacher_model.vae, z)}
+    default_chunk = student.decode_chunk_size
+    student.disable_chunking()  # the first row is the unchunked parallel decode, whatever the student's default
+    try:
+        timings = measure(fns, torch.device("cpu"), repeats, warmup)
+        macs = {"student parallel": _macs(lambda m, x: m.decode(x), student, z),
+                chunked: _macs(lambda m, x: m.decode(x, chunk_size=chunk_size), student, z),
+                "student streaming": _macs(lambda m, x: list(m.decode_frames(x)), student, z),
+                "teacher": _macs(lambda m, x: m.decode(x), teacher_model.vae, z)}
+    finally:
+        student.decode_chunk_size = default_chunk
     rows = [dict(model=name, median_s=t["median_s"], peak_mem_mb=t["peak_mem_mb"], macs=macs[name],
                  memory_method=t["memory_method"]) for name, t in timings.items()]
     teacher_row = rows[-1]
@@ -61,7 +72,8 @@ def video_bench(teacher: str = "wan2.1", frames: int = 33, width: int = 512, hei
         row["memory_fraction"] = (row["peak_mem_mb"] / teacher_row["peak_mem_mb"]
                                   if teacher_row["peak_mem_mb"] else None)
     return dict(teacher=teacher_model.name, student=video_model(teacher_model.taehv_model).note,
-                frames=frames, width=width, height=height, latents=tuple(z.shape), threads=torch.get_num_threads(),
+                frames=frames, width=width, height=height, latents=tuple(z.shape), chunk_size=chunk_size,
+                threads=torch.get_num_threads(),
                 repeats=repeats, cpu=platform.processor() or platform.machine(), rows=rows)
 
 

@@ -100,7 +100,8 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
     Keys: format, teacher, student (descriptions), lpips_net (None without LPIPS), n_clips, frames,
     resolution [H, W], latent_shape [C, T, h, w], clips (names), comparisons (name -> what is compared),
     metrics (comparison -> psnr, ssim, lpips, flicker, temporal_psnr: means over clips), latents (mse, r2 per
-    channel, r2_mean, teacher_std), decode_seconds (student_parallel, student_streaming, teacher), speedup
+    channel, r2_mean, teacher_std), decode_seconds (student_parallel, student_streaming, teacher),
+    decode_chunk_size (the student's, which its parallel decode used; None: unchunked), speedup
     (student_parallel, student_streaming: the teacher's seconds over the student's), per_clip (comparison ->
     metric -> values, and latent_mse) and notes.
     """
@@ -141,7 +142,7 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
                 raise DataError(f"The student encodes these clips to latents {tuple(z_student.shape)} but the "
                                 f"teacher to {tuple(z.shape)}; evaluate a student against its own teacher.")
             stats.update(_frames(z_student), _frames(z))
-            latent_mse += (z_student - z).square().mean(dim=(1, 2, 3, 4)).cpu().tolist()
+            latent_mse += metrics.latent_mse(_frames(z_student), _frames(z)).view(z.shape[0], -1).mean(1).tolist()
     finally:
         student.train(was_training)
     r2 = stats.r2().tolist()
@@ -160,6 +161,7 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
         "metrics": {name: {m: _mean(v) for m, v in values.items()} for name, values in per_clip.items()},
         "latents": {"mse": stats.mse(), "r2": r2, "r2_mean": sum(r2) / len(r2), "teacher_std": stats.std().tolist()},
         "decode_seconds": seconds,
+        "decode_chunk_size": student.decode_chunk_size,  # None: all frames through each layer at once
         "speedup": {name: seconds["teacher"] / seconds[name] if seconds[name] else None for name in DECODERS[:2]},
         "per_clip": {**per_clip, "latent_mse": latent_mse},
         "notes": [

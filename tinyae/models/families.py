@@ -35,6 +35,7 @@ class Family:
     pipeline_vae: str = "plain"  # what the family's pipeline reads on pipe.vae (see the module docstring)
     shipped: str | None = None  # the published pair that ships in weights/ (a prefix under it), if any
     name: str = ""  # how people call the models of the family
+    taehv_model: str | None = None  # the TAEHV file clients preview the family with (video_student.VIDEO_MODELS)
 
 
 FAMILIES: dict[str, Family] = {
@@ -44,9 +45,10 @@ FAMILIES: dict[str, Family] = {
     "flux": Family("taef1", 16, "madebyollin/taef1", name="FLUX.1"),
     "flux2": Family("taef2", 32, None, "flux_2", "patch-norm", "taesd-upstream/taef2", name="FLUX.2"),
     "sana": Family("taesana", 32, None, "f32", name="Sana"),
-    # ComfyUI previews Qwen-Image and Wan 2.1 with TAEW2.1 (madebyollin/taehv), a video model of another
-    # architecture, so there is no TAESD pair to write for them: diffusers folders only.
-    "qwen-image": Family(None, 16, None, "taesd", "video", name="Qwen-Image / Wan 2.1"),
+    # ComfyUI previews Qwen-Image and Wan 2.1 with TAEW2.1 (madebyollin/taehv; comfy/latent_formats.py Wan21,
+    # which supported_models.QwenImage uses), a video model of another architecture: no TAESD pair, but a video
+    # student of the wan2.1 teacher exports as taew2_1 (tinyae.shipping.taehv).
+    "qwen-image": Family(None, 16, None, "taesd", "video", name="Qwen-Image / Wan 2.1", taehv_model="taew2_1"),
 }
 
 

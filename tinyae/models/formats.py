@@ -71,8 +71,10 @@ def pair_prefix(student: Student, family: str) -> str:
     """
     info = family_info(family)
     if info.prefix is None:
+        video = (f", or export a video student of its latent space with --to taehv --family {family} (ComfyUI "
+                 f"previews it with {info.taehv_model}, a TAEHV file)") if info.taehv_model else ""
         raise ExportError(f"Family '{family}' has no TAESD pair that ComfyUI or Forge load (they preview it with a "
-                          "video model of another architecture); export --to diffusers instead.")
+                          f"video model of another architecture); export --to diffusers instead{video}.")
     size = layout_name(student, family)
     return info.prefix if size == "tiny" else f"{info.prefix}-{size or 'custom'}"
 

@@ -224,34 +224,45 @@ def run_parallel(layers: nn.Sequential, x: Tensor) -> Tensor:
 
 
 class StreamState:
-    """What the layers remember between frames while streaming: per MemBlock its last input, per TPool its pending
-    frames. One frame per layer at most, whatever the length of the video."""
+    """What the layers remember between chunks of frames: per MemBlock the last frame of its previous input, per
+    TPool the frames still short of a full group. Chunks go through every layer depth-first, and what a TGrow
+    grows is cut again into chunks of at most `chunk` frames, so no layer holds more than `chunk` frames at once
+    (plus one of memory), whatever the length of the video. chunk=1 is streaming frame by frame."""
 
-    def __init__(self, layers: nn.Sequential):
-        self.layers = layers
-        self.memory: dict[int, Tensor | list[Tensor]] = {}
+    def __init__(self, layers: nn.Sequential, chunk: int = 1):
+        if chunk < 1:
+            raise ExportError(f"A decode chunk must hold at least 1 frame, got {chunk}.")
+        self.layers, self.chunk = layers, chunk
+        self.memory: dict[int, Tensor] = {}
 
     def push(self, x: Tensor, start: int = 0) -> Iterator[Tensor]:
-        """Feed one frame (N, C, H, W) to layer `start`; yields the frames that leave the last layer."""
+        """Feed frames (N, t, C, H, W) to layer `start`; yields the chunks (N, t', C', H', W') that leave the last
+        layer, in order."""
+        n = x.shape[0]
         for index in range(start, len(self.layers)):
             layer = self.layers[index]
             if isinstance(layer, MemBlock):
                 past = self.memory.get(index)
-                self.memory[index] = x
-                x = layer(x, torch.zeros_like(x) if past is None else past)
+                past = torch.zeros_like(x[:, :1]) if past is None else past
+                self.memory[index] = x[:, -1:].clone()  # a copy: a view would keep the whole chunk alive
+                x = layer(x.flatten(0, 1), torch.cat([past, x[:, :-1]], 1).flatten(0, 1)).unflatten(0, (n, -1))
             elif isinstance(layer, TPool):
-                pending = self.memory.setdefault(index, [])
-                pending.append(x)
-                if len(pending) < layer.stride:
+                if index in self.memory:
+                    x = torch.cat([self.memory.pop(index), x], 1)
+                whole = x.shape[1] - x.shape[1] % layer.stride
+                if whole < x.shape[1]:
+                    self.memory[index] = x[:, whole:].clone()
+                if whole == 0:
                     return
-                self.memory[index] = []
-                x = layer(torch.stack(pending, 1).flatten(0, 1))
+                x = layer(x[:, :whole].flatten(0, 1)).unflatten(0, (n, -1))
             elif isinstance(layer, TGrow):
-                for frame in layer(x).unflatten(0, (x.shape[0], layer.stride)).unbind(1):
-                    yield from self.push(frame, index + 1)
+                grown = layer(x.flatten(0, 1)).unflatten(0, (n, -1))
+                del x
+                for piece in grown.split(self.chunk, 1):
+                    yield from self.push(piece, index + 1)
                 return
             else:
-                x = layer(x)
+                x = layer(x.flatten(0, 1)).unflatten(0, (n, -1))
         yield x
 
 
@@ -269,9 +280,12 @@ class VideoStudent(ModelMixin, ConfigMixin):
                  decoder_space_upscale: tuple[bool, ...] = (True, True, True), encoder_width: int = 64,
                  decoder_widths: tuple[int, ...] = (256, 128, 64, 64), act_fn: str = "relu",
                  keep_frames_for_even_latents: bool = False, scaling_factor: float = 1.0,
-                 taehv_name: str | None = None):
+                 taehv_name: str | None = None, decode_chunk_size: int | None = None):
         super().__init__()
         self.taehv_name = taehv_name  # the published model whose latent space and files it stands for
+        self.decode_chunk_size = None
+        if decode_chunk_size is not None:
+            self.enable_chunking(decode_chunk_size)
         self.arch = VideoArch(latent_channels, patch_size, tuple(encoder_time_downscale), tuple(decoder_time_upscale),
                               tuple(decoder_space_upscale), encoder_width, tuple(decoder_widths), act_fn,
                               keep_frames_for_even_latents)
@@ -313,7 +327,7 @@ class VideoStudent(ModelMixin, ConfigMixin):
         if parallel:
             return run_parallel(self.encoder, x)
         state = StreamState(self.encoder)
-        return torch.stack([out for frame in x.unbind(1) for out in state.push(frame)], 1)
+        return torch.cat([out for frame in x.split(1, 1) for out in state.push(frame)], 1)
 
     def _finish(self, frames: Tensor) -> Tensor:
         return F.pixel_shuffle(frames, self.arch.patch_size) if self.arch.patch_size > 1 else frames
@@ -321,33 +335,60 @@ class VideoStudent(ModelMixin, ConfigMixin):
     def _trim(self, latents: int) -> int:
         return self.arch.time_upscale * latents - self.arch.decoded_frames(latents)
 
-    def decode_frames01(self, z: Tensor, parallel: bool = True) -> Tensor:
-        """NTCHW latents -> NTCHW frames, ~[0, 1] (not clamped), 4T - 3 of them."""
+    def decode_frames01(self, z: Tensor, parallel: bool = True, chunk_size: int | None = None) -> Tensor:
+        """NTCHW latents -> NTCHW frames, ~[0, 1] (not clamped), 4T - 3 of them. `chunk_size`: see `decode`."""
         if not parallel:
             return torch.stack(list(self.stream_frames01(z)), 1)
-        return self._finish(run_parallel(self.decoder, z))[:, self._trim(z.shape[1]):]
+        if chunk_size is None:
+            return self._finish(run_parallel(self.decoder, z))[:, self._trim(z.shape[1]):]
+        return torch.cat(list(self.stream_chunks01(z, chunk_size)), 1)
+
+    def stream_chunks01(self, z: Tensor, chunk_size: int) -> Iterator[Tensor]:
+        """Yields (N, t, 3, H, W) frames in [0, 1] in order, no layer ever holding more than `chunk_size` frames."""
+        state, skip = StreamState(self.decoder, chunk_size), self._trim(z.shape[1])
+        for latents in z.split(chunk_size, 1):
+            for frames in state.push(latents):
+                dropped = min(skip, frames.shape[1])
+                skip -= dropped
+                if dropped < frames.shape[1]:
+                    yield self._finish(frames[:, dropped:])
 
     def stream_frames01(self, z: Tensor) -> Iterator[Tensor]:
         """Yields (N, 3, H, W) frames in [0, 1] one at a time, holding one frame per layer."""
-        state, skip = StreamState(self.decoder), self._trim(z.shape[1])
-        for latent in z.unbind(1):
-            for frame in state.push(latent):
-                if skip:
-                    skip -= 1
-                    continue
-                yield self._finish(frame)
+        for frame in self.stream_chunks01(z, 1):
+            yield frame[:, 0]
 
     # -- diffusers' convention: NCTHW, [-1, 1] ------------------------------------------------------------------
+
+    def enable_chunking(self, chunk_size: int = 1) -> None:
+        """Decode in parallel chunk by chunk from now on: at most `chunk_size` frames go through a layer at once,
+        the same frames in bounded memory (as diffusers' `enable_slicing`, but along time)."""
+        if chunk_size < 1:
+            raise ExportError(f"A decode chunk must hold at least 1 frame, got {chunk_size}.")
+        self.decode_chunk_size = chunk_size
+
+    def disable_chunking(self) -> None:
+        """Decode all frames through each layer at once again (fastest where memory allows)."""
+        self.decode_chunk_size = None
 
     def encode(self, x: Tensor, return_dict: bool = True, parallel: bool = True) -> AutoencoderTinyOutput | tuple:
         """(B, 3, F, H, W) in [-1, 1] -> (B, C, 1 + (F - 1) // 4, H / 8p, W / 8p) latents."""
         latents = self.encode_frames01(x.transpose(1, 2).add(1).div(2), parallel).transpose(1, 2)
         return AutoencoderTinyOutput(latents=latents) if return_dict else (latents,)
 
-    def decode(self, z: Tensor, generator=None, return_dict: bool = True, parallel: bool = True
-               ) -> DecoderOutput | tuple:
-        """(B, C, T, h, w) latents -> (B, 3, 4T - 3, 8ph, 8pw) in [-1, 1] (not clamped)."""
-        sample = self.decode_frames01(z.transpose(1, 2), parallel).mul(2).sub(1).transpose(1, 2)
+    def decode(self, z: Tensor, generator=None, return_dict: bool = True, parallel: bool = True,
+               chunk_size: int | None = None) -> DecoderOutput | tuple:
+        """(B, C, T, h, w) latents -> (B, 3, 4T - 3, 8ph, 8pw) in [-1, 1] (not clamped).
+
+        In parallel, `chunk_size` (default: the student's `decode_chunk_size`, from its config or
+        `enable_chunking`) bounds the frames a layer takes at once, so memory stops growing with the
+        clip; the frames are the unchunked ones. `parallel=False` streams frame by frame."""
+        chunk_size = self.decode_chunk_size if chunk_size is None else chunk_size
+        if parallel and chunk_size is not None:
+            sample = torch.cat([c.mul(2).sub(1) for c in self.stream_chunks01(z.transpose(1, 2), chunk_size)], 1)
+        else:
+            sample = self.decode_frames01(z.transpose(1, 2), parallel).mul(2).sub(1)
+        sample = sample.transpose(1, 2)
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
     def decode_frames(self, z: Tensor) -> Iterator[Tensor]:

@@ -37,6 +37,7 @@ from tinyae.errors import ExportError
 from tinyae.models.formats import FAMILIES, check_family, family_info, load_student, pair_prefix, to_taesd
 from tinyae.models.precision import warn_if_fp16_overflows
 from tinyae.models.student import Student
+from tinyae.models.video_student import is_video_student
 from tinyae.shipping.onnx import export_onnx
 from tinyae.shipping.taehv import export_video_student
 from tinyae.utils.atomic import atomic_files, atomic_folder, check_writable, reporting_write_errors
@@ -131,6 +132,14 @@ def run_info(source: str | Path) -> dict:
     return {}
 
 
+def _saved_family(source: str | Path) -> str | None:
+    """The family an image student's TinyAutoencoder config names (so --to taehv can say what to do instead)."""
+    for folder in (Path(source), Path(source) / "student"):
+        if (folder / "config.json").is_file():
+            return json.loads((folder / "config.json").read_text()).get("family")
+    return None
+
+
 def checkpoint_student(checkpoint: str | Path) -> Path:
     """A training checkpoint keeps its EMA student in AutoencoderTiny layout under `student_ema/`."""
     folder = Path(checkpoint) / "student_ema"
@@ -148,7 +157,9 @@ def export_student(source: str | Path, to: str = "all", family: str | None = Non
     if to not in TARGETS:
         raise ExportError(f"Unknown export target '{to}'; pass one of {', '.join(TARGETS)}.")
     if to == "taehv":
-        return export_video_student(source, model, dtype, out, overwrite)
+        if family is None and not is_video_student(source):  # only to say what to do with an image student
+            family = run_info(source).get("family") or _saved_family(source)
+        return export_video_student(source, model, dtype, out, overwrite, family)
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"Unknown dtype '{dtype}'; pass {' or '.join(EXPORT_DTYPES)}.")
     source = Path(source)

@@ -8,6 +8,11 @@
   fp32 Wan 2.1's (it does not), so those files are written in the dtype that names their space
   (tinyae.models.video_student.VIDEO_MODELS).
 
+A family whose clients preview it with a TAEHV file exports as that model: `qwen-image` as
+taew2_1 (Qwen-Image's VAE is Wan 2.1's; ComfyUI's Qwen-Image previewer loads lighttaew2_1), from a
+video student of the wan2.1 teacher. An image student cannot become such a file (see
+`refuse_image_student`).
+
 The files go into a folder that may exist; they are written under hidden temporary names and
 renamed in together, folder by folder, once all are complete (tinyae.utils.atomic), and an existing file is only
 replaced with `overwrite`.
@@ -20,7 +25,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from tinyae.errors import ExportError
-from tinyae.models.video_student import VIDEO_MODELS, VideoStudent, load_video_student, video_model
+from tinyae.models.families import FAMILIES, family_info
+from tinyae.models.video_student import VIDEO_MODELS, VideoStudent, is_video_student, load_video_student, video_model
 from tinyae.utils.atomic import EXISTS, atomic_files, check_writable, reporting_write_errors
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
 from tinyae.utils.weights import cast_state, save_pth
@@ -97,11 +103,49 @@ def export_taehv(student: VideoStudent, directory: str | Path, name: str | None 
     return [directory / path for path in files]
 
 
+def family_model(family: str, name: str | None, student: VideoStudent | None = None) -> str:
+    """The TAEHV model a family is previewed with (qwen-image: taew2_1), refusing a --model or a student of
+    another latent space: ComfyUI would read the family's latents with it and show wrong colours."""
+    info = family_info(family)
+    if info.taehv_model is None:
+        with_one = [f for f, i in FAMILIES.items() if i.taehv_model]
+        raise ExportError(f"Family '{family}' has no TAEHV file that clients load (families that do: "
+                          f"{', '.join(with_one)}); export --to taehv with --model instead.")
+    for who, other in (("--model", name), ("The student", student.taehv_name if student else None)):
+        if other is not None and other != info.taehv_model:
+            raise ExportError(f"{who} stands for '{other}' ({video_model(other).note}), but the {family} family "
+                              f"is previewed with '{info.taehv_model}' ({video_model(info.taehv_model).note}), "
+                              "whose latents it would misread; export a student of that latent space.")
+    return info.taehv_model
+
+
+def refuse_image_student(source: Path, family: str | None) -> None:
+    """An image student (TAESD layout) is no TAEHV file, and cannot be made one: say why and what works."""
+    info = family_info(family) if family else None
+    if info is not None and info.taehv_model is not None:
+        model = video_model(info.taehv_model)
+        raise ExportError(
+            f"'{source}' is an image student of the {family} family (TAESD layout), which cannot be written as a "
+            f"{info.taehv_model} file: TAEHV's decoder has no residual block at full resolution and its encoder no "
+            "block after the first conv, so no TAEHV weights reproduce it; distill a video student against "
+            f"{model.teacher} (the VAE {info.name} shares) and export that with --to taehv --family {family}.")
+    raise ExportError(f"'{source}' is not a video student: --to taehv takes a VideoStudent folder, a training output "
+                      "of one or a TAEHV file; export an image student with --to diffusers or --to taesd.")
+
+
 def export_video_student(source: str | Path, name: str | None = None, dtype: str = "fp16",
-                         out: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Load a video student (folder or TAEHV file) and export its TAEHV files; default target `<source>-taehv`."""
+                         out: str | Path | None = None, overwrite: bool = False, family: str | None = None) -> Path:
+    """Load a video student (folder or TAEHV file) and export its TAEHV files; default target `<source>-taehv`.
+
+    `family` (e.g. qwen-image) picks the model its clients preview it with, and an image student of it is
+    refused in one sentence that says why and what to export instead."""
     source = Path(source)
+    if not is_video_student(source):
+        refuse_image_student(source, family)
     out = Path(out) if out else source.resolve().with_name(f"{source.resolve().stem}-taehv")
     check_writable(out, "--out")
-    export_taehv(load_video_student(source), out, name, dtype, overwrite)
+    student = load_video_student(source)
+    if family is not None:
+        name = family_model(family, name, student)
+    export_taehv(student, out, name, dtype, overwrite)
     return out
