@@ -14,6 +14,10 @@ scaling_factor = 1 / std(posterior means) over the training photos, exactly as
 SD's 0.18215 was chosen. shift_factor stays 0 unless the latent mean is more
 than SHIFT_THRESHOLD standard deviations away from 0: SD-style pipelines
 ignore shift_factor, so a shift is only worth having when it is large.
+
+`train_small_video_vae` makes the video counterpart, weights/tiny-wan: an AutoencoderKLWan of
+Wan 2.1's layout at width 8, trained on pan-and-zoom clips of photos, with per-channel latent
+statistics (the config's latents_mean / latents_std) measured the same way.
 """
 
 from __future__ import annotations
