@@ -65,7 +65,7 @@ def never(what):
 def test_distill_into_a_read_only_folder_stops_before_loading_anything(teacher_dir, photos, tmp_path, read_only,
                                                                        capsys, monkeypatch):
     folder = read_only(tmp_path / "ro")
-    monkeypatch.setattr("tinyae.training.loop.load_teacher", never("loading the teacher"))
+    monkeypatch.setattr("tinyae.training.loop.load_run_teacher", never("loading the teacher"))
     err = refused(["distill", *tiny_run(teacher_dir, photos, folder / "run")], capsys)
     assert f"Cannot write to '{folder / 'run'}': permission denied" in err and "--output" in err
 
@@ -162,7 +162,7 @@ def test_a_run_whose_loss_turns_non_finite_stops_naming_the_step_and_keeps_the_l
 
 def test_fp16_mixed_precision_on_a_cpu_is_refused_rather_than_recorded(teacher_dir, photos, tmp_path, capsys,
                                                                        monkeypatch):
-    monkeypatch.setattr("tinyae.training.loop.load_teacher", never("loading the teacher"))
+    monkeypatch.setattr("tinyae.training.loop.load_run_teacher", never("loading the teacher"))
     err = refused(["distill", *tiny_run(teacher_dir, photos, tmp_path / "run"), "--train.mixed_precision", "fp16"],
                   capsys)
     assert "fp16" in err and "bf16" in err

@@ -44,7 +44,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_the_recipes_and_the_tiny_teacher(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     recipes = {f"tinyae/recipes/{p.name}" for p in (ROOT / "recipes").glob("*.yaml")}
-    teacher = {f"tinyae/weights/tiny-teacher/{n}" for n in ("config.json", "diffusion_pytorch_model.safetensors")}
+    teacher = {f"tinyae/weights/{t}/{n}" for t in ("tiny-teacher", "tiny-wan")
+               for n in ("config.json", "diffusion_pytorch_model.safetensors")}
     assert recipes and recipes <= names and teacher <= names
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "tinyae").rglob("*.py")}
     assert modules <= names

@@ -142,7 +142,7 @@ def test_an_unchanged_resume_says_so(teacher_dir, photos, run, caplog):
 ])
 def test_a_resume_refuses_changes_that_would_train_another_model(teacher_dir, photos, run, section, fields, named,
                                                                   monkeypatch):
-    monkeypatch.setattr("tinyae.training.loop.load_teacher", lambda *a, **k: pytest.fail("work began"))
+    monkeypatch.setattr("tinyae.training.loop.load_run_teacher", lambda *a, **k: pytest.fail("work began"))
     sections = {"train": {"resume": "latest"}}
     sections[section] = {**sections.get(section, {}), **fields}
     resumed = recipe(teacher_dir, photos, run, **sections)
@@ -211,7 +211,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(teacher_d
 
 def test_a_refused_resume_names_the_checkpoint_values_to_pass_not_an_override_to_drop(teacher_dir, photos, run,
                                                                                        monkeypatch):
-    monkeypatch.setattr("tinyae.training.loop.load_teacher", lambda *a, **k: pytest.fail("work began"))
+    monkeypatch.setattr("tinyae.training.loop.load_run_teacher", lambda *a, **k: pytest.fail("work began"))
     with pytest.raises(ConfigError) as refusal:  # e.g. another recipe whose teacher differs: nothing overridden
         distill(recipe(teacher_dir, photos, run, teacher={"scaling_factor": 0.3},
                        train={"seed": 1, "resume": "latest"}))

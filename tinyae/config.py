@@ -11,6 +11,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,7 @@ class StudentConfig:
     pool: bool | None = None  # FLUX.2's GroupNorm pool branch in the deepest stages
     act_fn: Literal["relu", "silu", "swish", "mish", "gelu"] = "relu"
     upsample_fn: Literal["nearest", "bilinear", "bicubic"] = "nearest"
+    taehv: str | None = None  # video teachers: the TAEHV layout (taew2_1, taew2_2, taehv, ...); None: the teacher's
     init: str | None = None  # start from a published TAE: a preset (taef2), folder, TAESD pair or Hub id; any latent
     # space of the teacher's downscale (tinyae.training.warm_start aligns it); the fields above still apply
     init_ridge: float = 1e-3  # ridge of the latent-space fit, relative to the donor latents' mean variance
@@ -79,6 +81,10 @@ class DataConfig:
     split: str = "train"  # split of a Hugging Face dataset
     shuffle_buffer: int = 1000  # records shuffled in memory when streaming
     eval_path: str | None = None  # folder of held-out images (replaces data.holdout; needed for streams)
+    # video teachers: clips of `frames` frames (1 + 4k: 1 + k latents), from video files every 1 to `max_stride`
+    # frames, or panned and zoomed across photos (tinyae.data.clips)
+    frames: int = 9
+    max_stride: int = 4
 
 
 @dataclass
@@ -103,6 +109,7 @@ class LossConfig:
     replay: int = 0  # past fakes the discriminator also sees (0: none)
     disc: Literal["patch", "multiscale"] = "patch"  # multiscale: scores from every depth (Seraena's)
     disc_width: int = 64
+    disc_frames: int = 3  # video: consecutive frames the discriminator judges together (stacked on channels)
 
 
 @dataclass
@@ -179,6 +186,9 @@ class Recipe:
             (self.data.num_workers >= 0, "data.num_workers cannot be negative"),
             (self.data.shuffle_buffer > 0, "data.shuffle_buffer must be positive"),
             (self.loss.disc_width > 0, "loss.disc_width must be positive"),
+            (self.loss.disc_frames > 0, "loss.disc_frames must be positive"),
+            (self.data.frames > 0, "data.frames must be positive (1 + 4k for the video VAEs)"),
+            (self.data.max_stride > 0, "data.max_stride must be positive"),
             (self.loss.adv_start >= 0, "loss.adv_start cannot be negative"),
             (self.train.sample_images >= 0, "train.sample_images cannot be negative"),
             (self.data.max_zoom_out >= 1.0, "data.max_zoom_out must be >= 1"),
@@ -434,11 +444,14 @@ def check_positive(option: str, *values: int | None) -> None:
             raise ConfigError(f"{option} must be positive, got {value}.")
 
 
-def choose_recipe(recipe: str | None, overrides: list[str]) -> str:
-    """An explicit --recipe wins; else the recipe named after --teacher, else the generic `sd` one."""
+def choose_recipe(recipe: str | None, overrides: list[str], is_video: Callable[[str], bool] | None = None) -> str:
+    """An explicit --recipe wins; else the recipe named after --teacher, else `video` for a video teacher
+    (`is_video(name)`), else the generic `sd` one."""
     if recipe:
         return recipe
     for flag, value in zip(overrides, overrides[1:]):
         if flag in ("--teacher", "--teacher.name") and value in recipe_names():
             return value
+        if flag in ("--teacher", "--teacher.name") and is_video is not None and is_video(value):
+            return "video"
     return "sd"

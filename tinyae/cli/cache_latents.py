@@ -3,6 +3,9 @@
     tinyae cache-latents --teacher sd --data DIR --out cache/sd-96 --resolution 96 --samples 1000000
     accelerate launch scripts/cache_latents.py --recipe sd --data DIR --out cache/sd-256 --final --with-targets
     tinyae distill --recipe sd --data DIR --data.cache cache/sd-96 --data.final_cache cache/sd-256
+    tinyae cache-latents --teacher wan2.1 --data VIDEOS --out cache/wan-64 --resolution 64 --data.frames 13
+
+With a video teacher the cache holds the recipe's clips (data.frames frames) and their latents.
 
 Re-running the same command resumes an interrupted build. Any recipe field can be
 overridden as --section.field value (seed, zoom, flips and holdout decide the crops).
@@ -15,6 +18,7 @@ import argparse
 from tinyae.config import Recipe, choose_recipe, load_recipe
 from tinyae.data.cache import verify_cache
 from tinyae.data.source import cache_recipe
+from tinyae.models.video_teacher import is_video_teacher
 
 HELP = "build (or resume) a teacher latent cache for a recipe's crops"
 OVERRIDES = True
@@ -32,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
-    return load_recipe(choose_recipe(args.recipe, overrides), overrides)
+    return load_recipe(choose_recipe(args.recipe, overrides, is_video_teacher), overrides)
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:

@@ -1,20 +1,25 @@
 """Train the small AutoencoderKL teacher that tinyae ships for offline runs (weights/tiny-teacher).
 
     tinyae train-teacher --data PHOTOS --out weights/tiny-teacher --eval-data KODAK --max-minutes 32 --threads 1
+    tinyae train-teacher --video --data builtin:skimage --out weights/tiny-wan --max-minutes 25 --threads 1
 
 Writes a diffusers folder (config.json with the estimated scaling_factor, fp16
 diffusion_pytorch_model.safetensors, training.json with the metrics) atomically,
-and prints the metrics. See weights/tiny-teacher/README.md for how the shipped one was made.
+and prints the metrics. See weights/tiny-teacher/README.md for how the shipped one was made. With --video it
+trains the small AutoencoderKLWan video teacher (weights/tiny-wan) on pan-and-zoom clips of the photos instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 
 import torch
 
-from tinyae.training.tiny_teacher import train_small_vae
+from tinyae.data.images import BUILTIN_PHOTOS, sample_photos
+from tinyae.training.tiny_teacher import train_small_vae, train_small_video_vae
 
 HELP = "train the small offline AutoencoderKL teacher (how weights/tiny-teacher was made)"
 
@@ -39,11 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bf16: autocast + channels_last, faster on CPUs with AVX512-bf16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--video", action="store_true",
+                        help="train the small AutoencoderKLWan video teacher on pan-and-zoom clips of --data")
+    parser.add_argument("--frames", type=int, default=5, help="--video: frames per clip (1 + 4k)")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.video:
+        data = args.data
+        if data == BUILTIN_PHOTOS:
+            data = sample_photos(Path(tempfile.mkdtemp(prefix="tinyae-")) / "skimage")
+        metrics = train_small_video_vae(
+            data, args.out, steps=args.steps, frames=args.frames, resolution=args.resolution,
+            batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight, holdout=args.holdout, seed=args.seed,
+            max_minutes=args.max_minutes, overwrite=args.overwrite)
+        print(json.dumps(metrics, indent=2))
+        return
     metrics = train_small_vae(
         args.data, args.out, steps=args.steps, resolution=args.resolution, batch_size=args.batch_size, lr=args.lr,
         kl_weight=args.kl_weight, lpips_weight=args.lpips_weight, holdout=args.holdout,

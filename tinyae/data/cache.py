@@ -7,6 +7,7 @@ diffusion-space latents of it and, optionally, the teacher's reconstruction:
 
     DIR/index.json                  what the cache is for (teacher, factors, resolution, crop policy) + shards
     DIR/shard-000000.safetensors    images uint8 (n,3,R,R), latents float32 (n,C,R/f,R/f)[, targets uint8]
+                                    (a video teacher's: clips (n,3,F,R,R) and latents (n,C,T,R/f,R/f))
     DIR/shard-000000.json           the shard's receipt: sha256 and size, written after the shard
 
 Every file is written to a temporary name and renamed, and a shard counts as
@@ -66,8 +67,8 @@ def teacher_record(teacher) -> dict[str, Any]:
         "name": teacher.name,
         "fingerprint": teacher_fingerprint(teacher),
         "dtype": str(teacher.dtype).removeprefix("torch."),
-        "scaling_factor": teacher.scaling_factor,  # None unless the latent space is scalar
-        "shift_factor": teacher.shift_factor,
+        "scaling_factor": getattr(teacher, "scaling_factor", None),  # None unless the latent space is scalar
+        "shift_factor": getattr(teacher, "shift_factor", None),
         "latent_space": teacher.latent_space.to_dict(),
         "latent_channels": teacher.latent_channels,
         "downscale": teacher.downscale,
@@ -113,12 +114,16 @@ def shard_name(k: int) -> str:
 
 
 def cache_header(teacher, resolution: int, samples: int, shard_size: int, with_targets: bool,
-                 crop_policy: dict) -> dict:
+                 crop_policy: dict, frames: int = 0) -> dict:
+    """What a cache is for; `frames` > 0: a video teacher's clips of that many frames (latents with a time axis)."""
+    side = resolution // teacher.downscale
     header = {
         "format": FORMAT, "version": VERSION, "teacher": teacher_record(teacher), "resolution": resolution,
-        "latent_shape": [teacher.latent_channels, resolution // teacher.downscale, resolution // teacher.downscale],
+        "latent_shape": [teacher.latent_channels, side, side],
         "crop_policy": crop_policy, "samples": samples, "shard_size": shard_size, "with_targets": with_targets,
     }
+    if frames:
+        header["frames"] = frames
     return json.loads(json.dumps(header))  # as it reads back from index.json
 
 
@@ -181,15 +186,16 @@ def build_shard(out: Path, k: int, crops: torch.Tensor, teacher, with_targets: b
 def build_cache(teacher, crops: Callable[[int, int], Iterable[torch.Tensor]], out: str | Path, resolution: int,
                 samples: int, shard_size: int = 1024, with_targets: bool = False, crop_policy: dict | None = None,
                 batch_size: int = 8, rank: int = 0, world_size: int = 1,
-                progress: Callable[[int, int], None] | None = None) -> Path:
+                progress: Callable[[int, int], None] | None = None, frames: int = 0) -> Path:
     """Build this process's shards (k = rank, rank + world_size, ...), skipping finished ones.
 
-    `crops(start, count)` yields the crops (3, R, R) in [-1, 1] of sample indices [start, start + count).
-    Call `finish_cache` once every process is done (`tinyae cache-latents` does).
+    `crops(start, count)` yields the crops (3, R, R) in [-1, 1] of sample indices [start, start + count), or with
+    `frames` the clips (3, frames, R, R). Call `finish_cache` once every process is done (`tinyae cache-latents`
+    does).
     """
     if samples <= 0 or shard_size <= 0:
         raise DataError("A teacher cache needs --samples and --shard-size above 0.")
-    header = cache_header(teacher, resolution, samples, shard_size, with_targets, crop_policy or {})
+    header = cache_header(teacher, resolution, samples, shard_size, with_targets, crop_policy or {}, frames)
     out = start_cache(out, header)
     total = num_shards(samples, shard_size)
     for k in range(rank, total, world_size):
@@ -197,9 +203,9 @@ def build_cache(teacher, crops: Callable[[int, int], Iterable[torch.Tensor]], ou
             start = k * shard_size
             count = min(shard_size, samples - start)
             images = torch.stack([to_uint8(crop) for crop in crops(start, count)])  # 1 byte a pixel in memory
-            if tuple(images.shape) != (count, 3, resolution, resolution):
-                raise DataError(f"Crops for the cache are {tuple(images.shape)}, expected ({count}, 3, {resolution}, "
-                                f"{resolution}).")
+            expected = (count, 3, *([frames] if frames else []), resolution, resolution)
+            if tuple(images.shape) != expected:
+                raise DataError(f"Crops for the cache are {tuple(images.shape)}, expected {expected}.")
             build_shard(out, k, images, teacher, with_targets, batch_size, start)
         if progress is not None:
             progress(k, total)
@@ -301,9 +307,14 @@ class TeacherCache(Dataset):
         return sample
 
 
-def open_cache(path: str | Path, teacher, resolution: int, verify: bool = True) -> TeacherCache:
-    """A finished cache, checked to hold this teacher's latents of `resolution`-px crops."""
+def open_cache(path: str | Path, teacher, resolution: int, verify: bool = True, frames: int = 0) -> TeacherCache:
+    """A finished cache, checked to hold this teacher's latents of `resolution`-px crops (clips of `frames`)."""
     cache = TeacherCache(path, verify=verify)
+    if cache.index.get("frames", 0) != frames:
+        held = f"clips of {cache.index['frames']} frames" if cache.index.get("frames") else "image crops"
+        wanted = f"clips of {frames} frames" if frames else "image crops"
+        raise DataError(f"Teacher cache '{path}' holds {held} but training asks for {wanted}; build a cache for "
+                        "this recipe with `tinyae cache-latents`.")
     if cache.resolution != resolution:
         raise DataError(f"Teacher cache '{path}' holds {cache.resolution} px crops but training asks for "
                         f"{resolution} px; build a cache at {resolution} px (`tinyae cache-latents "

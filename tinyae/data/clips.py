@@ -97,8 +97,10 @@ def _randint(gen: torch.Generator, low: int, high: int) -> int:
 class VideoFolder(Dataset):
     """Random clips (3, F, size, size) in [-1, 1] from the video files under `root` (see the module docstring)."""
 
-    def __init__(self, root: str | Path, policy: ClipPolicy = ClipPolicy(), seed: int = 0):
-        self.files = list_videos(root)
+    def __init__(self, root: str | Path | list[Path], policy: ClipPolicy = ClipPolicy(), seed: int = 0):
+        self.files = list(root) if isinstance(root, list) else list_videos(root)
+        if not self.files:
+            raise DataError("No training videos left after the held-out split; add videos or lower data.holdout.")
         self.lengths = [frame_count(f) for f in self.files]
         self.policy, self.seed = policy, seed
         shortest = policy.frames  # stride 1 must fit
@@ -110,6 +112,7 @@ class VideoFolder(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        index = int(index) % len(self.files)  # training asks for any index: each still draws its own clip
         p, length = self.policy, self.lengths[index]
         longest = max(1, (length - 1) // max(1, p.frames - 1)) if p.frames > 1 else p.max_stride
         stride = _randint(gen, min(p.min_stride, longest), min(p.max_stride, longest))
@@ -153,8 +156,11 @@ def pan_zoom(image: torch.Tensor, frames: int, size: int, gen: torch.Generator, 
 class PhotoClips(Dataset):
     """Pan-and-zoom clips (3, F, size, size) in [-1, 1] synthesised from the photos under `root`."""
 
-    def __init__(self, root: str | Path, policy: ClipPolicy = ClipPolicy(), seed: int = 0, clips_per_photo: int = 16):
-        self.files = list_images(root)
+    def __init__(self, root: str | Path | list[Path], policy: ClipPolicy = ClipPolicy(), seed: int = 0,
+                 clips_per_photo: int = 16):
+        self.files = list(root) if isinstance(root, list) else list_images(root)
+        if not self.files:
+            raise DataError("No photos to make clips from; add images or lower data.holdout.")
         self.policy, self.seed, self.clips_per_photo = policy, seed, clips_per_photo
 
     def __len__(self) -> int:
@@ -162,8 +168,8 @@ class PhotoClips(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        image = to_tensor(load_rgb(self.files[index // self.clips_per_photo]))
+        path = self.files[(int(index) // self.clips_per_photo) % len(self.files)]  # any index >= 0 works
+        image = to_tensor(load_rgb(path))
         if min(image.shape[1:]) < self.policy.size:
-            raise DataError(f"'{self.files[index // self.clips_per_photo]}' is smaller than the {self.policy.size} "
-                            "px clips.")
+            raise DataError(f"'{path}' is smaller than the {self.policy.size} px clips.")
         return pan_zoom(image, self.policy.frames, self.policy.size, gen)

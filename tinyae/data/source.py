@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from tinyae.config import DataConfig, Recipe
 from tinyae.data.cache import build_cache, cache_header, finish_cache, num_shards, open_cache, start_cache
+from tinyae.data.clips import VIDEO_EXTENSIONS, ClipPolicy, PhotoClips, VideoFolder, list_videos
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
 from tinyae.data.images import (
     BUILTIN_PHOTOS,
@@ -42,6 +43,7 @@ from tinyae.data.images import (
 from tinyae.data.streams import HFRows, HFStream, StreamCrops, TarShards, expand_shards, is_saved_dataset, load_hf_rows
 from tinyae.errors import ConfigError, DataError
 from tinyae.models.teacher import load_teacher
+from tinyae.models.video_teacher import is_video_teacher, load_video_teacher_for
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class TrainSource:
     crops and latents from it, any other phase draws crops on the fly.
     """
 
-    kind: str  # folder | tar | hf | hf-stream | cache (caches only, no images)
+    kind: str  # folder | tar | hf | hf-stream | cache (caches only, no images) | videos (video files)
     files: list[Path] = field(default_factory=list)  # folder: training images after the held-out split
     heldout: list[Path] = field(default_factory=list)  # images for samples and the final evaluation
     n_bad: int = 0  # unreadable files found up front (streams count theirs while reading)
@@ -64,11 +66,20 @@ class TrainSource:
     caches: dict[int, Any] = field(default_factory=dict)
     image_column: str = "image"
     name: str = ""
+    frames: int = 0  # > 0: samples are clips of this many frames (a video teacher's), from videos or photos
+    max_stride: int = 1  # clips from video files: frames taken every 1 to max_stride frames
+
+    def clip_policy(self, size: int) -> ClipPolicy:
+        return ClipPolicy(self.frames, size, 1, self.max_stride)
 
     def dataset(self, policy: CropPolicy, seed: int):
-        """Indexable samples (folder, hf, cache) or None for a stream."""
+        """Indexable samples (folder, hf, cache, clips) or None for a stream."""
         if policy.size in self.caches:
             return self.caches[policy.size]
+        if self.kind == "videos":
+            return VideoFolder(self.files, self.clip_policy(policy.size), seed)
+        if self.kind == "folder" and self.frames:
+            return PhotoClips(self.files, self.clip_policy(policy.size), seed)
         if self.kind == "cache":
             raise DataError(f"No teacher cache for {policy.size} px crops and no images to crop on the fly; pass "
                             f"data.path too, or a cache built with --resolution {policy.size}.")
@@ -92,15 +103,32 @@ class TrainSource:
     def fingerprint(self, policy: CropPolicy, seed: int, holdout: int) -> dict:
         """What decides which crop sample `i` is: recorded in a cache, compared when training from it."""
         source = self.reader.describe() if self.reader is not None else {"format": self.kind, "path": self.name}
-        if self.kind == "folder":
-            source |= {"images": len(self.files), "holdout": holdout}
+        if self.kind in ("folder", "videos"):
+            source |= {"images" if self.kind == "folder" else "videos": len(self.files), "holdout": holdout}
+        if self.frames:
+            source |= {"frames": self.frames, "max_stride": self.max_stride}
         if self.kind == "hf":
             source |= {"rows": len(self.rows)}
         return {"source": source, "seed": seed, **policy.to_dict()}
 
+    def heldout_clips(self, size: int, per_photo: int = 8) -> torch.Tensor:
+        """The held-out clips of a video run, (N, 3, frames, size, size): one per held-out video, or `per_photo`
+        pans and zooms per held-out photo; the same clips every time (their own seed)."""
+        if self.heldout and self.heldout[0].suffix.lower() in VIDEO_EXTENSIONS:
+            clips = VideoFolder(self.heldout, self.clip_policy(size), seed=HELDOUT_SEED)
+            return torch.stack([clips[i] for i in range(len(self.heldout))])
+        clips = PhotoClips(self.heldout, self.clip_policy(size), seed=HELDOUT_SEED, clips_per_photo=per_photo)
+        return torch.stack([clips[i] for i in range(len(clips))])
+
     def describe(self) -> str:
         """One line for the run log."""
         caches = "".join(f"; teacher cache {c.path} ({c.samples} samples at {r} px)" for r, c in self.caches.items())
+        if self.kind == "videos":
+            return (f"{len(self.files)} videos in {self.name}, clips of {self.frames} frames every 1-{self.max_stride}, "
+                    f"{len(self.heldout)} held-out videos")
+        if self.kind == "folder" and self.frames:
+            return (f"{len(self.files)} photos in {self.name} as pan-and-zoom clips of {self.frames} frames "
+                    f"({self.n_bad} unreadable skipped), {len(self.heldout)} held-out photos")
         if self.kind == "folder":
             what = f"{len(self.files)} images in {self.name} ({self.n_bad} unreadable skipped)"
         elif self.kind == "hf":
@@ -154,8 +182,16 @@ def _detect_format(path: str) -> str:
                     "Hub dataset id, and --data.format folder|tar|hf|hf-stream if needed.")
 
 
+HELDOUT_SEED = 1_234_567  # held-out clips are drawn with their own seed, so every run evaluates on the same ones
+
+
 def make_train_source(recipe: Recipe, teacher=None, output_dir: str | Path | None = None) -> TrainSource:
-    """The recipe's training data: opens and checks caches (against `teacher`), streams and folders."""
+    """The recipe's training data: opens and checks caches (against `teacher`), streams and folders.
+
+    With a video teacher the samples are clips: from a folder of video files, or pans and zooms across a
+    folder of photos (builtin:skimage included)."""
+    if is_video_teacher(recipe.teacher):
+        return _clip_source(recipe, teacher, output_dir)
     data, seed = recipe.data, recipe.train.seed
     caches = _open_caches(recipe, teacher)
     path = data.path
@@ -189,6 +225,49 @@ def make_train_source(recipe: Recipe, teacher=None, output_dir: str | Path | Non
     return source
 
 
+def _clip_source(recipe: Recipe, teacher, output_dir: str | Path | None) -> TrainSource:
+    """A video teacher's clips: video files if the folder holds any, else pans and zooms over its photos, and the
+    teacher caches of clips (`tinyae cache-latents` with a video teacher)."""
+    data = recipe.data
+    caches = _open_caches(recipe, teacher)
+    if data.path is None and not caches:
+        raise DataError("No training data: pass --data DIR (video files, or photos to pan and zoom across), "
+                        f"--data {BUILTIN_PHOTOS} for scikit-image's sample photos, or --data.cache DIR.")
+    if data.path is None:
+        held = _held_out_files(data.eval_path) if data.eval_path else []
+        return TrainSource("cache", heldout=held, caches=caches, name=str(data.cache), frames=data.frames,
+                           max_stride=data.max_stride)
+    path = data.path
+    if path == BUILTIN_PHOTOS:
+        path = str(sample_photos(Path(output_dir or tempfile.mkdtemp(prefix="tinyae-")) / "data" / "skimage"))
+    if data.format not in ("auto", "folder") or not Path(path).is_dir():
+        raise DataError(f"A video teacher trains on a folder of video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) "
+                        f"or of photos; '{data.path}' is not one.")
+    source = TrainSource("folder", name=data.path, frames=data.frames, max_stride=data.max_stride, caches=caches)
+    videos = [p for p in Path(path).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
+    if videos:
+        source.kind = "videos"
+        files = list_videos(path)
+    else:
+        files, bad = scan_images(path, max(data.resolution, data.final_resolution or 0))
+        source.n_bad = len(bad)
+    eval_files = _held_out_files(data.eval_path) if data.eval_path else []
+    source.files, held = split_holdout(files, 0 if data.eval_path else data.holdout)
+    source.heldout = eval_files or held
+    if not source.files:
+        raise DataError(f"No training {'videos' if videos else 'photos'} left in '{path}' after holding out "
+                        f"{len(held)}; add some or lower data.holdout.")
+    for resolution, cache in caches.items():
+        _check_crop_policy(recipe, source, resolution, cache)
+    return source
+
+
+def _held_out_files(path: str) -> list[Path]:
+    """data.eval_path of a video run: its video files, else its photos."""
+    return list_videos(path) if any(p.suffix.lower() in VIDEO_EXTENSIONS for p in Path(path).rglob("*")) else (
+        list_images(path))
+
+
 def _open_caches(recipe, teacher) -> dict[int, Any]:
     data = recipe.data
     wanted = [(p, r, f) for p, r, f in ((data.cache, data.resolution, "data.cache"),
@@ -204,7 +283,8 @@ def _open_caches(recipe, teacher) -> dict[int, Any]:
     for path, resolution, field_name in wanted:
         if resolution is None:
             raise ConfigError(f"{field_name} is set but data.final_resolution is not; set both or neither.")
-        cache = caches[resolution] = open_cache(path, teacher, resolution)
+        frames = data.frames if is_video_teacher(recipe.teacher) else 0
+        cache = caches[resolution] = open_cache(path, teacher, resolution, frames=frames)
         if recipe.loss.target == "teacher" and not cache.with_targets:
             logger.warning("Cache %s has no teacher reconstructions: loss.target=teacher will run the teacher's "
                            "decoder every step (build with --with-targets to avoid it).", path)
@@ -285,12 +365,15 @@ def cache_recipe(recipe: Recipe, out: str | Path, samples: int | None = None, sh
         raise DataError("--final needs data.final_resolution in the recipe (or --data.final_resolution R).")
     samples = samples or default_samples(recipe, final)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator reads it: gloo on CPUs
-    teacher = load_teacher(recipe.teacher, device=state.device)
+    video = is_video_teacher(recipe.teacher)
+    teacher = (load_video_teacher_for(recipe.teacher, state.device) if video
+               else load_teacher(recipe.teacher, device=state.device))
     plain = dataclasses.replace(recipe, data=dataclasses.replace(data, cache=None, final_cache=None))
     source = make_train_source(plain)
     seed, policy = recipe.train.seed, crop_policy(data, resolution)
+    frames = data.frames if video else 0
     header = cache_header(teacher, resolution, samples, shard_size, with_targets,
-                          source.fingerprint(policy, seed, data.holdout))
+                          source.fingerprint(policy, seed, data.holdout), frames)
     if state.is_main_process:
         start_cache(out, header)
         logger.info("Caching %d samples of %d px crops from %s with teacher %s into %s (%d shards).", samples,
@@ -301,7 +384,8 @@ def cache_recipe(recipe: Recipe, out: str | Path, samples: int | None = None, sh
     build_cache(teacher, lambda start, count: source.crops(policy, seed, start, count),
                 out, resolution, samples, shard_size, with_targets, header["crop_policy"], batch_size,
                 state.process_index,
-                state.num_processes, progress=lambda k, total: bar.update(min(state.num_processes, total - bar.n)))
+                state.num_processes, progress=lambda k, total: bar.update(min(state.num_processes, total - bar.n)),
+                frames=frames)
     bar.close()
     state.wait_for_everyone()
     if state.is_main_process:

@@ -29,10 +29,12 @@ import diffusers
 import torch
 from torch import Tensor, nn
 
+from tinyae.config import TeacherConfig
 from tinyae.errors import TeacherLoadError
 from tinyae.models.latent_space import LatentSpace, PerChannelSpace, ScalarSpace
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.hub_access import hub_unreachable, loading_vae, local_path_typo
+from tinyae.utils.resources import weights_dir
 
 VIDEO_VAE_CLASSES = ("AutoencoderKLWan", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo", "AutoencoderKLCogVideoX")
 
@@ -68,6 +70,10 @@ register_video_teacher("hunyuan-video", VideoTeacherPreset("hunyuanvideo-communi
 register_video_teacher("ltx-video", VideoTeacherPreset("Lightricks/LTX-Video", "AutoencoderKLLTXVideo", "taeltx_2",
                                                        note="128 channels, 32x space, 8x time"))
 register_video_teacher("cogvideox", VideoTeacherPreset("THUDM/CogVideoX-2b", "AutoencoderKLCogVideoX", "taecvx"))
+# A small real AutoencoderKLWan trained here on pan-and-zoom clips of photos (tinyae.training.tiny_teacher,
+# weights/tiny-wan/README.md): the offline teacher of the video-smoke recipe and the tests, Wan 2.1's layout.
+register_video_teacher("tiny-wan", VideoTeacherPreset(str(weights_dir() / "tiny-wan"), "AutoencoderKLWan", "taew2_1",
+                                                      subfolder=None, note="small AutoencoderKLWan shipped with tinyae"))
 
 
 def video_latent_space(vae: nn.Module) -> LatentSpace:
@@ -113,6 +119,26 @@ class VideoTeacher(nn.Module):
         config = self.vae.config
         return int(config.get("z_dim") or config["latent_channels"])
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def downscale(self) -> int:
+        """Pixels per latent pixel, patches included (Wan 2.2: 16, LTX: 32)."""
+        vae, config = self.vae, self.vae.config
+        ratio = getattr(vae, "spatial_compression_ratio", None) or config.get("scale_factor_spatial")
+        return int(ratio or 2 ** (len(config.get("block_out_channels") or config.get("down_block_types")) - 1))
+
+    @property
+    def size_multiple(self) -> int:
+        return self.downscale
+
+    @property
+    def family(self) -> None:
+        """Video students have no TAESD-pair family: they ship as TAEHV files (tinyae.shipping.taehv)."""
+        return None
+
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:
         """(B, 3, F, H, W) in [-1, 1] -> (B, C, T, h, w) latents in the pipeline's space (posterior mean)."""
@@ -155,6 +181,33 @@ def load_video_teacher(name: str, subfolder: str | None = None, dtype: str = "fp
             source, subfolder=subfolder, torch_dtype=DTYPES[dtype],
             local_files_only=not Path(source).exists() and hub_unreachable())
     return VideoTeacher(vae, name, preset.taehv_model if preset else None)
+
+
+def is_video_teacher(config: TeacherConfig | str) -> bool:
+    """True when the recipe's teacher (or teacher name) is a video VAE: a video preset, or a folder of one of
+    VIDEO_VAE_CLASSES. A Hub id is a video teacher only through a preset (its config would need the network)."""
+    config = TeacherConfig(name=config) if isinstance(config, str) else config
+    if config.name in VIDEO_TEACHERS:
+        return True
+    config_path = Path(config.name) / (config.subfolder or "") / "config.json"
+    if not config_path.is_file():
+        return False
+    try:
+        return json.loads(config_path.read_text()).get("_class_name") in VIDEO_VAE_CLASSES
+    except (OSError, ValueError):
+        return False
+
+
+def load_video_teacher_for(config: TeacherConfig, device: str | torch.device = "cpu") -> VideoTeacher:
+    """The recipe's video teacher on `device`; refuses image-teacher settings it cannot honour."""
+    if config.scaling_factor is not None or config.shift_factor is not None or config.estimate_factors:
+        raise TeacherLoadError(f"teacher.scaling_factor, shift_factor and estimate_factors do not apply to the video "
+                               f"teacher '{config.name}': its latent space is its pipeline's (tinyae.models."
+                               "video_teacher); drop them.")
+    if config.sample:
+        raise TeacherLoadError("teacher.sample does not apply to a video teacher: students learn its posterior mean; "
+                               "drop it.")
+    return load_video_teacher(config.name, config.subfolder, config.dtype).to(device)
 
 
 def build_video_teacher(name: str, dtype: str = "fp32", seed: int = 0, **overrides) -> VideoTeacher:

@@ -153,9 +153,8 @@ class Adversary:
         if c.adv_loss == "relativistic":
             # Half the samples (chosen at random) real, the others fake: both classes in every batch.
             is_real = (torch.randperm(len(real), generator=self.gen) < (len(real) + 1) // 2).to(real.device)
-            mask = is_real.view(-1, 1, 1, 1)
-            images = torch.where(mask, real, fakes.to(real.dtype))
-            conds = torch.where(mask, latents, fake_latents.to(latents.dtype))
+            images = torch.where(is_real.view(-1, *[1] * (real.ndim - 1)), real, fakes.to(real.dtype))
+            conds = torch.where(is_real.view(-1, *[1] * (latents.ndim - 1)), latents, fake_latents.to(latents.dtype))
         else:
             is_real = torch.cat([torch.ones(len(real), dtype=torch.bool), torch.zeros(len(fakes), dtype=torch.bool)])
             is_real = is_real.to(real.device)

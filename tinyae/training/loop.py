@@ -4,11 +4,14 @@ Set up (teacher, data, student and its EMA copy, discriminator, optimizers, resu
 then for every step of every phase (long training at small crops, a short fine-tune
 at the final size): the student's step and the discriminator's (tinyae.training.step),
 the EMA update, logging, samples and checkpoints. At the end the EMA student is
-exported, evaluated on held-out images and, if asked, pushed to the Hub.
+exported, evaluated on held-out images and, if asked, pushed to the Hub. A video teacher
+runs the same loop on clips: its student is a TAEHV-layout VideoStudent, exported also as
+TAEHV files and evaluated on held-out clips.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -29,17 +32,20 @@ from tinyae.data.source import TrainSource, crop_policy, make_train_loader, make
 from tinyae.errors import ConfigError, DivergedError, OutputError, TinyaeError
 from tinyae.evaluation.evaluate import evaluate, summary, write_report
 from tinyae.evaluation.factors import estimate_factors
+from tinyae.evaluation.video_evaluate import evaluate_video, video_summary, write_video_report
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
-from tinyae.models.teacher import Teacher, load_teacher
+from tinyae.models.video_student import VIDEO_MODELS, VideoStudent
+from tinyae.models.video_teacher import VIDEO_TEACHERS, VideoTeacher
 from tinyae.shipping.export import export_diffusers
 from tinyae.shipping.hub import push_to_hub
+from tinyae.shipping.taehv import export_taehv
 from tinyae.training.checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from tinyae.training.health import HEALTH_KEYS, HealthMonitor
 from tinyae.training.resume import apply_recipe, check_student, plan_run
 from tinyae.training.samples import sample_grid, save_sample
-from tinyae.training.step import build_parts, build_student, distill_step
-from tinyae.utils.atomic import atomic_file
+from tinyae.training.step import AnyStudent, AnyTeacher, build_parts, build_student, distill_step, load_run_teacher
+from tinyae.utils.atomic import atomic_file, atomic_folder
 from tinyae.utils.threads import ThreadPolicy
 
 logger = logging.getLogger(__name__)
@@ -123,8 +129,9 @@ def _distill(recipe: Recipe) -> Path:
     plan = plan_run(recipe, accelerator.is_main_process)  # output folder and resume policy: fail before any work
     set_seed(cfg.seed)
 
-    # The frozen teacher and the data it encodes.
-    teacher = load_teacher(recipe.teacher, device=accelerator.device)
+    # The frozen teacher and the data it encodes (clips, with a time axis, for a video teacher).
+    teacher = load_run_teacher(recipe, device=accelerator.device)
+    video = isinstance(teacher, VideoTeacher)
     source = make_train_source(recipe, teacher, out)  # also checks a teacher cache against this teacher
     if recipe.teacher.estimate_factors and recipe.teacher.scaling_factor is None:
         # The user's explicit --teacher.scaling_factor wins; otherwise 1/std and mean of the raw latents.
@@ -137,9 +144,9 @@ def _distill(recipe: Recipe) -> Path:
                 teacher.latent_channels, teacher.latent_space.describe(), source.describe())
 
     # The student, its EMA copy (what samples, checkpoints and the export use), discriminator, optimizers.
-    fit_images = source.preview_images(32, recipe.data.resolution) if recipe.student.init else None
+    fit_images = source.preview_images(32, recipe.data.resolution) if recipe.student.init and not video else None
     student = build_student(recipe, teacher, fit_images)  # a warm start aligns its donor on these crops
-    ema_student = Student(student.arch).to(accelerator.device).requires_grad_(False)
+    ema_student = copy.deepcopy(student).to(accelerator.device).requires_grad_(False)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
     parts = build_parts(recipe, teacher, student, accelerator)
     state = TrainState()
@@ -157,7 +164,8 @@ def _distill(recipe: Recipe) -> Path:
     accelerator.init_trackers("tinyae", config=_flat(recipe.to_dict()))
     sample_size = recipe.data.final_resolution or recipe.data.resolution
     heldout = source.heldout
-    sample_images = load_eval_images(heldout[: cfg.sample_images], sample_size) if heldout else None
+    # Sample grids are of images; a video run shows its quality in the held-out clips' metrics at the end.
+    sample_images = load_eval_images(heldout[: cfg.sample_images], sample_size) if heldout and not video else None
 
     progress = tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="distill")
@@ -208,10 +216,17 @@ def _distill(recipe: Recipe) -> Path:
     return out
 
 
-def write_student(student: Student, out: Path, family: str | None) -> None:
-    """The run's student/ folder; a write that fails says what is safe: the checkpoints, the last one final."""
+def write_student(student: AnyStudent, out: Path, family: str | None) -> None:
+    """The run's student/ folder (a video student's also as TAEHV files in taehv/); a write that fails says what
+    is safe: the checkpoints, the last one final."""
     try:
-        export_diffusers(student, out / "student", overwrite=True, family=family)
+        if isinstance(student, VideoStudent):
+            with atomic_folder(out / "student", overwrite=True) as tmp:
+                student.save_pretrained(tmp)
+            comfyui_fp16 = VIDEO_MODELS[student.taehv_name].comfyui_fp16
+            export_taehv(student, out / "taehv", dtype="fp32" if comfyui_fp16 is False else "fp16", overwrite=True)
+        else:
+            export_diffusers(student, out / "student", overwrite=True, family=family)
     except OutputError as exc:
         last = list_checkpoints(out)[-1]
         raise type(exc)(f"{str(exc).removesuffix('.')}; the checkpoints are intact (the last, '{last}', holds the "
@@ -248,19 +263,27 @@ class Divergence:
                             "optim.lr or the loss weights and resume with --resume latest.")
 
 
-def finish_run(recipe: Recipe, out: Path, student: Student, teacher: Teacher, source: TrainSource,
+def finish_run(recipe: Recipe, out: Path, student: AnyStudent, teacher: AnyTeacher, source: TrainSource,
                step: int, resumes: list[dict] | None = None, seconds: dict | None = None) -> None:
-    """Evaluate the exported student on held-out images; record what the run was, each resume's changes and
-    what this session cost (wall and CPU seconds)."""
-    preset = TEACHERS.get(recipe.teacher.name)
+    """Evaluate the exported student on held-out images (clips, for a video student); record what the run was,
+    each resume's changes and what this session cost (wall and CPU seconds)."""
+    video = isinstance(student, VideoStudent)
+    preset = TEACHERS.get(recipe.teacher.name) or VIDEO_TEACHERS.get(recipe.teacher.name)
     run = {"teacher": recipe.teacher.name, "teacher_repo": preset.repo_id if preset else recipe.teacher.name,
-           "family": teacher.family, "scaling_factor": teacher.scaling_factor, "shift_factor": teacher.shift_factor,
-           "latent_space": teacher.latent_space.to_dict(), "base_model": preset.base_model if preset else None,
-           "steps": step, "unreadable_images": source.n_bad, "time": seconds or {}, "recipe": recipe.to_dict(),
-           "resumes": resumes or []}
+           "family": teacher.family, "scaling_factor": getattr(teacher, "scaling_factor", None),
+           "shift_factor": getattr(teacher, "shift_factor", None), "latent_space": teacher.latent_space.to_dict(),
+           "base_model": getattr(preset, "base_model", None), "steps": step, "unreadable_images": source.n_bad,
+           "time": seconds or {}, "recipe": recipe.to_dict(), "resumes": resumes or []}
+    if video:
+        run |= {"taehv_model": student.taehv_name, "frames": recipe.data.frames}
     atomic_file(out / "run.json", lambda path: path.write_text(json.dumps(run, indent=2)))
-    metrics: dict = {"steps": step, "heldout_images": len(source.heldout)}
-    if source.heldout:
+    metrics: dict = {"steps": step, f"heldout_{'sources' if video else 'images'}": len(source.heldout)}
+    if source.heldout and video:
+        clips = source.heldout_clips(recipe.data.final_resolution or recipe.data.resolution)
+        results = evaluate_video(student, teacher, clips)
+        write_video_report(results, out / "eval")
+        metrics |= video_summary(results)
+    elif source.heldout:
         size = recipe.data.final_resolution or recipe.data.resolution
         images = load_eval_images(source.heldout, size)
         results = evaluate(student, teacher, images)

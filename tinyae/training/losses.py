@@ -39,7 +39,9 @@ class DistillLoss(nn.Module):
         return {"latent": (c.latent_weight, distance(student_latents, teacher_latents, c.latent))}
 
     def decoder_terms(self, recon: torch.Tensor, target: torch.Tensor) -> Terms:
+        """Per image, or per frame of (B, 3, F, H, W) clips (frames folded into the batch)."""
         c = self.config
+        recon, target = as_frames(recon), as_frames(target)
         pooled = (F.avg_pool2d(recon, c.pixel_pool), F.avg_pool2d(target, c.pixel_pool)) if c.pixel_pool > 1 else (
             recon, target)
         terms = {}
@@ -48,6 +50,11 @@ class DistillLoss(nn.Module):
         if c.lpips_weight > 0:
             terms["lpips"] = (c.lpips_weight, lpips_distance(recon, target, net=c.lpips_net).mean())
         return terms
+
+
+def as_frames(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, F, H, W) clips -> (B * F, 3, H, W) frames; images pass unchanged."""
+    return x.transpose(1, 2).flatten(0, 1) if x.ndim == 5 else x
 
 
 def weighted_total(terms: Terms) -> torch.Tensor:

@@ -21,6 +21,7 @@ from tinyae.config import Recipe, StudentConfig, dotted_fields
 from tinyae.errors import CheckpointError, ConfigError
 from tinyae.models.student import CONFIG_NAME, Student
 from tinyae.models.variants import resolve_arch
+from tinyae.models.video_student import VideoArch, VideoStudent
 from tinyae.training.checkpoints import (
     CHECKPOINT_RE,
     checkpoint_damage,
@@ -57,6 +58,7 @@ RESUME_POLICY: dict[str, str] = {
     "loss": MAY_CHANGE,  # the terms and weights of the next steps
     "loss.disc": MUST_EQUAL,  # the discriminator's weights have its shape
     "loss.disc_width": MUST_EQUAL,
+    "loss.disc_frames": MUST_EQUAL,  # a frame group's channels are the video discriminator's input
     "loss.replay": MUST_EQUAL,  # the checkpoint holds the replay buffer, of that size
     "optim": OPTIMIZER,
     "optim.grad_clip": MAY_CHANGE,  # read at every step
@@ -193,6 +195,8 @@ def compare_recipes(saved: dict, recipe: Recipe, checkpoint: Path) -> dict[str, 
 def _resolved(student: dict, checkpoint: Path):
     """A recipe's student section as the architecture it builds for the checkpoint's latents (equal spellings match)."""
     arch = checkpoint_arch(checkpoint)
+    if isinstance(arch, VideoArch):  # a TAEHV layout is named, not resolved: the section is compared as written
+        return student
     try:
         return resolve_arch(StudentConfig(**student), arch.latent_channels, arch.downscale)
     except (ConfigError, TypeError):
@@ -200,11 +204,15 @@ def _resolved(student: dict, checkpoint: Path):
 
 
 def checkpoint_arch(checkpoint: Path):
-    """The architecture of the checkpoint's EMA student (student_ema/config.json)."""
-    return Student.arch_from_diffusers(json.loads((Path(checkpoint) / "student_ema" / CONFIG_NAME).read_text()))
+    """The architecture of the checkpoint's EMA student (student_ema/config.json): an image or a video layout."""
+    config = json.loads((Path(checkpoint) / "student_ema" / CONFIG_NAME).read_text())
+    if config.get("_class_name") == VideoStudent.__name__:
+        init = VideoStudent.extract_init_dict(config)[0]
+        return VideoArch(**{name: init[name] for name in VideoArch.__dataclass_fields__ if name in init})
+    return Student.arch_from_diffusers(config)
 
 
-def check_student(plan: RunPlan, student: Student) -> None:
+def check_student(plan: RunPlan, student) -> None:
     """Refuse, before loading the state, a student of another shape than the checkpoint's (torch would fail inside)."""
     theirs = checkpoint_arch(plan.checkpoint)
     if student.arch != theirs:

@@ -4,7 +4,10 @@ A step takes a batch of crops (with the teacher's latents, when they come from t
 cache), lets the frozen teacher supply what is missing, updates the student (encoder
 matches the latents, decoder reconstructs the image from them, judged by the
 reconstruction terms and the discriminator) and then the discriminator. What it
-updates is built once per run by `build_parts`.
+updates is built once per run by `build_parts`. With a video teacher the same step
+takes clips (B, 3, F, H, W) and latents with a time axis: the student is a TAEHV-layout
+VideoStudent, the pixel and LPIPS terms apply per frame, the discriminator judges groups
+of consecutive frames.
 """
 
 from __future__ import annotations
@@ -17,16 +20,21 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from tinyae.config import Recipe
+from tinyae.config import Recipe, StudentConfig
 from tinyae.data.images import load_eval_images, sample_photos
 from tinyae.errors import ConfigError
 from tinyae.models.discriminator import build_discriminator
 from tinyae.models.student import Student
-from tinyae.models.teacher import Teacher
+from tinyae.models.teacher import Teacher, load_teacher
 from tinyae.models.variants import resolve_arch
+from tinyae.models.video_student import VIDEO_MODELS, VideoStudent
+from tinyae.models.video_teacher import VIDEO_TEACHERS, VideoTeacher, is_video_teacher, load_video_teacher_for
 from tinyae.training.adversarial import Adversary
 from tinyae.training.losses import DistillLoss, weighted_total
-from tinyae.training.warm_start import warm_start
+from tinyae.training.warm_start import video_warm_start, warm_start
+
+AnyStudent = Student | VideoStudent
+AnyTeacher = Teacher | VideoTeacher
 
 
 class StudentStep(nn.Module):
@@ -35,23 +43,105 @@ class StudentStep(nn.Module):
     With `parts` "encoder" or "decoder" only that half runs (the other is frozen): its output is None.
     """
 
-    def __init__(self, student: Student, parts: str = "both"):
+    def __init__(self, student: AnyStudent, parts: str = "both"):
         super().__init__()
         self.student = student
         self.parts = parts
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student.encode(x).latents if isinstance(self.student, VideoStudent) else self.student.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.student.decode(z).sample if isinstance(self.student, VideoStudent) else self.student.decode(z)
+
     def forward(self, images: torch.Tensor, teacher_latents: torch.Tensor, round_trip: bool = False
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        latents = self.student.encode(images) if self.parts != "decoder" else None
-        recon = self.student.decode(teacher_latents) if self.parts != "encoder" else None
-        return latents, recon, self.student.decode(latents) if round_trip and latents is not None else None
+        latents = self.encode(images) if self.parts != "decoder" else None
+        recon = self.decode(teacher_latents) if self.parts != "encoder" else None
+        return latents, recon, self.decode(latents) if round_trip and latents is not None else None
 
 
-def build_student(recipe: Recipe, teacher: Teacher, fit_images: torch.Tensor | None = None) -> Student:
+def load_run_teacher(recipe: Recipe, device: str | torch.device = "cpu") -> AnyTeacher:
+    """The recipe's frozen teacher: a video VAE (preset or folder) gives a VideoTeacher, anything else a Teacher."""
+    if is_video_teacher(recipe.teacher):
+        return load_video_teacher_for(recipe.teacher, device)
+    return load_teacher(recipe.teacher, device=device)
+
+
+def output_layer(student: AnyStudent) -> nn.Conv2d:
+    """The decoder's last conv (where the adaptive adversarial weight compares gradients)."""
+    return student.decoder[-1] if isinstance(student, VideoStudent) else student.decoder.layers[-1]
+
+
+# Image-student fields a TAEHV layout has no place for; a video run refuses them rather than ignore them.
+_IMAGE_ONLY = ("variant", "size", "encoder_widths", "decoder_widths", "encoder_blocks", "decoder_blocks",
+               "encoder_stem", "pool")
+
+
+def taehv_layout(config: StudentConfig, teacher: VideoTeacher) -> str:
+    """The TAEHV model a video student takes: student.taehv, else the teacher preset's, else the one published
+    layout of the teacher's channels, downscale and class."""
+    if config.taehv is not None:
+        if config.taehv not in VIDEO_MODELS:
+            raise ConfigError(f"student.taehv '{config.taehv}' is not a TAEHV layout; pass one of "
+                              f"{', '.join(VIDEO_MODELS)}.")
+        return config.taehv
+    if teacher.taehv_model:
+        return teacher.taehv_model
+    fits = [name for name, model in VIDEO_MODELS.items() if model.arch.latent_channels == teacher.latent_channels
+            and model.arch.downscale == teacher.downscale]
+    same_class = [name for name in fits if name in {p.taehv_model for p in VIDEO_TEACHERS.values()
+                                                   if p.vae_class == type(teacher.vae).__name__}]
+    if len(fits) == 1 or len(same_class) == 1:
+        return (same_class or fits)[0]
+    raise ConfigError(f"Cannot tell which TAEHV layout a student of '{teacher.name}' ({teacher.latent_channels} "
+                      f"channels, {teacher.downscale}x) takes; set student.taehv to one of "
+                      f"{', '.join(fits or VIDEO_MODELS)}.")
+
+
+def build_video_student(recipe: Recipe, teacher: VideoTeacher) -> VideoStudent:
+    """A TAEHV-layout student for a video teacher, fresh or warm-started from an image student."""
+    config, data = recipe.student, recipe.data
+    set_fields = [f"student.{name}" for name in _IMAGE_ONLY if getattr(config, name) is not None]
+    set_fields += [f"student.{name}" for name, default in (("act_fn", "relu"), ("upsample_fn", "nearest"),
+                                                           ("gradient_checkpointing", False))
+                   if getattr(config, name) != default]
+    set_fields += ["train.channels_last"] if recipe.train.channels_last else []
+    if set_fields:
+        raise ConfigError(f"{', '.join(set_fields)} shape image students; a video student takes a published TAEHV "
+                          "layout (student.taehv): drop them.")
+    if config.latent_channels not in (None, teacher.latent_channels):
+        raise ConfigError(f"student.latent_channels={config.latent_channels} but the teacher has "
+                          f"{teacher.latent_channels}; drop the override or pick the matching teacher.")
+    name = taehv_layout(config, teacher)
+    arch = VIDEO_MODELS[name].arch
+    if (arch.latent_channels, arch.downscale) != (teacher.latent_channels, teacher.downscale):
+        raise ConfigError(f"student.taehv '{name}' reads {arch.latent_channels} channels at {arch.downscale}x but "
+                          f"the teacher '{teacher.name}' writes {teacher.latent_channels} at {teacher.downscale}x; "
+                          "pick the layout of the teacher's latents.")
+    if (data.frames - 1) % arch.time_downscale:
+        k = arch.time_downscale
+        raise ConfigError(f"data.frames {data.frames} does not encode to whole latents: video VAEs take 1 + {k}k "
+                          f"frames ({1 + k}, {1 + 2 * k}, {1 + 3 * k}, ...); pick one of those.")
+    for size in (data.resolution, data.final_resolution):
+        if size is not None and size % teacher.size_multiple:
+            raise ConfigError(f"Clips of {size} px do not divide into the teacher's latents; set data.resolution "
+                              f"and data.final_resolution to multiples of {teacher.size_multiple}.")
+    student = video_warm_start(recipe, name) if config.init else VideoStudent.published(name)
+    if config.mid_grey_init:
+        with torch.no_grad():
+            student.decoder[-1].bias.fill_(0.5)  # its frames are in [0, 1] inside: mid-grey
+    return student
+
+
+def build_student(recipe: Recipe, teacher: AnyTeacher, fit_images: torch.Tensor | None = None) -> AnyStudent:
     """A new student shaped for `teacher` (the recipe's variant), or one warm-started from `student.init`.
 
     `fit_images` (crops in [-1, 1]) align a donor's latent space to the teacher's; default: the sample photos.
+    A video teacher gets a TAEHV-layout VideoStudent (`build_video_student`).
     """
+    if isinstance(teacher, VideoTeacher):
+        return build_video_student(recipe, teacher)
     config = recipe.student
     if config.latent_channels not in (None, teacher.latent_channels):
         raise ConfigError(f"student.latent_channels={config.latent_channels} but the teacher has "
@@ -79,8 +169,8 @@ class DistillParts:
 
     recipe: Recipe
     accelerator: Accelerator
-    teacher: Teacher
-    student: Student
+    teacher: AnyTeacher
+    student: AnyStudent
     step_model: nn.Module  # StudentStep, maybe wrapped for DDP
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler  # not prepared: it steps once per optimizer step
@@ -88,10 +178,17 @@ class DistillParts:
     adversary: Adversary
 
 
-def build_parts(recipe: Recipe, teacher: Teacher, student: Student, accelerator: Accelerator) -> DistillParts:
-    """The discriminator, both optimizers and the warm-up schedule for `student`, prepared by accelerate."""
+def build_parts(recipe: Recipe, teacher: AnyTeacher, student: AnyStudent, accelerator: Accelerator) -> DistillParts:
+    """The discriminator, both optimizers and the warm-up schedule for `student`, prepared by accelerate.
+
+    A video student's discriminator judges groups of `loss.disc_frames` consecutive frames."""
     train, optim, loss = recipe.train, recipe.optim, recipe.loss
-    disc = build_discriminator(loss.disc, student.latent_channels, loss.disc_width)
+    video = isinstance(student, VideoStudent)
+    if video and loss.adv_weight > 0 and recipe.data.frames < loss.disc_frames:
+        raise ConfigError(f"loss.disc_frames {loss.disc_frames} is more than the {recipe.data.frames} frames of a "
+                          "clip (data.frames); lower it or take longer clips.")
+    channels = student.arch.latent_channels
+    disc = build_discriminator(loss.disc, channels, loss.disc_width, loss.disc_frames if video else 0)
     if train.channels_last:
         student, disc = student.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
     if train.parts != "both":  # the other half stays as it started (a warm start's, or fresh)
@@ -142,7 +239,7 @@ def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: b
                  ) | reconstruction
         logged: dict[str, torch.Tensor] = {}
         if use_adv:
-            last_layer = parts.student.decoder.layers[-1].weight
+            last_layer = output_layer(parts.student).weight
             rec_total = weighted_total(reconstruction) if reconstruction else None
             terms["adv"], logged["adv"] = adversary.generator_term(recon, images, latents, c.adv_weight, rec_total,
                                                                    last_layer)

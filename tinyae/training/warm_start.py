@@ -8,15 +8,19 @@ encoder's last conv (so the donor's encoder writes the teacher's latents), and d
 folded into the decoder's first conv (so the donor's decoder reads them). Each fit's R² is
 reported and a poor one is warned about. The recipe's architecture fields (size, widths,
 blocks, act_fn) apply on the donor's layout; tensors whose shapes then differ start fresh and the
-log names their layers. The map is a cheap first step: the decoder's soft clamp sits before its
+log names their layers. A video student (TAEHV layout) warm-starts from an image student by the same
+transfer (`video_warm_start`): its per-frame convs take the image student's where the shapes fit. The map is
+a cheap first step: the decoder's soft clamp sits before its
 first conv, so the fold is exact only where latents are small, and training does the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,6 +33,8 @@ from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Block, Student
 from tinyae.models.teacher import Teacher
 from tinyae.models.variants import resolve_arch
+from tinyae.models.video_student import MemBlock, TGrow, TPool, VideoStudent, load_video_student
+from tinyae.utils.weights import read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -97,38 +103,128 @@ def tiny_presets() -> list[str]:
     return [name for name, preset in TEACHERS.items() if preset.vae_class in ("TinyAutoencoder", "AutoencoderTiny")]
 
 
+def _layers(half: nn.Module) -> nn.Sequential:
+    """An image student's `encoder.layers`, or a video student's encoder / decoder itself."""
+    return getattr(half, "layers", half)
+
+
 def _layer_tags(layers: nn.Sequential) -> dict[tuple[int, int], int]:
-    """(convs so far, blocks since the last conv) -> layer index: the same place in two layouts with equal stages."""
+    """(convs so far, blocks since the last conv) -> layer index: the same place in two layouts with equal stages.
+
+    An image Block and a video MemBlock at the same place are the same block (the MemBlock also sees the
+    previous frame); TPool / TGrow are not counted, so a TAEHV layout lines up with a TAESD one."""
     tags, convs, blocks = {}, 0, 0
     for index, layer in enumerate(layers):
         if isinstance(layer, nn.Conv2d):
             convs, blocks = convs + 1, 0
             tags[(convs, 0)] = index
-        elif isinstance(layer, Block):
+        elif isinstance(layer, (Block, MemBlock)):
             blocks += 1
             tags[(convs, blocks)] = index
     return tags
 
 
-def transfer(student: Student, donor: Student, skip: tuple[str, ...] = ()) -> list[str]:
+def copy_by_shape(target: nn.Module, source: nn.Module | None) -> bool:
+    """Copy `source`'s tensors into `target` when every one fits; returns whether it did.
+
+    A tensor fits when the shapes are equal, or when `target`'s is a MemBlock's first conv over [frame,
+    previous frame] and `source`'s the image block's conv over the frame: that half is copied and the other
+    zeroed, so the block starts as the image block applied to each frame."""
+    own, theirs = target.state_dict(), source.state_dict() if source is not None else {}
+    if own.keys() != theirs.keys():
+        return False
+    widened = {k for k in own if own[k].ndim == 4 and theirs[k].ndim == 4 and own[k].shape[0] == theirs[k].shape[0]
+               and own[k].shape[1] == 2 * theirs[k].shape[1] and own[k].shape[2:] == theirs[k].shape[2:]
+               and isinstance(target, MemBlock)}
+    if any(own[k].shape != theirs[k].shape for k in own if k not in widened):
+        return False
+    with torch.no_grad():
+        for key, value in own.items():
+            if key in widened:
+                value.zero_()[:, : theirs[key].shape[1]].copy_(theirs[key])
+            else:
+                value.copy_(theirs[key])
+    return True
+
+
+def transfer(student: nn.Module, donor: Student, skip: tuple[str, ...] = ()) -> list[str]:
     """Copy the donor's tensors into `student` layer by matching layer; returns the student layers left fresh.
 
     Layers are matched by their place (stage and block), not their index, so a layout with fewer blocks per
-    stage still gets the donor's blocks where they exist. `skip` names halves that were never trained.
+    stage still gets the donor's blocks where they exist, and a video student (TAEHV layout) gets an image
+    student's per-frame convs. `skip` names halves that were never trained.
     """
     fresh = []
     for side in ("encoder", "decoder"):
-        ours, theirs = getattr(student, side).layers, getattr(donor, side).layers
+        ours, theirs = _layers(getattr(student, side)), _layers(getattr(donor, side))
+        prefix = f"{side}.layers" if ours is not getattr(student, side) else side
         their_tags = _layer_tags(theirs)
         for tag, index in _layer_tags(ours).items():
             source = theirs[their_tags[tag]] if tag in their_tags and side not in skip else None
-            target = ours[index]
-            own, donor_state = target.state_dict(), source.state_dict() if source is not None else {}
-            if donor_state.keys() == own.keys() and all(own[k].shape == donor_state[k].shape for k in own):
-                target.load_state_dict(donor_state)
-            else:
-                fresh.append(f"{side}.layers.{index}")
+            if not copy_by_shape(ours[index], source):
+                fresh.append(f"{prefix}.{index}")
     return fresh
+
+
+def per_frame_time_layers(student: VideoStudent) -> list[str]:
+    """Set every TPool to average its frames and every TGrow to repeat its frame, so a warm-started video
+    student starts as its per-frame convs applied frame by frame; returns the layers set."""
+    done = []
+    for side in ("encoder", "decoder"):
+        for index, layer in enumerate(getattr(student, side)):
+            if isinstance(layer, (TPool, TGrow)):
+                width = layer.conv.out_channels // (1 if isinstance(layer, TPool) else layer.stride)
+                eye = torch.eye(width)
+                blocks = [eye / layer.stride] * layer.stride if isinstance(layer, TPool) else [eye] * layer.stride
+                with torch.no_grad():
+                    layer.conv.weight.copy_(torch.cat(blocks, 1 if isinstance(layer, TPool) else 0)[..., None, None])
+                done.append(f"{side}.{index}")
+    return done
+
+
+def load_video_donor(init: str) -> VideoStudent | None:
+    """A video student named by student.init (a VideoStudent folder, a run or checkpoint holding one, a TAEHV
+    file), or None when `init` names something else."""
+    path = Path(init)
+    for folder in (path / "student_ema", path / "student", path):
+        config = folder / "config.json"
+        if config.is_file() and json.loads(config.read_text()).get("_class_name") == VideoStudent.__name__:
+            return load_video_student(folder)
+    if path.is_file() and path.suffix in (".pth", ".safetensors") and "decoder.22.bias" in read_weights(path):
+        return load_video_student(path)
+    return None
+
+
+def video_warm_start(recipe: Recipe, name: str) -> VideoStudent:
+    """A `name`-layout video student that starts from the student named by `recipe.student.init`.
+
+    A video student of the same layout is copied whole. An image student (TAESD pair, TinyAutoencoder folder,
+    `taef2`-like preset) gives every conv and block whose shapes fit the TAEHV layout's per-frame ones, its
+    temporal layers start as frame averaging / repeating, and the log names what started fresh. The latents
+    are not mapped: an image student of another latent space gives its inner layers, and its latent convs
+    only where the channel counts agree.
+    """
+    init = recipe.student.init
+    student = VideoStudent.published(name)
+    video_donor = load_video_donor(init)
+    if video_donor is not None:
+        if video_donor.arch != student.arch:
+            raise ConfigError(f"student.init '{init}' is a video student of another layout than '{name}'; start "
+                              "from one of the same layout, or from an image student.")
+        student.load_state_dict(video_donor.state_dict())
+        logger.info("Warm start from the video student '%s': every layer copied.", init)
+        return student
+    donor = load_donor(init).eval()
+    if donor.downscale != student.arch.downscale:
+        raise ConfigError(f"student.init '{init}' downscales {donor.downscale}x but the '{name}' layout "
+                          f"{student.arch.downscale}x: a warm start transfers stages one for one and cannot add or "
+                          "drop them; start from an image student of that downscale, or from scratch.")
+    fresh = transfer(student, donor, donor.untrained)
+    timed = per_frame_time_layers(student)
+    logger.info("Warm start of the %s video student from the image student '%s' (%d -> %d latent channels): per-frame "
+                "convs copied where shapes fit; temporal layers set to average / repeat frames: %s; fresh: %s.", name,
+                init, donor.latent_channels, student.arch.latent_channels, ", ".join(timed), ", ".join(fresh) or "none")
+    return student
 
 
 def _latents(encode, images: torch.Tensor) -> torch.Tensor:
