@@ -74,6 +74,21 @@ def test_decode_time_is_reported_for_both_student_modes_and_the_teacher_with_the
         assert speedup[mode] == seconds["teacher"] / seconds[mode]
 
 
+def test_a_reference_vae_is_timed_against_the_student_on_the_same_latents(models, clips, tmp_path):
+    student, teacher = models
+    reference = build_video_teacher("wan2.1", base_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1)
+    results = evaluate_video(student, teacher, clips, with_lpips=False, reference=reference)
+    ref = results["reference"]
+    assert ref["model"]["name"] == "wan2.1 (random weights)" and ref["seconds"] > 0
+    assert ref["speedup_parallel"] == ref["seconds"] / ref["student_parallel_seconds"]
+    assert ref["speedup_streaming"] == ref["seconds"] / ref["student_streaming_seconds"]
+    flat = video_summary(results)
+    assert flat["speedup_vs_reference_parallel"] == ref["speedup_parallel"]
+    assert flat["reference_vae"] == "wan2.1 (random weights)"
+    assert "x faster than the reference" in write_video_report(results, tmp_path)["md"].read_text()
+    assert evaluate_video(student, teacher, clips, with_lpips=False)["reference"] is None
+
+
 def test_the_summary_is_flat_json_and_the_report_holds_the_numbers(evaluated, tmp_path):
     flat = video_summary(evaluated)
     assert flat["psnr_vs_teacher"] == evaluated["metrics"]["decoder_vs_teacher"]["psnr"]

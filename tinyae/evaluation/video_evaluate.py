@@ -93,8 +93,28 @@ def check_clips(student: VideoStudent, teacher: VideoTeacher, clips: Tensor) -> 
 
 
 @torch.no_grad()
+def _against_reference(student: VideoStudent, reference: VideoTeacher | None, x: Tensor,
+                       teacher: VideoTeacher) -> dict | None:
+    """Decode seconds of the full-size VAE and of the student on the same latents (the teacher's of `x`)."""
+    if reference is None:
+        return None
+    device = next(student.parameters()).device
+    z = teacher.encode(x).to(device, next(student.parameters()).dtype)
+    seconds = dict.fromkeys(("reference", "student_parallel", "student_streaming"), 0.0)
+    _timed(seconds, "reference", device, lambda: reference.to(device).decode(z.to(next(reference.parameters()).dtype)))
+    _timed(seconds, "student_parallel", device, lambda: student.decode(z).sample)
+    _timed(seconds, "student_streaming", device, lambda: sum(1 for _ in student.decode_frames(z)))
+    return {"model": describe_model(reference, "reference VAE"), "seconds": seconds["reference"],
+            "student_parallel_seconds": seconds["student_parallel"],
+            "student_streaming_seconds": seconds["student_streaming"],
+            "speedup_parallel": seconds["reference"] / seconds["student_parallel"],
+            "speedup_streaming": seconds["reference"] / seconds["student_streaming"]}
+
+
+@torch.no_grad()
 def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, with_lpips: bool = True,
-                   batch_size: int = 1, lpips_net: str = "alex", names: Sequence[str] | None = None) -> dict:
+                   batch_size: int = 1, lpips_net: str = "alex", names: Sequence[str] | None = None,
+                   reference: VideoTeacher | None = None) -> dict:
     """Student vs teacher on clips (N, 3, F, H, W) in [-1, 1], F = 1 + 4k; a JSON-ready dict.
 
     Keys: format, teacher, student (descriptions), lpips_net (None without LPIPS), n_clips, frames,
@@ -103,7 +123,12 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
     channel, r2_mean, teacher_std), decode_seconds (student_parallel, student_streaming, teacher),
     decode_chunk_size (the student's, which its parallel decode used; None: unchunked), speedup
     (student_parallel, student_streaming: the teacher's seconds over the student's), per_clip (comparison ->
-    metric -> values, and latent_mse) and notes.
+    metric -> values, and latent_mse), reference and notes.
+
+    A small teacher stands in for a full-size VAE (tiny-wan for Wan 2.1), and a student is only fast next to the
+    VAE it replaces: `reference` (that VAE's architecture, e.g. `build_video_teacher("wan2.1")`) decodes the first
+    batch's latents, timed against the student on the same latents (reference: model, seconds,
+    student_parallel_seconds, student_streaming_seconds, speedup_parallel, speedup_streaming; None without one).
     """
     check_clips(student, teacher, clips)
     check_positive("batch_size", batch_size)
@@ -143,6 +168,7 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
                                 f"teacher to {tuple(z.shape)}; evaluate a student against its own teacher.")
             stats.update(_frames(z_student), _frames(z))
             latent_mse += metrics.latent_mse(_frames(z_student), _frames(z)).view(z.shape[0], -1).mean(1).tolist()
+        against = _against_reference(student, reference, clips[:batch_size].to(t_device).float(), teacher)
     finally:
         student.train(was_training)
     r2 = stats.r2().tolist()
@@ -164,6 +190,7 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
         "decode_chunk_size": student.decode_chunk_size,  # None: all frames through each layer at once
         "speedup": {name: seconds["teacher"] / seconds[name] if seconds[name] else None for name in DECODERS[:2]},
         "per_clip": {**per_clip, "latent_mse": latent_mse},
+        "reference": against,
         "notes": [
             "Per-frame metrics (PSNR, SSIM, LPIPS on [0, 1] frames) are averaged over each clip's frames, then over "
             "clips; decoded clips are clamped to [-1, 1].",
@@ -187,7 +214,8 @@ def video_summary(results: dict) -> dict:
     Keys: n_clips, frames, resolution, {psnr,ssim,lpips,flicker,temporal_psnr}_vs_teacher (decoder),
     {psnr,ssim,lpips}_vs_original (decoder), roundtrip_{psnr,lpips}_vs_original (student round trip),
     teacher_psnr_vs_original, latent_mse, latent_r2, decode_s_{student_parallel,student_streaming,teacher},
-    speedup_{parallel,streaming}. Undefined values (NaN, inf, no LPIPS) are None.
+    speedup_{parallel,streaming}; with a reference VAE also reference_vae, decode_s_reference and
+    speedup_vs_reference_{parallel,streaming}. Undefined values (NaN, inf, no LPIPS) are None.
     """
     m = results["metrics"]
     vs_teacher, vs_original = m["decoder_vs_teacher"], m["decoder_vs_original"]
@@ -204,6 +232,11 @@ def video_summary(results: dict) -> dict:
         "speedup_parallel": results["speedup"]["student_parallel"],
         "speedup_streaming": results["speedup"]["student_streaming"],
     }
+    if results.get("reference"):
+        ref = results["reference"]
+        flat |= {"reference_vae": ref["model"]["name"], "decode_s_reference": ref["seconds"],
+                 "speedup_vs_reference_parallel": ref["speedup_parallel"],
+                 "speedup_vs_reference_streaming": ref["speedup_streaming"]}
     return json_safe(flat)
 
 
@@ -234,6 +267,13 @@ def format_video_table(results: dict) -> str:
     speed = markdown_table(["decode", "s", "x faster than teacher"],
                            [[name.replace("_", " "), fmt(results["decode_seconds"][name], ".2f"),
                              fmt(results["speedup"].get(name), ".1f")] for name in DECODERS])
+    ref = results.get("reference")
+    if ref:
+        speed += "\n\n" + markdown_table(
+            ["decode, first batch", "s", "x faster than the reference"],
+            [[ref["model"]["name"], fmt(ref["seconds"], ".2f"), ""],
+             ["student parallel", fmt(ref["student_parallel_seconds"], ".2f"), fmt(ref["speedup_parallel"], ".1f")],
+             ["student streaming", fmt(ref["student_streaming_seconds"], ".2f"), fmt(ref["speedup_streaming"], ".1f")]])
     return f"{quality}\n\n{latents}\n\n{speed}"
 
 

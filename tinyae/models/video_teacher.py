@@ -52,6 +52,7 @@ class VideoTeacherPreset:
     subfolder: str | None = "vae"
     arch: dict = field(default_factory=dict)  # constructor arguments for weights-free builds ({}: the defaults)
     note: str = ""
+    stands_for: str | None = None  # a small teacher's full-size model: runs also time the student against its build
 
 
 VIDEO_TEACHERS: dict[str, VideoTeacherPreset] = {}
@@ -73,7 +74,8 @@ register_video_teacher("cogvideox", VideoTeacherPreset("THUDM/CogVideoX-2b", "Au
 # A small real AutoencoderKLWan trained here on pan-and-zoom clips of photos (tinyae.training.tiny_teacher,
 # weights/tiny-wan/README.md): the offline teacher of the video-smoke recipe and the tests, Wan 2.1's layout.
 register_video_teacher("tiny-wan", VideoTeacherPreset(str(weights_dir() / "tiny-wan"), "AutoencoderKLWan", "taew2_1",
-                                                      subfolder=None, note="small AutoencoderKLWan shipped with tinyae"))
+                                                      subfolder=None, note="small AutoencoderKLWan shipped with tinyae",
+                                                      stands_for="wan2.1"))
 
 
 def video_latent_space(vae: nn.Module) -> LatentSpace:

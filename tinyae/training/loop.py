@@ -36,7 +36,7 @@ from tinyae.evaluation.video_evaluate import evaluate_video, video_summary, writ
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
 from tinyae.models.video_student import VIDEO_MODELS, VideoStudent
-from tinyae.models.video_teacher import VIDEO_TEACHERS, VideoTeacher
+from tinyae.models.video_teacher import VIDEO_TEACHERS, VideoTeacher, build_video_teacher
 from tinyae.shipping.export import export_diffusers
 from tinyae.shipping.hub import push_to_hub
 from tinyae.shipping.taehv import export_taehv
@@ -280,7 +280,9 @@ def finish_run(recipe: Recipe, out: Path, student: AnyStudent, teacher: AnyTeach
     metrics: dict = {"steps": step, f"heldout_{'sources' if video else 'images'}": len(source.heldout)}
     if source.heldout and video:
         clips = source.heldout_clips(recipe.data.final_resolution or recipe.data.resolution)
-        results = evaluate_video(student, teacher, clips)
+        stands_for = getattr(VIDEO_TEACHERS.get(recipe.teacher.name), "stands_for", None)
+        reference = build_video_teacher(stands_for) if stands_for else None  # speed only: random weights
+        results = evaluate_video(student, teacher, clips, reference=reference)
         write_video_report(results, out / "eval")
         metrics |= video_summary(results)
     elif source.heldout:
