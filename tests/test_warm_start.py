@@ -14,6 +14,7 @@ from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
 from tinyae.models.variants import resolve_arch
 from tinyae.training.derived_teacher import derive_teacher, grade, random_space, transform_space
+from tinyae.training.adversarial import Adversary
 from tinyae.training.loop import distill
 from tinyae.training.step import build_student
 from tinyae.training.warm_start import fit_latent_map, load_donor
@@ -175,3 +176,25 @@ def test_training_one_half_refuses_adversarial_terms_that_would_not_run():
         load_recipe("finetune", {"train": {"parts": "encoder"}, "loss": {"adv_weight": 0.1}})
     with pytest.raises(ConfigError, match="needs train.parts both"):
         load_recipe("finetune", {"loss": {"encoder_adv_weight": 0.1}})
+
+
+def test_with_the_teachers_decode_as_target_the_discriminator_judges_against_it_not_the_photos(tmp_path, monkeypatch):
+    seen = []
+    real_step = Adversary.step
+
+    def recording(self, real, fake, latents):
+        seen.append((real.detach().clone(), latents.detach().clone()))
+        return real_step(self, real, fake, latents)
+
+    monkeypatch.setattr(Adversary, "step", recording)
+    distill(load_recipe("finetune", {
+        "teacher": {"name": "tiny"},
+        "data": {"path": "builtin:skimage", "resolution": 32, "holdout": 0},
+        "loss": {"adv_weight": 0.1, "adv_start": 0, "disc_width": 8},
+        "student": {"encoder_blocks": [1], "decoder_blocks": [1]},
+        "train": {"steps": 1, "batch_size": 2, "output_dir": str(tmp_path / "run"), "log_with": None,
+                  "threads": 1, "checkpoint_every": 1}}))
+    (real, latents), = seen
+    teacher = load_teacher("tiny")
+    with torch.no_grad():
+        assert torch.allclose(real, teacher.decode(latents), atol=1e-5)  # the look the fine-tune keeps

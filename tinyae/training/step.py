@@ -241,11 +241,13 @@ def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: b
         if use_adv:
             last_layer = output_layer(parts.student).weight
             rec_total = weighted_total(reconstruction) if reconstruction else None
-            terms["adv"], logged["adv"] = adversary.generator_term(recon, images, latents, c.adv_weight, rec_total,
+            # The discriminator's "real" is the decoder's target: real photos, or with loss.target teacher the
+            # teacher's decodes, so a fine-tune keeps the fine-tuned VAE's look instead of drifting to the photos'.
+            terms["adv"], logged["adv"] = adversary.generator_term(recon, target, latents, c.adv_weight, rec_total,
                                                                    last_layer)
             if round_trip:
                 terms["encoder_adv"], logged["encoder_adv"] = adversary.generator_term(
-                    rt, images, latents, c.encoder_adv_weight)
+                    rt, target, latents, c.encoder_adv_weight)
             if measure and rec_total is not None:
                 weight, term = terms["adv"]
                 adv_grad, = torch.autograd.grad(weight * term, recon, retain_graph=True)
@@ -260,8 +262,8 @@ def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: b
         parts.opt.zero_grad(set_to_none=True)
         clock("student")
 
-        # Discriminator: real images against the student's reconstructions, each with its latent.
+        # Discriminator: the decoder's targets against the student's reconstructions, each with its latent.
         if use_adv:
-            logged |= adversary.step(images, recon, latents)
+            logged |= adversary.step(target, recon, latents)
         clock("disc")
     return {name: value.detach() for name, (_, value) in terms.items()} | logged
