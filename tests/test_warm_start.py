@@ -13,8 +13,8 @@ from tinyae.errors import ConfigError, DataError
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
 from tinyae.models.variants import resolve_arch
-from tinyae.training.derived_teacher import derive_teacher, grade, random_space, transform_space
 from tinyae.training.adversarial import Adversary
+from tinyae.training.derived_teacher import derive_teacher, grade, random_space, transform_space
 from tinyae.training.loop import distill
 from tinyae.training.step import build_student
 from tinyae.training.warm_start import fit_latent_map, load_donor
