@@ -114,6 +114,32 @@ def _lr_factor(step: int, progress: float, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def _schedule(optimizer: torch.optim.Optimizer, lr: float, warmup: int, step: int, steps: int, start: float,
+              max_minutes: float | None) -> bool:
+    """Set this step's learning rate; False once the budget is spent. Progress is the larger of steps done and
+    time spent, so a time-limited run still ends its cosine."""
+    budget = max_minutes * 60 if max_minutes else math.inf
+    progress = max(step / steps, (time.perf_counter() - start) / budget)
+    if progress >= 1:
+        logger.info("Stopping after %d steps: the %.1f-minute budget is spent", step, max_minutes)
+        return False
+    for group in optimizer.param_groups:
+        group["lr"] = lr * _lr_factor(step, progress, warmup)
+    return True
+
+
+def _update(vae: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> float:
+    """One clipped optimizer step on `loss`; its value, or a stop if it is not finite."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+    optimizer.step()
+    value = loss.item()
+    if not math.isfinite(value):
+        raise DataError(f"Training diverged at step {step} (loss {value}); lower the learning rate.")
+    return value
+
+
 def train_small_vae(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -172,18 +198,12 @@ def train_small_vae(
                         num_workers=num_workers)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.9, 0.99))
     noise = torch.Generator().manual_seed(seed)
-    budget = max_minutes * 60 if max_minutes else math.inf
 
     losses: list[float] = []
     start = time.perf_counter()
     for step, images in enumerate(loader):
-        # Progress is the larger of steps done and time spent, so a time-limited run still ends its cosine.
-        progress = max(step / steps, (time.perf_counter() - start) / budget)
-        if progress >= 1:
-            logger.info("Stopping after %d steps: the %.1f-minute budget is spent", step, max_minutes)
+        if not _schedule(optimizer, lr, warmup, step, steps, start, max_minutes):
             break
-        for group in optimizer.param_groups:
-            group["lr"] = lr * _lr_factor(step, progress, warmup)
         if bf16:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -194,13 +214,7 @@ def train_small_vae(
         loss = pixel + kl_weight * kl
         if lpips_weight > 0:
             loss = loss + lpips_weight * lpips_distance(recon, images).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise DataError(f"Training diverged at step {step} (loss {losses[-1]}); lower the learning rate.")
+        losses.append(_update(vae, optimizer, loss, step))
         if step % log_every == 0 or step == steps - 1:
             mse = F.mse_loss(recon.detach().clamp(-1, 1), images).item() / 4  # on [0, 1]
             logger.info("step %d/%d loss %.4f l1 %.4f kl %.3f batch-psnr %.2f dB lr %.2e %.2f s/step",
@@ -319,17 +333,12 @@ def train_small_video_vae(
     logger.info("AutoencoderKLWan with %.2fM parameters; %d training photos, %d held out", params / 1e6,
                 len(train_files), len(held_files))
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.9, 0.99))
-    budget = max_minutes * 60 if max_minutes else math.inf
     order = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     start = time.perf_counter()
     for step in range(steps):
-        progress = max(step / steps, (time.perf_counter() - start) / budget)
-        if progress >= 1:
-            logger.info("Stopping after %d steps: the %.1f-minute budget is spent", step, max_minutes)
+        if not _schedule(optimizer, lr, warmup, step, steps, start, max_minutes):
             break
-        for group in optimizer.param_groups:
-            group["lr"] = lr * _lr_factor(step, progress, warmup)
         # Random clips of random photos: clips taken in order come photo by photo, and the model chased each in turn.
         picks = torch.randint(0, 2**30, (batch_size,), generator=order)
         clips = torch.stack([dataset[int(i)] for i in picks])
@@ -340,13 +349,7 @@ def train_small_video_vae(
         pixel = F.l1_loss(recon, clips)
         kl = posterior.kl().float().mean() / posterior.mean[0].numel()
         loss = pixel + kl_weight * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise DataError(f"Training diverged at step {step} (loss {losses[-1]}); lower the learning rate.")
+        losses.append(_update(vae, optimizer, loss, step))
         if step % log_every == 0 or step == steps - 1:
             logger.info("step %d/%d loss %.4f l1 %.4f kl %.3f lr %.2e %.2f s/step", step, steps, losses[-1],
                         pixel.item(), kl.item(), optimizer.param_groups[0]["lr"],
