@@ -93,13 +93,11 @@ def check_clips(student: VideoStudent, teacher: VideoTeacher, clips: Tensor) -> 
 
 
 @torch.no_grad()
-def _against_reference(student: VideoStudent, reference: VideoTeacher | None, x: Tensor,
-                       teacher: VideoTeacher) -> dict | None:
-    """Decode seconds of the full-size VAE and of the student on the same latents (the teacher's of `x`)."""
+def _against_reference(student: VideoStudent, reference: VideoTeacher | None, z: Tensor) -> dict | None:
+    """Decode seconds of the full-size VAE and of the student on the same latents `z` (on the student's device)."""
     if reference is None:
         return None
-    device = next(student.parameters()).device
-    z = teacher.encode(x).to(device, next(student.parameters()).dtype)
+    device = z.device
     seconds = dict.fromkeys(("reference", "student_parallel", "student_streaming"), 0.0)
     _timed(seconds, "reference", device, lambda: reference.to(device).decode(z.to(next(reference.parameters()).dtype)))
     _timed(seconds, "student_parallel", device, lambda: student.decode(z).sample)
@@ -140,6 +138,7 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
     per_clip = {name: {} for name in VIDEO_COMPARISONS}
     latent_mse: list[float] = []
     stats = metrics.LatentStats()
+    first_latents = None
     was_training = student.training
     student.eval()
     try:
@@ -147,6 +146,7 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
             x = x.to(t_device).float()
             z = teacher.encode(x)
             zs = z.to(s_device, s_dtype)
+            first_latents = zs if first_latents is None else first_latents  # the reference decodes these
             out = {"original": x,
                    "teacher": _timed(seconds, "teacher", t_device, lambda: teacher.decode(z)),
                    "decoder": _timed(seconds, "student_parallel", s_device, lambda: student.decode(zs).sample)}
@@ -168,7 +168,7 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
                                 f"teacher to {tuple(z.shape)}; evaluate a student against its own teacher.")
             stats.update(_frames(z_student), _frames(z))
             latent_mse += metrics.latent_mse(_frames(z_student), _frames(z)).view(z.shape[0], -1).mean(1).tolist()
-        against = _against_reference(student, reference, clips[:batch_size].to(t_device).float(), teacher)
+        against = _against_reference(student, reference, first_latents)
     finally:
         student.train(was_training)
     r2 = stats.r2().tolist()

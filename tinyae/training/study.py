@@ -119,7 +119,7 @@ def warm_arms(steps: int) -> list[Arm]:
                       **gan}, "optim": {"amsgrad": True}}),
         Arm("former_default", "the former default: full-res MSE 1 + LPIPS 0.1 + hinge GAN 0.3 from 5% of the steps, "
                               "small patch discriminator",
-            {"loss": {key: value for key, value in baseline_overrides(steps)["loss"].items()} | {"pixel": "mse"}}),
+            {"loss": baseline_overrides(steps)["loss"] | {"pixel": "mse"}}),
         Arm("finetune_gan", "the finetune recipe plus the published GAN at a tenth of the reconstruction's gradient "
                             "(adaptive weight 0.1)", {"loss": {"adv_weight": 0.1, **gan}}),
         Arm("cold", "no warm start: the finetune recipe from a fresh student", {"student": {"init": None}}),
