@@ -38,7 +38,7 @@ from tinyae.evaluation.video_evaluate import (
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
 from tinyae.models.video_student import is_video_student, load_video_student
-from tinyae.models.video_teacher import load_video_teacher
+from tinyae.models.video_teacher import is_video_teacher, load_video_teacher
 from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
 
@@ -74,6 +74,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     batch_size = 4 if args.batch_size is None else args.batch_size
     check_eval_arguments(args.resolution, args.limit, batch_size)
     check_writable(args.out, "--out")  # before loading and computing, not after
+    if is_video_teacher(TeacherConfig(name=args.teacher, subfolder=args.teacher_subfolder)):
+        raise DataError(f"'{args.teacher}' is a video teacher but '{args.student}' is an image student: evaluate a "
+                        "video student (a VideoStudent folder or TAEHV file) against it, or pass an image teacher.")
     teacher = load_teacher(TeacherConfig(name=args.teacher, subfolder=args.teacher_subfolder, dtype=args.dtype),
                            device=args.device)
     student = load_student(args.student).to(args.device)

@@ -41,6 +41,7 @@ from tinyae.models.video_student import VideoStudent
 from tinyae.models.video_teacher import VideoTeacher
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.tables import fmt, markdown_table
+from tinyae.utils.weights import refuse_non_finite
 
 FORMAT = "tinyae-video-eval/1"
 VIDEO_COMPARISONS = {name: COMPARISONS[name] for name in ("decoder_vs_teacher", "decoder_vs_original",
@@ -128,6 +129,8 @@ def evaluate_video(student: VideoStudent, teacher: VideoTeacher, clips: Tensor, 
     batch's latents, timed against the student on the same latents (reference: model, seconds,
     student_parallel_seconds, student_streaming_seconds, speedup_parallel, speedup_streaming; None without one).
     """
+    refuse_non_finite(student.state_dict(), "The video student", "evaluate a checkpoint from before its training "
+                      "diverged")  # its metrics would read "n/a" and its temporal PSNR "inf"
     check_clips(student, teacher, clips)
     check_positive("batch_size", batch_size)
     if names is not None and len(names) != clips.shape[0]:

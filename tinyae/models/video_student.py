@@ -280,9 +280,13 @@ class VideoStudent(ModelMixin, ConfigMixin):
                  decoder_space_upscale: tuple[bool, ...] = (True, True, True), encoder_width: int = 64,
                  decoder_widths: tuple[int, ...] = (256, 128, 64, 64), act_fn: str = "relu",
                  keep_frames_for_even_latents: bool = False, scaling_factor: float = 1.0,
-                 taehv_name: str | None = None, decode_chunk_size: int | None = None):
+                 taehv_name: str | None = None, decode_chunk_size: int | None = None,
+                 teacher: str | None = None, teacher_class: str | None = None):
         super().__init__()
         self.taehv_name = taehv_name  # the published model whose latent space and files it stands for
+        # The teacher it was distilled from and that teacher's VAE class (None in folders from before they were
+        # recorded, and for published files): export refuses a --model of another latent space by them.
+        self.teacher, self.teacher_class = teacher, teacher_class
         self.decode_chunk_size = None
         if decode_chunk_size is not None:
             self.enable_chunking(decode_chunk_size)
@@ -307,13 +311,19 @@ class VideoStudent(ModelMixin, ConfigMixin):
         return super().extract_init_dict({k: v for k, v in config_dict.items() if k not in derived}, **kwargs)
 
     @classmethod
-    def from_arch(cls, arch: VideoArch, taehv_name: str | None = None) -> "VideoStudent":
-        return cls(**arch.to_dict(), taehv_name=taehv_name)
+    def from_arch(cls, arch: VideoArch, taehv_name: str | None = None, teacher: str | None = None,
+                  teacher_class: str | None = None) -> "VideoStudent":
+        return cls(**arch.to_dict(), taehv_name=taehv_name, teacher=teacher, teacher_class=teacher_class)
+
+    def record_teacher(self, name: str, vae_class: str) -> None:
+        """Note (in config.json too) the teacher whose latent space the student learns."""
+        self.teacher, self.teacher_class = name, vae_class
+        self.register_to_config(teacher=name, teacher_class=vae_class)
 
     @classmethod
-    def published(cls, name: str) -> "VideoStudent":
+    def published(cls, name: str, teacher: str | None = None, teacher_class: str | None = None) -> "VideoStudent":
         """An untrained student in the layout of a published model (`taew2_1`, `taehv`, ...)."""
-        return cls.from_arch(video_model(name).arch, name)
+        return cls.from_arch(video_model(name).arch, name, teacher, teacher_class)
 
     # -- the [0, 1], NTCHW core (the frames upstream's layers see) --------------------------------------------
 
@@ -440,11 +450,25 @@ def is_video_student(source: str | Path) -> bool:
         config = _student_folder(source) / "config.json"
         return config.is_file() and json.loads(config.read_text()).get("_class_name") == VideoStudent.__name__
     if source.is_file() and source.suffix in (".pth", ".safetensors"):
-        try:
-            return "decoder.22.bias" in read_weights(source)
-        except ExportError:
-            return False
+        return "decoder.22.bias" in read_weights(source)  # a damaged file is refused as such, not as another kind
     return False
+
+
+WEIGHTS_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors")
+
+
+def _from_folder(folder: Path) -> VideoStudent:
+    """diffusers' from_pretrained, after every weight file in the folder has been read once safely, so a
+    truncated or damaged one is named in one sentence instead of an OSError from deep inside diffusers."""
+    for name in WEIGHTS_FILES:
+        if (folder / name).is_file():
+            read_weights(folder / name)
+    try:
+        return VideoStudent.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ExportError(f"'{folder}' is not a readable VideoStudent folder ({first}); export or save it "
+                          "again.") from None
 
 
 def load_video_student(source: str | Path) -> VideoStudent:
@@ -455,7 +479,7 @@ def load_video_student(source: str | Path) -> VideoStudent:
         source = _student_folder(source)
         if not (source / "config.json").is_file():
             raise ExportError(f"'{source}' has no config.json: pass a VideoStudent folder or a TAEHV weight file.")
-        return VideoStudent.from_pretrained(source)
+        return _from_folder(source)
     if not source.is_file():
         raise ExportError(f"'{source}' does not exist: pass a VideoStudent folder or a TAEHV .pth/.safetensors file.")
     state = read_weights(source)

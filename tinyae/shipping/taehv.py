@@ -27,9 +27,10 @@ from safetensors.torch import save_file
 from tinyae.errors import ExportError
 from tinyae.models.families import FAMILIES, family_info
 from tinyae.models.video_student import VIDEO_MODELS, VideoStudent, is_video_student, load_video_student, video_model
+from tinyae.models.video_teacher import VIDEO_TEACHERS
 from tinyae.utils.atomic import EXISTS, atomic_files, check_writable, reporting_write_errors
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
-from tinyae.utils.weights import cast_state, save_pth
+from tinyae.utils.weights import cast_state, refuse_non_finite, save_pth
 
 COMFYUI_FOLDER = "comfyui"
 
@@ -63,6 +64,21 @@ def check_layout(student: VideoStudent, name: str) -> None:
                           "ComfyUI build, so they could not load it; export it as a VideoStudent folder instead.")
 
 
+def refuse_other_latent_space(student: VideoStudent, name: str, who: str = "--model") -> None:
+    """A TAEHV file's name tells loaders its latent space (ComfyUI decodes a 'taehv' file as HunyuanVideo's
+    latents): a student distilled in another space must not be written or checked under it."""
+    model = video_model(name)
+    if student.taehv_name is not None and student.taehv_name != name:
+        raise ExportError(f"{who} '{name}' stands for {model.note}'s latent space, but the student was distilled "
+                          f"for '{student.taehv_name}' ({video_model(student.taehv_name).note}): loaders would "
+                          f"decode other latents with it; export it as {student.taehv_name} (or drop {who}).")
+    preset = VIDEO_TEACHERS.get(model.teacher)
+    if student.teacher_class and preset is not None and preset.vae_class != student.teacher_class:
+        raise ExportError(f"{who} '{name}' stands for {model.note} ({preset.vae_class}), but the student was "
+                          f"distilled from '{student.teacher}', an {student.teacher_class}: loaders would decode "
+                          "other latents with it; export it under the model of its teacher's latent space.")
+
+
 def _fits(arch, name: str) -> bool:
     other = video_model(name).arch
     return (other.latent_channels, other.patch_size, other.time_downscale) == (
@@ -84,6 +100,8 @@ def export_taehv(student: VideoStudent, directory: str | Path, name: str | None 
         needed = "fp16" if model.comfyui_fp16 else "fp32"
         raise ExportError(f"ComfyUI reads a {model.arch.latent_channels}-channel '{name}' file in {dtype} as another "
                           f"model's latent space; export '{name}' with --dtype {needed}.")
+    refuse_other_latent_space(student, name)
+    refuse_non_finite(student.state_dict(), "The video student")
     directory = Path(directory)
     files = taehv_files(name, dtype)
     existing = [path for path in files if (directory / path).exists()]

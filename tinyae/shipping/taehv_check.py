@@ -25,6 +25,7 @@ import torch
 from tinyae.errors import ExportError
 from tinyae.models.video_student import VideoStudent, load_video_student, video_model
 from tinyae.shipping.taehv import COMFYUI_FOLDER, export_taehv
+from tinyae.utils.weights import read_weights
 
 
 def import_comfyui(checkout: str | Path):
@@ -97,9 +98,10 @@ def check_upstream(checkout: str | Path, folder: str | Path, name: str, seed: in
     encode = (upstream.encode_video(video, show_progress_bar=False) - student.encode_frames01(video)).abs().max()
     decode = max((upstream.decode_video(z, parallel=parallel, show_progress_bar=False)
                   - student.decode_frames01(z, parallel=parallel).clamp(0, 1)).abs().max() for parallel in (True, False))
-    return dict(file=path.name, frames_in=video.shape[1], latents=tuple(upstream.encode_video(
-        video, show_progress_bar=False).shape), frames_out=student.arch.decoded_frames(3),
-        encode_max_abs_diff=float(encode), decode_max_abs_diff=float(decode))
+    return dict(file=path.name, dtype=str(next(iter(read_weights(path).values())).dtype), frames_in=video.shape[1],
+                latents=tuple(upstream.encode_video(video, show_progress_bar=False).shape),
+                frames_out=student.arch.decoded_frames(3), encode_max_abs_diff=float(encode),
+                decode_max_abs_diff=float(decode))
 
 
 def seeded_student(name: str, seed: int = 0) -> VideoStudent:
@@ -114,13 +116,33 @@ def seeded_student(name: str, seed: int = 0) -> VideoStudent:
     return student.eval()
 
 
+# The largest difference from tinyae's frames a file may show, by its dtype: fp32 files differ only by the order
+# of float operations, fp16 ones by fp16 rounding through ~20 layers.
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+def failures(results: dict[str, list[dict]], tolerance: float | None = None) -> list[str]:
+    """Every difference above `tolerance` (default: TOLERANCE by the file's dtype) or not a number, described."""
+    bad = []
+    for loader, rows in results.items():
+        for row in rows:
+            limit = tolerance if tolerance is not None else TOLERANCE["fp16" if "16" in row.get("dtype", "") else
+                                                                      "fp32"]
+            for key, value in row.items():
+                if key.endswith("max_abs_diff") and not value <= limit:  # NaN fails too
+                    bad.append(f"{loader} {row['file']} {key}={value} (tolerance {limit:g})")
+    return bad
+
+
 def run_checks(comfyui: str | Path | None, taehv: str | Path | None, models: list[str], student: str | Path | None,
                dtype: str = "fp32") -> dict[str, list[dict]]:
     """Export each model (the given student, or a seeded random one of its layout) into a temporary folder and
-    check the files with ComfyUI's loader and/or upstream taehv.py."""
+    check the files with ComfyUI's loader and/or upstream taehv.py. A student with weights that are not finite,
+    or of another latent space than a model, is refused by the export."""
     results: dict[str, list[dict]] = {"comfyui": [], "taehv.py": []}
+    given = load_video_student(student) if student else None
     for name in models:
-        model = load_video_student(student) if student else seeded_student(name)
+        model = given if given is not None else seeded_student(name)
         published = video_model(name)
         # taehv's own file is also ComfyUI's, which reads a 16-channel fp32 file as Wan 2.1's: it is fp16 only
         own_dtype = "fp16" if published.comfyui_name == name and published.comfyui_fp16 else dtype

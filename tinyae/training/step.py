@@ -31,7 +31,7 @@ from tinyae.models.video_student import VIDEO_MODELS, VideoStudent
 from tinyae.models.video_teacher import VIDEO_TEACHERS, VideoTeacher, is_video_teacher, load_video_teacher_for
 from tinyae.training.adversarial import Adversary
 from tinyae.training.losses import DistillLoss, weighted_total
-from tinyae.training.warm_start import video_warm_start, warm_start
+from tinyae.training.warm_start import refuse_frozen_fresh, video_warm_start, warm_start
 
 AnyStudent = Student | VideoStudent
 AnyTeacher = Teacher | VideoTeacher
@@ -85,6 +85,7 @@ def taehv_layout(config: StudentConfig, teacher: VideoTeacher) -> str:
         if config.taehv not in VIDEO_MODELS:
             raise ConfigError(f"student.taehv '{config.taehv}' is not a TAEHV layout; pass one of "
                               f"{', '.join(VIDEO_MODELS)}.")
+        refuse_other_space(config.taehv, teacher)
         return config.taehv
     if teacher.taehv_model:
         return teacher.taehv_model
@@ -97,6 +98,19 @@ def taehv_layout(config: StudentConfig, teacher: VideoTeacher) -> str:
     raise ConfigError(f"Cannot tell which TAEHV layout a student of '{teacher.name}' ({teacher.latent_channels} "
                       f"channels, {teacher.downscale}x) takes; set student.taehv to one of "
                       f"{', '.join(fits or VIDEO_MODELS)}.")
+
+
+def refuse_other_space(name: str, teacher: VideoTeacher) -> None:
+    """student.taehv names a latent space as well as a layout (a 'taehv' file is decoded as HunyuanVideo's
+    latents): it must be the teacher's, not only of its channels and downscale."""
+    model = VIDEO_MODELS[name]
+    preset = VIDEO_TEACHERS.get(model.teacher)
+    vae_class = type(teacher.vae).__name__
+    if (teacher.taehv_model or name) != name or (preset is not None and preset.vae_class != vae_class):
+        raise ConfigError(f"student.taehv '{name}' stands for {model.note}'s latent space, but the teacher "
+                          f"'{teacher.name}' is an {vae_class}" + (f" whose students are '{teacher.taehv_model}'"
+                                                                    if teacher.taehv_model else "")
+                          + "; drop student.taehv or set it to the teacher's.")
 
 
 def build_video_student(recipe: Recipe, teacher: VideoTeacher) -> VideoStudent:
@@ -127,7 +141,10 @@ def build_video_student(recipe: Recipe, teacher: VideoTeacher) -> VideoStudent:
         if size is not None and size % teacher.size_multiple:
             raise ConfigError(f"Clips of {size} px do not divide into the teacher's latents; set data.resolution "
                               f"and data.final_resolution to multiples of {teacher.size_multiple}.")
+    if not config.init:
+        refuse_frozen_fresh(recipe.train.parts, ["encoder", "decoder"], None)
     student = video_warm_start(recipe, name) if config.init else VideoStudent.published(name)
+    student.record_teacher(teacher.name, type(teacher.vae).__name__)
     if config.mid_grey_init:
         with torch.no_grad():
             student.decoder[-1].bias.fill_(0.5)  # its frames are in [0, 1] inside: mid-grey
@@ -156,6 +173,7 @@ def build_student(recipe: Recipe, teacher: AnyTeacher, fit_images: torch.Tensor 
                 fit_images = load_eval_images(sorted(sample_photos(tmp).iterdir()), recipe.data.resolution)
         student = warm_start(recipe, teacher, fit_images)
     else:
+        refuse_frozen_fresh(recipe.train.parts, ["encoder", "decoder"], None)
         student = Student(resolve_arch(config, teacher.latent_channels, teacher.downscale, teacher.family))
         if config.mid_grey_init:
             student.init_output_bias(0.0)

@@ -17,6 +17,7 @@ output folders make the study resumable: a finished run is never trained again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -39,7 +40,7 @@ from tinyae.data.photos import training_photos
 from tinyae.errors import ConfigError, DataError
 from tinyae.evaluation.evaluate import evaluate, summary, teacher_reference
 from tinyae.models.formats import load_student
-from tinyae.models.teacher import load_teacher
+from tinyae.models.teacher import Teacher, load_teacher
 from tinyae.models.variants import SIZES
 from tinyae.training.checkpoints import CHECKPOINT_RE, list_checkpoints
 from tinyae.training.loop import distill
@@ -122,7 +123,8 @@ def warm_arms(steps: int) -> list[Arm]:
             {"loss": baseline_overrides(steps)["loss"] | {"pixel": "mse"}}),
         Arm("finetune_gan", "the finetune recipe plus the published GAN at a tenth of the reconstruction's gradient "
                             "(adaptive weight 0.1)", {"loss": {"adv_weight": 0.1, **gan}}),
-        Arm("cold", "no warm start: the finetune recipe from a fresh student", {"student": {"init": None}}),
+        Arm("cold", "no warm start: the finetune recipe from a fresh student, both halves trained (a fresh encoder "
+                    "cannot stay frozen)", {"student": {"init": None}, "train": {"parts": "both"}}),
     ]
 
 
@@ -212,20 +214,67 @@ def reference_path(out: Path, resolution: int) -> Path:
     return out / f"kodak-reference-{resolution}.safetensors"
 
 
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+
+
+def teacher_fingerprint(teacher: Teacher) -> str:
+    """sha256 of the teacher's weights and of its latent space (scale, shift, per-channel or patch statistics):
+    equal exactly when it encodes and decodes as the teacher a Kodak reference was made with."""
+    digest = hashlib.sha256(json.dumps(_plain(vars(teacher.latent_space)), sort_keys=True).encode())
+    for key, value in sorted(teacher.vae.state_dict().items()):
+        digest.update(f"{key} {value.dtype} {tuple(value.shape)}".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_reference_teacher(path: Path, teacher: Teacher, name: str, fingerprint: str) -> None:
+    """A Kodak reference is the teacher's latents and decodes: scoring an arm of another teacher against it would
+    report that teacher's figures under this one's name. A reference from before teachers were recorded is
+    checked by re-encoding its first crop."""
+    meta = _metadata(path)
+    if "teacher_fingerprint" in meta:
+        if meta["teacher_fingerprint"] == fingerprint:
+            return
+        recorded = meta.get("teacher", "another teacher")
+    else:
+        ref = load_file(path)
+        z = teacher.encode(ref["images"][:1].to(teacher.device).float()).float().cpu()
+        if torch.allclose(z, ref["z_teacher"][:1], rtol=1e-3, atol=1e-3):
+            return
+        recorded = "another teacher"
+    same = " with other weights or another latent space" if recorded == name else ""
+    raise ConfigError(f"'{path}' is the Kodak reference of the teacher '{recorded}', but this study's teacher is "
+                      f"'{name}'{same}: its arms would be scored against the other teacher's latents and decodes; "
+                      "pass another --out for this teacher.")
+
+
 def prepare(study: Study) -> None:
-    """The Kodak crops and the teacher's latents and decodes of them, computed once for every run."""
+    """The Kodak crops and the teacher's latents and decodes of them, computed once for every run; a reference
+    already in --out must be this teacher's (`check_reference_teacher`)."""
     check_kodak(study.kodak)
     names = [p.stem for p in list_images(study.kodak)]
     if len(names) < 2:
         raise DataError(f"'{study.kodak}' should hold the Kodak-24 images (kodim01.png ...); found {len(names)}.")
     teacher = load_teacher(study.teacher)
+    name, fingerprint = study.teacher.name, teacher_fingerprint(teacher)
+    for resolution in study.resolutions:
+        path = reference_path(study.out, resolution)
+        if path.exists():
+            check_reference_teacher(path, teacher, name, fingerprint)
     for resolution in study.resolutions:
         path = reference_path(study.out, resolution)
         if not path.exists():
             images = load_eval_images(list_images(study.kodak), resolution)
             ref = teacher_reference(teacher, images)
-            atomic_file(path, lambda tmp: save_file({"images": images.contiguous(), **ref}, str(tmp),
-                                                    metadata={"names": json.dumps(names)}))
+            meta = {"names": json.dumps(names), "teacher": name, "teacher_fingerprint": fingerprint}
+            atomic_file(path, lambda tmp: save_file({"images": images.contiguous(), **ref}, str(tmp), metadata=meta))
 
 
 def _on_kodak(student_path: Path, teacher: TeacherConfig, study_out: Path, resolutions: Sequence[int]) -> dict:
@@ -359,13 +408,18 @@ def check_kodak(kodak: Path) -> None:
 
 
 def run_study(study: Study) -> list[Path]:
-    """Train and evaluate every (arm, seed) that is not done yet; returns the run folders."""
+    """Train and evaluate every (arm, seed) that is not done yet; returns the run folders.
+
+    Every kept run and the Kodak references are checked against this study's recipes and teacher before any
+    arm trains, so a mismatch stops the study before it spends anything."""
     check_kodak(study.kodak)
+    jobs = [(arm, seed) for arm in study.arms for seed in study.seeds]
+    for arm, seed in jobs:
+        check_same_recipe(study.run_dir(arm, seed), study.recipe(arm, seed))
     study.out.mkdir(parents=True, exist_ok=True)
     if study.fetch_photos:
         training_photos(study.photos)
     prepare(study)
-    jobs = [(arm, seed) for arm in study.arms for seed in study.seeds]
     context = multiprocessing.get_context("spawn")
 
     def one(job: tuple[Arm, int]) -> Path:

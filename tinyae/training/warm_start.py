@@ -220,11 +220,25 @@ def video_warm_start(recipe: Recipe, name: str) -> VideoStudent:
                           f"{student.arch.downscale}x: a warm start transfers stages one for one and cannot add or "
                           "drop them; start from an image student of that downscale, or from scratch.")
     fresh = transfer(student, donor, donor.untrained)
+    refuse_frozen_fresh(recipe.train.parts, fresh, init)
     timed = per_frame_time_layers(student)
     logger.info("Warm start of the %s video student from the image student '%s' (%d -> %d latent channels): per-frame "
                 "convs copied where shapes fit; temporal layers set to average / repeat frames: %s; fresh: %s.", name,
                 init, donor.latent_channels, student.arch.latent_channels, ", ".join(timed), ", ".join(fresh) or "none")
     return student
+
+
+def refuse_frozen_fresh(parts: str, fresh: list[str], init: str | None) -> None:
+    """train.parts encoder/decoder freezes the other half as it starts: a fresh (random) layer there would never
+    learn and every image would go through it, so refuse before any training."""
+    frozen = {"encoder": "decoder", "decoder": "encoder"}.get(parts)
+    layers = [name for name in fresh if name.split(".")[0] == frozen]
+    if frozen is None or not layers:
+        return
+    start = (f"the donor '{init}' gives it no weights for {', '.join(layers[:3])}"
+             + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")) if init else "there is no student.init"
+    raise ConfigError(f"train.parts {parts} freezes the {frozen}, but {start}, so it would stay random and never "
+                      f"train; pass --train.parts both (or a student.init whose {frozen} fits the student).")
 
 
 def _latents(encode, images: torch.Tensor) -> torch.Tensor:
@@ -281,6 +295,7 @@ def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Studen
                            "decoder starts far from the teacher and the warm start helps it less.", backward.r2)
     boundary = {name.split(" ")[0] for name in mapped}
     fresh = [name for name in fresh if name not in boundary]
+    refuse_frozen_fresh(recipe.train.parts, fresh, init)
     logger.info("Warm start from '%s' (%d -> %d latent channels, %d crops of %d px): mapped %s; fresh: %s.", init,
                 donor.latent_channels, teacher.latent_channels, len(images), images.shape[-1],
                 ", ".join(mapped) or "nothing", ", ".join(fresh) or "none")
