@@ -12,7 +12,7 @@ from tinyae.cli import distill as distill_cli
 from tinyae.config import StudentConfig, load_recipe
 from tinyae.data.images import from_uint8
 from tinyae.data.source import cache_recipe
-from tinyae.errors import ConfigError, DataError, TeacherLoadError
+from tinyae.errors import ConfigError, DataError, ExportError, TeacherLoadError
 from tinyae.models.discriminator import FrameGroupDiscriminator, build_discriminator, frame_latents
 from tinyae.models.student import Student
 from tinyae.models.variants import resolve_arch
@@ -21,6 +21,7 @@ from tinyae.models.video_teacher import load_video_teacher
 from tinyae.shipping.taehv import export_video_student
 from tinyae.training.checkpoints import list_checkpoints
 from tinyae.training.loop import distill
+from tinyae.training.step import build_video_student
 from tinyae.training.tiny_teacher import build_small_video_vae
 from tinyae.training.warm_start import video_warm_start
 
@@ -149,6 +150,10 @@ def test_a_warm_start_from_an_image_student_of_another_downscale_is_refused(wan_
     ({"teacher": {"scaling_factor": 0.5}}, TeacherLoadError, "do not apply to the video teacher"),
     ({"loss": {"disc_frames": 9}}, ConfigError, "loss.disc_frames 9 is more than the 5 frames"),
     ({"data": {"format": "tar"}}, DataError, "A video teacher trains on a folder of video files"),
+    # issue 26, case 3: the same channels and downscale, another latent space (HunyuanVideo's, CogVideoX's)
+    ({"student": {"taehv": "taehv"}}, ConfigError, "student.taehv 'taehv' stands for HunyuanVideo's latent space, "
+                                                   "but the teacher .* is an AutoencoderKLWan"),
+    ({"student": {"taehv": "taecvx"}}, ConfigError, "student.taehv 'taecvx' stands for CogVideoX's latent space"),
 ])
 def test_a_video_run_refuses_settings_it_cannot_honour_before_any_work(wan_dir, photos, tmp_path, sections, error,
                                                                        message):
@@ -180,3 +185,27 @@ def test_a_teacher_cache_of_clips_holds_the_teachers_latents_and_trains_a_video_
     assert json.loads((out / "metrics.json").read_text())["steps"] == 1
     with pytest.raises(DataError, match="holds clips of 5 frames but training asks for clips of 9 frames"):
         distill(video_recipe(wan_dir, photos, tmp_path / "other", data={"cache": str(cache), "frames": 9}))
+
+
+def test_a_video_student_records_its_teachers_latent_space_and_refuses_another_preset_layout(tmp_path):
+    teacher = load_video_teacher("tiny-wan")
+    student = build_video_student(load_recipe("video-smoke"), teacher)
+    assert (student.taehv_name, student.config.teacher, student.config.teacher_class) == (
+        "taew2_1", "tiny-wan", "AutoencoderKLWan")
+    student.save_pretrained(tmp_path / "student")
+    again = VideoStudent.from_pretrained(tmp_path / "student")
+    assert (again.teacher, again.teacher_class) == ("tiny-wan", "AutoencoderKLWan")
+    with pytest.raises(ConfigError, match="student.taehv 'taehv' stands for HunyuanVideo's latent space, but the "
+                                          "teacher 'tiny-wan' is an AutoencoderKLWan whose students are 'taew2_1'"):
+        build_video_student(load_recipe("video-smoke", {"student": {"taehv": "taehv"}}), teacher)
+
+
+def test_a_truncated_video_student_as_init_is_named_in_one_sentence_and_leaves_nothing_behind(wan_dir, photos,
+                                                                                              tmp_path):
+    VideoStudent.published("taew2_1").save_pretrained(tmp_path / "donor")
+    weights = tmp_path / "donor" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    out = tmp_path / "run"
+    with pytest.raises(ExportError, match=r"'.*diffusion_pytorch_model.safetensors' is corrupt or truncated"):
+        distill(video_recipe(wan_dir, photos, out, student={"init": str(tmp_path / "donor")}))
+    assert not out.exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinyae.cli import main as distill_cli_main
 from tinyae.config import StudentConfig, load_recipe
 from tinyae.data.images import load_eval_images
 from tinyae.errors import ConfigError, DataError
@@ -36,8 +37,9 @@ def mixed_teacher(tmp_path_factory):
     return load_teacher(str(folder))
 
 
-def recipe(**student):
-    return load_recipe("finetune", {"student": {"init": "taef2", **student}, "data": {"resolution": 64}})
+def recipe(parts="both", **student):
+    return load_recipe("finetune", {"student": {"init": "taef2", **student}, "data": {"resolution": 64},
+                                    "train": {"parts": parts}})
 
 
 def r2(prediction, target):
@@ -147,6 +149,25 @@ def test_encoder_widths_given_with_a_donor_build_that_width_and_only_unmatched_l
     assert "encoder.layers.0" in fresh and "decoder." not in fresh  # the decoder is the donor's, whole
 
 
+def test_a_frozen_half_that_would_start_fresh_is_refused_before_training_with_the_fix(crops, tmp_path, capsys):
+    # issue 26, case 5: new encoder widths give no donor weights to the encoder, which train.parts decoder freezes
+    with pytest.raises(ConfigError, match=r"train.parts decoder freezes the encoder, but the donor 'taef2' gives it "
+                                          r"no weights for encoder.layers.0.*pass --train.parts both"):
+        build_student(recipe("decoder", encoder_widths=[32, 32, 32, 32]), load_teacher("taef2"), crops)
+    with pytest.raises(ConfigError, match="freezes the decoder.*no weights for decoder.layers.*--train.parts both"):
+        build_student(recipe("encoder", decoder_widths=[32]), load_teacher("taef2"), crops)
+    # no donor at all: the frozen half would be random; the CLI says so in one sentence and leaves nothing behind
+    out = tmp_path / "cold"
+    with pytest.raises(SystemExit) as exit_info:
+        distill_cli_main(["distill", "--recipe", "finetune", "--teacher", "tiny", "--data", "builtin:skimage",
+                          "--output", str(out), "--train.threads", "1"])
+    assert exit_info.value.code == 2 and not out.exists()
+    assert "freezes the encoder, but there is no student.init" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="there is no student.init.*pass --train.parts both"):
+        build_student(load_recipe("finetune", {"data": {"resolution": 64}}), load_teacher("tiny"), crops)
+    build_student(recipe("decoder", decoder_widths=[32]), load_teacher("taef2"), crops)  # a fresh half that trains
+
+
 def test_a_negative_ridge_is_refused_at_start():
     with pytest.raises(ConfigError, match="student.init_ridge must be >= 0"):
         load_recipe("finetune", {"student": {"init": "taef2", "init_ridge": -1.0}})
@@ -192,8 +213,8 @@ def test_with_the_teachers_decode_as_target_the_discriminator_judges_against_it_
         "data": {"path": "builtin:skimage", "resolution": 32, "holdout": 0},
         "loss": {"adv_weight": 0.1, "adv_start": 0, "disc_width": 8},
         "student": {"encoder_blocks": [1], "decoder_blocks": [1]},
-        "train": {"steps": 1, "batch_size": 2, "output_dir": str(tmp_path / "run"), "log_with": None,
-                  "threads": 1, "checkpoint_every": 1}}))
+        "train": {"steps": 1, "batch_size": 2, "parts": "both", "output_dir": str(tmp_path / "run"),
+                  "log_with": None, "threads": 1, "checkpoint_every": 1}}))
     (real, latents), = seen
     teacher = load_teacher("tiny")
     with torch.no_grad():

@@ -305,6 +305,10 @@ class Student(TilingMixin, nn.Module):
                               "tinyae.load_student reads TAESD pairs and training checkpoints too.")
         cfg = json.loads((folder / CONFIG_NAME).read_text())
         class_name = cfg.get("_class_name", "AutoencoderTiny")
+        if class_name == "VideoStudent":
+            raise ExportError(f"'{folder}' holds a video student (VideoStudent, TAEHV layout), not an image student: "
+                              "export it with --to taehv; image exports, image warm starts and derive-teacher's "
+                              "--donor take an image student.")
         if class_name not in ("AutoencoderTiny", "TinyAutoencoder"):
             raise ExportError(f"'{folder}' holds a {class_name}, not an AutoencoderTiny: a full VAE is a teacher "
                               "(--teacher), not student weights.")

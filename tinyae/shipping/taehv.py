@@ -143,8 +143,8 @@ def refuse_image_student(source: Path, family: str | None) -> None:
     if info is not None and info.taehv_model is not None:
         model = video_model(info.taehv_model)
         raise ExportError(
-            f"'{source}' is an image student of the {family} family (TAESD layout), which cannot be written as a "
-            f"{info.taehv_model} file: TAEHV's decoder has no residual block at full resolution and its encoder no "
+            f"'{source}' is an image student (TAESD layout), which cannot be written as the {info.taehv_model} file "
+            f"the {family} family is previewed with: TAEHV's decoder has no residual block at full resolution and its encoder no "
             "block after the first conv, so no TAEHV weights reproduce it; distill a video student against "
             f"{model.teacher} (the VAE {info.name} shares) and export that with --to taehv --family {family}.")
     raise ExportError(f"'{source}' is not a video student: --to taehv takes a VideoStudent folder, a training output "

@@ -78,7 +78,7 @@ def derive_teacher(photos: str | Path, out: str | Path, donor: str = "taef2", se
     files = list_images(photos)  # refuses a folder without images
     started = (time.perf_counter(), time.process_time())
     torch.manual_seed(seed)
-    model = load_donor(donor)
+    model = load_donor(donor, "--donor")
     space = random_space(model.latent_channels, seed)
     transform_space(model, space)
     model.encoder.requires_grad_(False)

@@ -34,7 +34,7 @@ from tinyae.models.student import Block, Student
 from tinyae.models.teacher import Teacher
 from tinyae.models.variants import resolve_arch
 from tinyae.models.video_student import MemBlock, TGrow, TPool, VideoStudent, load_video_student
-from tinyae.utils.weights import read_weights
+from tinyae.utils.weights import read_weights, refuse_non_finite
 
 logger = logging.getLogger(__name__)
 
@@ -87,16 +87,22 @@ def fold_into_decoder(conv: nn.Conv2d, donor_conv: nn.Conv2d, latent_map: Latent
         conv.bias.copy_(donor_conv.bias + torch.einsum("kdij,d->k", donor_conv.weight, latent_map.bias))
 
 
-def load_donor(init: str) -> Student:
-    """The donor named by student.init: a shipped TAE preset (taef2), a folder, a TAESD pair or file, a Hub id."""
+def load_donor(init: str, flag: str = "student.init") -> Student:
+    """The donor named by student.init (`flag`: how the calling command spells it): a shipped TAE preset (taef2),
+    a folder, a TAESD pair or file, a Hub id. A donor with NaN or inf weights is refused as such (training from
+    it would stop at once, blaming the learning rate)."""
     preset = TEACHERS.get(init)
+    source = init
     if preset is not None:
         if preset.vae_class not in ("TinyAutoencoder", "AutoencoderTiny"):
-            raise ConfigError(f"student.init '{init}' names a full VAE, not a tiny autoencoder; start from a "
+            raise ConfigError(f"{flag} '{init}' names a full VAE, not a tiny autoencoder; start from a "
                               f"published TAE ({', '.join(tiny_presets())}), a TAESD pair or an AutoencoderTiny "
                               "folder.")
-        init = preset.repo_id
-    return load_student(init, encoder_only=True)
+        source = preset.repo_id
+    donor = load_student(source, encoder_only=True)
+    refuse_non_finite(donor.state_dict(), f"The donor '{init}' ({flag})", "start from another donor, or from a "
+                      "checkpoint of it from before its training diverged")
+    return donor
 
 
 def tiny_presets() -> list[str]:
@@ -195,6 +201,14 @@ def load_video_donor(init: str) -> VideoStudent | None:
     return None
 
 
+def _finite_video_donor(init: str) -> VideoStudent | None:
+    donor = load_video_donor(init)
+    if donor is not None:
+        refuse_non_finite(donor.state_dict(), f"The donor '{init}' (student.init)", "start from another donor, or "
+                          "from a checkpoint of it from before its training diverged")
+    return donor
+
+
 def video_warm_start(recipe: Recipe, name: str) -> VideoStudent:
     """A `name`-layout video student that starts from the student named by `recipe.student.init`.
 
@@ -206,7 +220,7 @@ def video_warm_start(recipe: Recipe, name: str) -> VideoStudent:
     """
     init = recipe.student.init
     student = VideoStudent.published(name)
-    video_donor = load_video_donor(init)
+    video_donor = _finite_video_donor(init)
     if video_donor is not None:
         if video_donor.arch != student.arch:
             raise ConfigError(f"student.init '{init}' is a video student of another layout than '{name}'; start "
