@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from tinyae.cli import main as tinyae_cli
 from tinyae.data.images import sample_photos
@@ -22,6 +23,8 @@ from tinyae.training.study import (
     read_bench,
     release_run,
     run_lock,
+    _metadata,
+    prepare,
     run_study,
     size_frontier,
     size_table,
@@ -118,6 +121,47 @@ def test_a_tiny_study_trains_evaluates_resumes_and_writes_its_report(tmp_path):
     for figure in ("grid_full.jpg", "curves.png", "steps.png"):
         assert (tmp_path / "docs" / "quality" / figure).exists(), figure
     assert json.loads((runs[0] / "run.json").read_text())["time"]["cpu_s"] > 0
+
+
+def test_a_kodak_reference_of_another_teacher_is_refused_before_any_arm_trains(tmp_path):
+    photos = sample_photos(tmp_path / "photos")  # issue 26, case 2
+    kodak = tmp_path / "kodak"
+    kodak.mkdir()
+    for name in ("astronaut", "coffee"):
+        shutil.copy(photos / f"{name}.png", kodak / f"{name}.png")
+
+    def study(teacher: str) -> Study:
+        return Study(out=tmp_path / "study", photos=photos, kodak=kodak, steps=2, seeds=(0,), regime="finetune",
+                     arm_names=("finetune", "cold"), resolutions=(32,),
+                     overrides={"teacher": {"name": teacher}, "student": {"init": "taef2"}})
+
+    prepare(study("taef2"))
+    reference = tmp_path / "study" / "kodak-reference-32.safetensors"
+    assert _metadata(reference)["teacher"] == "taef2" and len(_metadata(reference)["teacher_fingerprint"]) == 64
+    prepare(study("taef2"))  # the same teacher: kept
+    message = (r"'.*kodak-reference-32.safetensors' is the Kodak reference of the teacher 'taef2', but this study's "
+               r"teacher is 'tiny'.*pass another --out")
+    with pytest.raises(ConfigError, match=message):
+        run_study(study("tiny"))
+    assert not (tmp_path / "study" / "runs").exists()  # no arm trained
+    refs = load_file(reference)  # a reference from before teachers were recorded: checked by its latents
+    save_file(refs, reference, metadata={"names": _metadata(reference)["names"]})
+    with pytest.raises(ConfigError, match="the teacher 'another teacher', but this study's teacher is 'tiny'"):
+        prepare(study("tiny"))
+    prepare(study("taef2"))
+
+
+def test_a_kept_run_of_another_recipe_is_refused_before_any_arm_trains(tmp_path):
+    study = Study(out=tmp_path, photos=tmp_path, kodak=tmp_path / "kodak", steps=300, arm_names=("full", "baseline"),
+                  seeds=(0,))
+    (tmp_path / "kodak").mkdir()
+    baseline = study.run_dir(study.arms[1], 0)
+    baseline.mkdir(parents=True)
+    (baseline / "recipe.json").write_text(json.dumps(study.recipe(study.arms[1], 0).to_dict()).replace(
+        '"steps": 300', '"steps": 600'))
+    with pytest.raises(ConfigError, match="holds a run of another recipe"):
+        run_study(study)
+    assert not study.run_dir(study.arms[0], 0).exists()
 
 
 def _arm_values(psnr: list[float], lpips: list[float]) -> dict:

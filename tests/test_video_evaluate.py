@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from test_clips import write_video
 
 from tinyae.cli import main as tinyae_cli
-from tinyae.errors import ConfigError, DataError
+from tinyae.errors import ConfigError, DataError, ExportError
 from tinyae.evaluation.metrics import LatentStats
 from tinyae.evaluation.video_evaluate import VIDEO_COMPARISONS, evaluate_video, video_summary, write_video_report
 from tinyae.evaluation.video_metrics import video_metrics
@@ -106,6 +106,14 @@ def test_clips_that_break_the_frame_rule_or_another_latent_space_are_refused_in_
         evaluate_video(student, teacher, clips[:, :, :4], with_lpips=False)
     with pytest.raises(ConfigError, match="48 latent channels .* has 16"):
         evaluate_video(small_student(latent_channels=48, patch_size=2), teacher, clips, with_lpips=False)
+
+
+def test_a_video_student_with_nan_weights_is_refused_instead_of_scored_n_a(clips):
+    nan = small_student()  # issue 26, case 4: its metrics read "n/a" and its temporal PSNR "inf" before
+    with torch.no_grad():
+        nan.decoder[1].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ExportError, match="not finite numbers .*evaluate a checkpoint from before"):
+        evaluate_video(nan, small_teacher(), clips, with_lpips=False)
 
 
 def test_only_video_students_are_taken_for_video_students(models, tmp_path, small_student_config):

@@ -10,10 +10,11 @@ import torch
 from tinyae.cli import main as distill_cli_main
 from tinyae.config import StudentConfig, load_recipe
 from tinyae.data.images import load_eval_images
-from tinyae.errors import ConfigError, DataError
+from tinyae.errors import ConfigError, DataError, ExportError
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
 from tinyae.models.variants import resolve_arch
+from tinyae.models.video_student import VideoStudent
 from tinyae.training.adversarial import Adversary
 from tinyae.training.derived_teacher import derive_teacher, grade, random_space, transform_space
 from tinyae.training.loop import distill
@@ -166,6 +167,25 @@ def test_a_frozen_half_that_would_start_fresh_is_refused_before_training_with_th
     with pytest.raises(ConfigError, match="there is no student.init.*pass --train.parts both"):
         build_student(load_recipe("finetune", {"data": {"resolution": 64}}), load_teacher("tiny"), crops)
     build_student(recipe("decoder", decoder_widths=[32]), load_teacher("taef2"), crops)  # a fresh half that trains
+
+
+def test_a_donor_that_is_not_finite_or_not_an_image_student_is_refused_as_what_it_is(tmp_path, photos, crops):
+    nan = load_donor("taef2")  # issue 26, case 16
+    with torch.no_grad():
+        nan.decoder.layers[0].weight[0, 0, 0, 0] = float("nan")
+    nan.save_pretrained(tmp_path / "nan", family="flux2")
+    with pytest.raises(ExportError, match=r"The donor '.*nan' \(student.init\) has weights that are not finite "
+                                          r"numbers.*start from another donor") as error:
+        build_student(recipe(init=str(tmp_path / "nan")), load_teacher("taef2"), crops)
+    assert "optim.lr" not in str(error.value)
+    with pytest.raises(ConfigError, match="--donor 'sd' names a full VAE"):
+        derive_teacher(photos, tmp_path / "derived", donor="sd")
+    VideoStudent.published("taew2_1").save_pretrained(tmp_path / "video")
+    for attempt in (lambda: derive_teacher(photos, tmp_path / "derived", donor=str(tmp_path / "video")),
+                    lambda: build_student(recipe(init=str(tmp_path / "video")), load_teacher("taef2"), crops)):
+        with pytest.raises(ExportError, match="holds a video student .*--to taehv") as error:
+            attempt()
+        assert "full VAE" not in str(error.value)
 
 
 def test_a_negative_ridge_is_refused_at_start():
