@@ -155,7 +155,8 @@ def wan_student(folder: Path) -> Path:
     """A Wan 2.1 video student as distill saves it: its teacher and that teacher's VAE class recorded."""
     seeded_student("taew2_1").save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(config | {"teacher": "tiny-wan", "teacher_class": "AutoencoderKLWan"}))
+    recorded = {"teacher": "tiny-wan", "teacher_class": "AutoencoderKLWan"}
+    (folder / "config.json").write_text(json.dumps(config | recorded))
     return folder
 
 

@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from tinyae.config import TeacherConfig
-from tinyae.errors import TeacherLoadError
+from tinyae.errors import ConfigError, TeacherLoadError
 from tinyae.models.latent_space import LatentSpace, PerChannelSpace, ScalarSpace
+from tinyae.models.video_student import VIDEO_MODELS
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.hub_access import hub_unreachable, loading_vae, local_path_typo
 from tinyae.utils.resources import weights_dir
@@ -221,3 +222,20 @@ def build_video_teacher(name: str, dtype: str = "fp32", seed: int = 0, **overrid
     vae = _vae_class(preset.vae_class)(**(preset.arch | overrides))
     nn.Module.to(vae, DTYPES[dtype])
     return VideoTeacher(vae, f"{name} (random weights)", preset.taehv_model)
+
+
+def space_vae_class(taehv_name: str) -> str | None:
+    """The VAE class of the latent space a published TAEHV model stands for (None: no preset of it here)."""
+    preset = VIDEO_TEACHERS.get(VIDEO_MODELS[taehv_name].teacher)
+    return preset.vae_class if preset else None
+
+
+def refuse_other_space(taehv_name: str, teacher: VideoTeacher) -> None:
+    """student.taehv names a latent space as well as a layout (a 'taehv' file is decoded as HunyuanVideo's
+    latents): it must be the teacher's, not only of its channels and downscale."""
+    vae_class, wanted = type(teacher.vae).__name__, space_vae_class(taehv_name)
+    if (teacher.taehv_model or taehv_name) != taehv_name or wanted not in (None, vae_class):
+        students = f" whose students are '{teacher.taehv_model}'" if teacher.taehv_model else ""
+        raise ConfigError(f"student.taehv '{taehv_name}' stands for {VIDEO_MODELS[taehv_name].note}'s latent space, "
+                          f"but the teacher '{teacher.name}' is an {vae_class}{students}; drop student.taehv or set "
+                          "it to the teacher's.")

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from tinyae.errors import ExportError
 from tinyae.models.families import FAMILIES, family_info
 from tinyae.models.video_student import VIDEO_MODELS, VideoStudent, is_video_student, load_video_student, video_model
-from tinyae.models.video_teacher import VIDEO_TEACHERS
+from tinyae.models.video_teacher import space_vae_class
 from tinyae.utils.atomic import EXISTS, atomic_files, check_writable, reporting_write_errors
 from tinyae.utils.dtypes import DTYPES, EXPORT_DTYPES
 from tinyae.utils.weights import cast_state, refuse_non_finite, save_pth
@@ -72,9 +72,9 @@ def refuse_other_latent_space(student: VideoStudent, name: str, who: str = "--mo
         raise ExportError(f"{who} '{name}' stands for {model.note}'s latent space, but the student was distilled "
                           f"for '{student.taehv_name}' ({video_model(student.taehv_name).note}): loaders would "
                           f"decode other latents with it; export it as {student.taehv_name} (or drop {who}).")
-    preset = VIDEO_TEACHERS.get(model.teacher)
-    if student.teacher_class and preset is not None and preset.vae_class != student.teacher_class:
-        raise ExportError(f"{who} '{name}' stands for {model.note} ({preset.vae_class}), but the student was "
+    vae_class = space_vae_class(name)
+    if student.teacher_class and vae_class not in (None, student.teacher_class):
+        raise ExportError(f"{who} '{name}' stands for {model.note} ({vae_class}), but the student was "
                           f"distilled from '{student.teacher}', an {student.teacher_class}: loaders would decode "
                           "other latents with it; export it under the model of its teacher's latent space.")
 
@@ -144,8 +144,8 @@ def refuse_image_student(source: Path, family: str | None) -> None:
         model = video_model(info.taehv_model)
         raise ExportError(
             f"'{source}' is an image student (TAESD layout), which cannot be written as the {info.taehv_model} file "
-            f"the {family} family is previewed with: TAEHV's decoder has no residual block at full resolution and its encoder no "
-            "block after the first conv, so no TAEHV weights reproduce it; distill a video student against "
+            f"the {family} family is previewed with: TAEHV's decoder has no residual block at full resolution and its "
+            "encoder no block after the first conv, so no TAEHV weights reproduce it; distill a video student against "
             f"{model.teacher} (the VAE {info.name} shares) and export that with --to taehv --family {family}.")
     raise ExportError(f"'{source}' is not a video student: --to taehv takes a VideoStudent folder, a training output "
                       "of one or a TAEHV file; export an image student with --to diffusers or --to taesd.")

@@ -28,7 +28,13 @@ from tinyae.models.student import Student
 from tinyae.models.teacher import Teacher, load_teacher
 from tinyae.models.variants import resolve_arch
 from tinyae.models.video_student import VIDEO_MODELS, VideoStudent
-from tinyae.models.video_teacher import VIDEO_TEACHERS, VideoTeacher, is_video_teacher, load_video_teacher_for
+from tinyae.models.video_teacher import (
+    VIDEO_TEACHERS,
+    VideoTeacher,
+    is_video_teacher,
+    load_video_teacher_for,
+    refuse_other_space,
+)
 from tinyae.training.adversarial import Adversary
 from tinyae.training.losses import DistillLoss, weighted_total
 from tinyae.training.warm_start import refuse_frozen_fresh, video_warm_start, warm_start
@@ -98,19 +104,6 @@ def taehv_layout(config: StudentConfig, teacher: VideoTeacher) -> str:
     raise ConfigError(f"Cannot tell which TAEHV layout a student of '{teacher.name}' ({teacher.latent_channels} "
                       f"channels, {teacher.downscale}x) takes; set student.taehv to one of "
                       f"{', '.join(fits or VIDEO_MODELS)}.")
-
-
-def refuse_other_space(name: str, teacher: VideoTeacher) -> None:
-    """student.taehv names a latent space as well as a layout (a 'taehv' file is decoded as HunyuanVideo's
-    latents): it must be the teacher's, not only of its channels and downscale."""
-    model = VIDEO_MODELS[name]
-    preset = VIDEO_TEACHERS.get(model.teacher)
-    vae_class = type(teacher.vae).__name__
-    if (teacher.taehv_model or name) != name or (preset is not None and preset.vae_class != vae_class):
-        raise ConfigError(f"student.taehv '{name}' stands for {model.note}'s latent space, but the teacher "
-                          f"'{teacher.name}' is an {vae_class}" + (f" whose students are '{teacher.taehv_model}'"
-                                                                    if teacher.taehv_model else "")
-                          + "; drop student.taehv or set it to the teacher's.")
 
 
 def build_video_student(recipe: Recipe, teacher: VideoTeacher) -> VideoStudent:
