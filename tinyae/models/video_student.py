@@ -159,6 +159,8 @@ class VideoArch:
     # MiniMax H3 (taeh3): encoded in independent 17-frame chunks (3 zero frames in front, the last 3 latents cut)
     # and decoded with 5-latent chunks' first frames and the last 3 latents' frames trimmed, as H3's own VAE does
     h3_chunks: bool = False
+    # lighttaehy1_5 (LightX2V's, as ComfyUI reads it): the output conv writes frames in [-1, 1], not [0, 1]
+    signed_output: bool = False
 
     def __post_init__(self):
         for name in ("encoder_time_downscale", "decoder_time_upscale", "decoder_space_upscale", "decoder_widths"):
@@ -245,8 +247,8 @@ VIDEO_MODELS: dict[str, VideoModel] = {
     "taew2_2": VideoModel(VideoArch(48, 2), "wan2.2", "lighttaew2_2", None, "Wan 2.2 TI2V-5B"),
     "taehv1_5": VideoModel(_HV15, "hunyuan-video-1.5", None, None, "HunyuanVideo 1.5",
                            comfyui_misreads_as="lighttaehy1_5"),
-    "lighttaehy1_5": VideoModel(dataclasses.replace(_HV15, act_fn="leaky_relu"), "hunyuan-video-1.5",
-                                "lighttaehy1_5", None, "HunyuanVideo 1.5, ComfyUI's LeakyReLU(0.2) layout",
+    "lighttaehy1_5": VideoModel(dataclasses.replace(_HV15, act_fn="leaky_relu", signed_output=True),
+                                "hunyuan-video-1.5", "lighttaehy1_5", None, "HunyuanVideo 1.5, ComfyUI's LeakyReLU(0.2) layout",
                                 variant_of="taehv1_5"),
     "taecvx": VideoModel(VideoArch(16, 1, keep_frames_for_even_latents=True), "cogvideox", None, None, "CogVideoX"),
     "taeos1_3": VideoModel(VideoArch(16, 1), "open-sora-1.3", None, None, "Open-Sora 1.3"),
@@ -388,7 +390,7 @@ class VideoStudent(ModelMixin, ConfigMixin):
                  decoder_time_upscale: tuple[bool, ...] = (False, True, True),
                  decoder_space_upscale: tuple[bool, ...] = (True, True, True), encoder_width: int = 64,
                  decoder_widths: tuple[int, ...] = (256, 128, 64, 64), act_fn: str = "relu",
-                 decoder_variant: str = "base", h3_chunks: bool = False,
+                 decoder_variant: str = "base", h3_chunks: bool = False, signed_output: bool = False,
                  keep_frames_for_even_latents: bool = False, scaling_factor: float = 1.0,
                  taehv_name: str | None = None, decode_chunk_size: int | None = None):
         super().__init__()
@@ -398,7 +400,8 @@ class VideoStudent(ModelMixin, ConfigMixin):
             self.enable_chunking(decode_chunk_size)
         self.arch = VideoArch(latent_channels, patch_size, tuple(encoder_time_downscale), tuple(decoder_time_upscale),
                               tuple(decoder_space_upscale), encoder_width, tuple(decoder_widths), act_fn,
-                              keep_frames_for_even_latents, decoder_variant=decoder_variant, h3_chunks=h3_chunks)
+                              keep_frames_for_even_latents, decoder_variant=decoder_variant, h3_chunks=h3_chunks,
+                              signed_output=signed_output)
         self.encoder = build_encoder(self.arch)
         self.decoder = build_decoder(self.arch)
         # What video pipelines read on pipe.vae to size latents and undo their normalisation (none: the student
@@ -475,7 +478,8 @@ class VideoStudent(ModelMixin, ConfigMixin):
                 count += 1
 
     def _finish(self, frames: Tensor) -> Tensor:
-        return F.pixel_shuffle(frames, self.arch.patch_size) if self.arch.patch_size > 1 else frames
+        frames = F.pixel_shuffle(frames, self.arch.patch_size) if self.arch.patch_size > 1 else frames
+        return frames.add(1).div(2) if self.arch.signed_output else frames
 
     def _kept_frames(self, latents: int) -> list[int]:
         """Which of the decoder's frames (by index) the decode returns: all but the first warm-up ones, or H3's."""
@@ -602,7 +606,7 @@ SUPER_GROWS = (7, 14, 21)  # TGrow in a `_super` decoder
 
 def arch_from_state(state: dict[str, Tensor], name: str | None = None) -> VideoArch:
     """The layout a TAEHV state dict was saved from, read off its shapes (and, for CogVideoX's frame rule and
-    lighttaehy1_5's LeakyReLU, which shapes cannot tell, off the model name; H3's chunks off its 24 channels and
+    lighttaehy1_5's LeakyReLU and [-1, 1] output, which shapes cannot tell, off the model name; H3's chunks off its 24 channels and
     12-entry output, as ComfyUI does)."""
     if "decoder.22.bias" not in state or "encoder.0.weight" not in state:
         raise ExportError("These weights are not in TAEHV layout (no encoder.0.weight / decoder.22.bias); pass a "
@@ -627,7 +631,7 @@ def arch_from_state(state: dict[str, Tensor], name: str | None = None) -> VideoA
     return VideoArch(channels, patch, pools, grows, ups, width, widths,
                      "leaky_relu" if name and name.startswith("lighttaehy") else "relu",
                      bool(name and name.startswith("taecvx")), decoder_variant=variant,
-                     h3_chunks=channels == 24 and patch == 2)
+                     h3_chunks=channels == 24 and patch == 2, signed_output=bool(name and name.startswith("lighttaehy")))
 
 
 def _student_folder(source: Path) -> Path:

@@ -69,12 +69,12 @@ def check_layout(student: VideoStudent, name: str) -> None:
                           f"decoder) are not the published ones ({expected.encoder_width}, {expected.decoder_widths}, "
                           f"{expected.decoder_variant}) that taehv.py and ComfyUI build for '{name}', so they could not "
                           "load it; export it as a VideoStudent folder instead.")
-    if (arch.act_fn, arch.h3_chunks, arch.decoder_space_upscale) != (expected.act_fn, expected.h3_chunks,
-                                                                      expected.decoder_space_upscale):
-        raise ExportError(f"The student ({arch.act_fn}, H3 chunks {arch.h3_chunks}, space upscaling "
-                          f"{arch.decoder_space_upscale}) computes other frames than '{name}' as its loaders build it "
-                          f"({expected.act_fn}, {expected.h3_chunks}, {expected.decoder_space_upscale}); export a "
-                          "student of that layout.")
+    behaviour = ("act_fn", "h3_chunks", "signed_output", "decoder_space_upscale", "keep_frames_for_even_latents")
+    differing = [f"{field} {getattr(arch, field)} (its loaders: {getattr(expected, field)})" for field in behaviour
+                 if getattr(arch, field) != getattr(expected, field)]
+    if differing:
+        raise ExportError(f"The student computes other frames than '{name}' as its loaders build it "
+                          f"({'; '.join(differing)}); export it under the model of its layout or as a folder.")
 
 
 def _fits(arch, name: str) -> bool:

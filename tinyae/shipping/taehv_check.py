@@ -85,6 +85,8 @@ def check_comfyui(checkout: str | Path, folder: str | Path, seed: int = 0) -> li
         z = torch.randn(1, student.arch.latent_channels, 7 if student.arch.h3_chunks else 3, 4, 4, generator=g)
         theirs = vae.decode(z).float()  # (B, T, H, W, 3)
         ours = student.decode_frames01(model.process_in(z).transpose(1, 2)).permute(0, 1, 3, 4, 2)
+        if student.arch.signed_output:  # ComfyUI maps a [-1, 1] decoder's frames to [0, 1] with a clamp
+            ours = ours.clamp(0, 1)
         results.append(dict(file=path.name, loader=f"{type(model).__module__}.{type(model).__name__}",
                             dtype=str(next(iter(comfy_utils.load_torch_file(str(path)).values())).dtype),
                             latent_format=getattr(model.latent_format, "__name__", "none"),
