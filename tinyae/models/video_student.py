@@ -248,7 +248,8 @@ VIDEO_MODELS: dict[str, VideoModel] = {
     "taehv1_5": VideoModel(_HV15, "hunyuan-video-1.5", None, None, "HunyuanVideo 1.5",
                            comfyui_misreads_as="lighttaehy1_5"),
     "lighttaehy1_5": VideoModel(dataclasses.replace(_HV15, act_fn="leaky_relu", signed_output=True),
-                                "hunyuan-video-1.5", "lighttaehy1_5", None, "HunyuanVideo 1.5, ComfyUI's LeakyReLU(0.2) layout",
+                                "hunyuan-video-1.5", "lighttaehy1_5", None,
+                                "HunyuanVideo 1.5, ComfyUI's LeakyReLU(0.2) layout, frames in [-1, 1]",
                                 variant_of="taehv1_5"),
     "taecvx": VideoModel(VideoArch(16, 1, keep_frames_for_even_latents=True), "cogvideox", None, None, "CogVideoX"),
     "taeos1_3": VideoModel(VideoArch(16, 1), "open-sora-1.3", None, None, "Open-Sora 1.3"),
@@ -606,8 +607,8 @@ SUPER_GROWS = (7, 14, 21)  # TGrow in a `_super` decoder
 
 def arch_from_state(state: dict[str, Tensor], name: str | None = None) -> VideoArch:
     """The layout a TAEHV state dict was saved from, read off its shapes (and, for CogVideoX's frame rule and
-    lighttaehy1_5's LeakyReLU and [-1, 1] output, which shapes cannot tell, off the model name; H3's chunks off its 24 channels and
-    12-entry output, as ComfyUI does)."""
+    lighttaehy1_5's LeakyReLU and [-1, 1] output, which shapes cannot tell, off the model name; H3's chunks off
+    its 24 channels and 12-entry output, as ComfyUI does)."""
     if "decoder.22.bias" not in state or "encoder.0.weight" not in state:
         raise ExportError("These weights are not in TAEHV layout (no encoder.0.weight / decoder.22.bias); pass a "
                           "taehv.py-style .pth/.safetensors file or a VideoStudent folder.")
@@ -631,7 +632,8 @@ def arch_from_state(state: dict[str, Tensor], name: str | None = None) -> VideoA
     return VideoArch(channels, patch, pools, grows, ups, width, widths,
                      "leaky_relu" if name and name.startswith("lighttaehy") else "relu",
                      bool(name and name.startswith("taecvx")), decoder_variant=variant,
-                     h3_chunks=channels == 24 and patch == 2, signed_output=bool(name and name.startswith("lighttaehy")))
+                     h3_chunks=channels == 24 and patch == 2,
+                     signed_output=bool(name and name.startswith("lighttaehy")))
 
 
 def _student_folder(source: Path) -> Path:

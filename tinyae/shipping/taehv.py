@@ -67,8 +67,8 @@ def check_layout(student: VideoStudent, name: str) -> None:
             expected.encoder_width, expected.decoder_widths, expected.decoder_variant):
         raise ExportError(f"The student's widths ({arch.encoder_width}, {arch.decoder_widths}, {arch.decoder_variant} "
                           f"decoder) are not the published ones ({expected.encoder_width}, {expected.decoder_widths}, "
-                          f"{expected.decoder_variant}) that taehv.py and ComfyUI build for '{name}', so they could not "
-                          "load it; export it as a VideoStudent folder instead.")
+                          f"{expected.decoder_variant}) that taehv.py and ComfyUI build for '{name}', so they could "
+                          "not load it; export it as a VideoStudent folder instead.")
     behaviour = ("act_fn", "h3_chunks", "signed_output", "decoder_space_upscale", "keep_frames_for_even_latents")
     differing = [f"{field} {getattr(arch, field)} (its loaders: {getattr(expected, field)})" for field in behaviour
                  if getattr(arch, field) != getattr(expected, field)]

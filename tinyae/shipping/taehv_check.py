@@ -64,11 +64,13 @@ def import_taehv(checkout: str | Path):
 
 
 @torch.no_grad()
-def check_comfyui(checkout: str | Path, folder: str | Path, seed: int = 0) -> list[dict]:
-    """Decode a latent with ComfyUI's loader for every file in `folder`/comfyui; one result per file."""
+def check_comfyui(checkout: str | Path, folder: str | Path, seed: int = 0, files: list[Path] | None = None
+                  ) -> list[dict]:
+    """Decode a latent with ComfyUI's loader for every file in `folder`/comfyui (or `files`); one result per file."""
     comfy_sd, comfy_utils = import_comfyui(checkout)
     results = []
-    files = sorted(p for p in (Path(folder) / COMFYUI_FOLDER).glob("*") if p.suffix in (".pth", ".safetensors"))
+    files = files or sorted(p for p in (Path(folder) / COMFYUI_FOLDER).glob("*")
+                            if p.suffix in (".pth", ".safetensors"))
     if not files:
         raise ExportError(f"'{folder}' has no {COMFYUI_FOLDER}/ files: export a model ComfyUI loads (taew2_1, "
                           "taew2_2, taehv) with `tinyae export --to taehv`.")
@@ -118,7 +120,8 @@ def check_upstream(checkout: str | Path, folder: str | Path, name: str, seed: in
                   - student.encode_frames01(video, parallel=parallel)).abs().max() for parallel in (True, False))
     frames = upstream.decode_video(z, show_progress_bar=False)
     decode = max((upstream.decode_video(z, parallel=parallel, show_progress_bar=False)
-                  - student.decode_frames01(z, parallel=parallel).clamp(0, 1)).abs().max() for parallel in (True, False))
+                  - student.decode_frames01(z, parallel=parallel).clamp(0, 1)).abs().max()
+                 for parallel in (True, False))
     # taehv.py sets an LTX file's time strides from its name, over the switches: only space is switchable there
     previews = [] if arch.time_downscale == 8 else [dict(decoder_time_upscale=(False, False))]
     if arch.decoder_variant != "super":
@@ -157,6 +160,9 @@ def run_checks(comfyui: str | Path | None, taehv: str | Path | None, models: lis
             export_taehv(model, folder, name, own_dtype)
             if comfyui is not None and (Path(folder) / COMFYUI_FOLDER).is_dir():
                 results["comfyui"] += check_comfyui(comfyui, folder)
+            if comfyui is not None and published.comfyui_misreads_as:  # shows what the export warns about
+                for row in check_comfyui(comfyui, folder, files=[Path(folder) / f"{name}.safetensors"]):
+                    results["comfyui"].append(row | dict(note=f"read as {published.comfyui_misreads_as}"))
             if taehv is not None:
                 results["taehv.py"].append(check_upstream(taehv, folder, name))
     return results
