@@ -305,3 +305,19 @@ def test_each_newer_layout_trains_through_diffusers_interface_and_saves_back_exa
     assert student.decode(z).sample.shape == (1, 3, arch.decoded_frames(z.shape[2]), side, side)
     student.save_pretrained(tmp_path)
     assert VideoStudent.from_pretrained(tmp_path).arch == arch
+
+
+@pytest.mark.parametrize("layout", [dict(decoder_variant="super"), dict(decoder_variant="wide"),
+                                    dict(latent_channels=24, patch_size=2, h3_chunks=True),
+                                    dict(act_fn="leaky_relu", signed_output=True)])
+def test_the_distill_step_trains_every_weight_of_each_newer_layout(layout):
+    from tinyae.training.step import StudentStep  # what the distill loop runs a student through
+
+    student = tiny(**layout).train()
+    arch, side = student.arch, 2 * student.arch.downscale
+    clips = torch.rand(1, 3, 17, side, side) * 2 - 1
+    teacher_latents = torch.randn(1, arch.latent_channels, arch.latent_frames(17), 2, 2)
+    latents, recon, round_trip = StudentStep(student, "both")(clips, teacher_latents, round_trip=True)
+    assert latents.shape == teacher_latents.shape and recon.shape[2] == arch.decoded_frames(latents.shape[2])
+    ((latents - teacher_latents).square().mean() + recon.square().mean() + round_trip.square().mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())

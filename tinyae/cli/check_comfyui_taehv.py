@@ -6,7 +6,9 @@ the same frames as tinyae.
 
 The checkouts are used unmodified (ComfyUI needs its requirements.txt installed and runs on the CPU).
 Without --student each model is checked with a seeded random student of its layout. Prints, per file,
-the loader ComfyUI picked, the latent format it applies and the largest difference from tinyae's frames.
+the loader ComfyUI picked, the latent format it applies and the largest difference from tinyae's frames
+(or the loader's error); with --taehv also the encode, decode and preview-switch differences, or "skipped"
+for a layout the checkout does not build (taeltx2_3_wide lives on a branch of madebyollin/taehv).
 """
 
 from __future__ import annotations

@@ -16,11 +16,17 @@ files load here and tinyae's exports load there. Internally frames are in [0, 1]
 the public `encode`/`decode` follow diffusers (NCTHW, [-1, 1]) and the latents are the ones the
 diffusion model sees, with no scale or shift.
 
+Newer layouts (`VIDEO_MODELS`): the `_super` decoders (`SuperMemBlock`s, sub-pixel upsampling, about
+2x the decoder), taeltx2_3_wide's grouped `WideMemBlock`s, MiniMax H3's chunked time (`h3_chunks`)
+and ComfyUI's lighttaehy1_5 (LeakyReLU, frames out in [-1, 1]); `for_previews` is taehv.py's
+load-time switch that skips upscaling stages.
+
 Frame rule: 1 + 4k frames encode to 1 + k latents (input padded at the end with its last
 frame to a multiple of the time factor), and T latents decode to 4T - 3 frames (the decoder's
 first 3 frames are dropped). Parallel decoding runs all frames through each layer at once;
 streaming decoding (`decode_frames`) pushes one latent at a time through the layers and yields
-frames as they are ready, holding one frame per layer: the same frames, in bounded memory.
+frames as they are ready, holding one frame per layer: the same frames, in bounded memory; streaming
+encoding (`encode_frames`) does the same from frames to latents.
 """
 
 from __future__ import annotations
