@@ -80,7 +80,7 @@ def check_comfyui(checkout: str | Path, folder: str | Path, seed: int = 0, files
             model = vae.first_stage_model
             model.show_progress_bar = False
         except Exception as exc:  # noqa: BLE001 - an old checkout may lack the layout: report it, check the rest
-            results.append(dict(file=path.name, error=f"{type(exc).__name__}: {exc}"[:200]))
+            results.append(dict(file=path.name, error=" ".join(f"{type(exc).__name__}: {exc}".split())[:200]))
             continue
         student = load_video_student(path).eval()  # the same file, read by tinyae
         g = torch.Generator().manual_seed(seed)
