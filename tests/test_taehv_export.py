@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from tiny_pipelines import tiny_student
 
@@ -13,7 +14,7 @@ from tinyae.config import StudentConfig
 from tinyae.errors import ExportError
 from tinyae.models.student import Student
 from tinyae.models.variants import resolve_arch
-from tinyae.models.video_student import VideoStudent, arch_from_state, load_video_student
+from tinyae.models.video_student import VideoStudent, arch_from_state, load_video_student, run_parallel
 from tinyae.shipping.export import export_all, export_student
 from tinyae.shipping.taehv import export_taehv, taehv_files
 from tinyae.shipping.taehv_check import seeded_student
@@ -337,3 +338,58 @@ def test_the_checker_refuses_a_nan_student_and_fails_on_a_nan_difference(tmp_pat
     assert failures(rows) == ["taehv.py taew2_1.pth decode_max_abs_diff=nan (tolerance 0.0001)"]
     rows["taehv.py"][0] |= {"dtype": "torch.float16", "decode_max_abs_diff": 5e-3}
     assert failures(rows) == []
+
+
+# ------------------------------------------------------------ layouts published since: names, dtypes, ComfyUI copies
+
+EXPECTED_FILES = {  # model: its ComfyUI copy (models/vae_approx name), or None where ComfyUI has no path
+    "taeh3": "taeh3", "taeltx_2": "taeltx_2", "taeltx2_3": "taeltx_2", "lighttaehy1_5": "lighttaehy1_5",
+    "taew2_2_super": None, "taehv1_5_super": None, "taeltx2_3_wide": None, "taeos1_3": None, "taecvx": None}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_FILES))
+def test_each_layout_is_written_under_taehv_py_names_and_the_name_comfyui_loads_it_by(name):
+    comfy = EXPECTED_FILES[name]
+    expected = {f"{name}.safetensors": "fp16", f"{name}.pth": "fp16"}
+    if comfy is not None:
+        expected |= {f"comfyui/{comfy}.safetensors": "fp16", f"comfyui/{comfy}.pth": "fp16"}
+    assert taehv_files(name, "fp16") == expected
+
+
+@pytest.mark.parametrize("name", ["taeh3", "taew2_2_super", "taeltx2_3", "lighttaehy1_5"])
+def test_a_newer_layout_exports_in_the_asked_dtype_and_loads_back_as_the_same_layout(name, tmp_path):
+    student = VideoStudent.published(name)
+    paths = export_taehv(student, tmp_path, dtype="fp16")
+    for path in paths:
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+        assert state["decoder.22.bias"].dtype == torch.float16 and state.keys() == student.state_dict().keys()
+        assert load_video_student(path).arch == student.arch, path
+
+
+@pytest.mark.parametrize("name", ["taeh3", "taew2_2_super", "taehv1_5_super", "taeltx2_3", "taeltx2_3_wide",
+                                  "lighttaehy1_5"])
+def test_newer_layouts_are_recognised_from_their_weights(name):
+    state = VideoStudent.published(name).state_dict()
+    assert arch_from_state(state, name) == VideoStudent.published(name).arch
+
+
+def test_a_relu_taehv1_5_export_warns_that_comfyui_reads_it_as_lighttaehy1_5(tmp_path):
+    with pytest.warns(UserWarning, match="ComfyUI builds any 32-channel file like 'taehv1_5' as 'lighttaehy1_5'"):
+        paths = export_taehv(VideoStudent.published("taehv1_5"), tmp_path)
+    assert sorted(p.name for p in paths) == ["taehv1_5.pth", "taehv1_5.safetensors"]  # no ComfyUI copy
+
+
+def test_a_student_of_another_decoder_or_activation_is_refused_for_a_layout_it_does_not_compute(tmp_path):
+    with pytest.raises(ExportError, match="super decoder"):
+        export_taehv(VideoStudent.published("taew2_2_super"), tmp_path, "taew2_2")
+    with pytest.raises(ExportError, match="act_fn relu"):
+        export_taehv(VideoStudent.published("taehv1_5"), tmp_path, "lighttaehy1_5")
+    assert list(tmp_path.iterdir()) == []
+
+
+@torch.no_grad()
+def test_lighttaehy1_5_writes_frames_in_minus_1_to_1_as_comfyui_maps_them():
+    student = VideoStudent.published("lighttaehy1_5").eval()
+    z = torch.randn(1, 2, 32, 2, 2, generator=torch.Generator().manual_seed(0))
+    raw = F.pixel_shuffle(run_parallel(student.decoder, z)[:, 3:], 2)
+    assert (student.decode_frames01(z) - (raw + 1) / 2).abs().max() < 1e-6

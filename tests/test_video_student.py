@@ -201,3 +201,123 @@ def test_a_video_student_is_wan_pipelines_vae_and_decodes_its_live_previews():
                   callback_on_step_end=preview).frames
     assert frames.shape == (1, 9, 3, 32, 32)  # 9 frames -> 3 latents -> 9 frames, 8x space
     assert len(previews) == 2 and previews[-1].shape == (1, 3, 9, 32, 32)
+
+
+# ------------------------------------------- layouts published since: taeh3, `_super`, LTX-2.3 (wide), previews
+# References: tests/data/taehv-reference/layouts.safetensors, made by upstream taehv.py (main, and the
+# 2026_03_11_taeltx23_wide branch for the wide decoder) from the same seeded weights; see the README there.
+
+LAYOUTS = load_file(REFERENCE / "layouts.safetensors")
+LAYOUT_SEEDS = {"taeh3": 4, "taew2_2_super": 5, "taeltx2_3_wide": 6}
+
+
+def seeded(name: str, seed: int) -> VideoStudent:
+    student = VideoStudent.published(name).eval()
+    student.load_state_dict(seeded_weights(KEYS[name], seed), strict=True)
+    return student
+
+
+@pytest.mark.parametrize("name", ["taeh3", "taew2_2_super", "taehv1_5_super", "taeltx2_3", "taeltx2_3_wide"])
+def test_each_newer_layout_has_upstreams_keys_and_shapes(name):
+    assert {k: list(v.shape) for k, v in VideoStudent.published(name).state_dict().items()} == KEYS[name]
+
+
+def test_a_super_decoder_has_about_twice_the_parameters_and_the_same_encoder():
+    for name in ("taew2_2", "taehv1_5"):
+        base, large = VideoStudent.published(name), VideoStudent.published(f"{name}_super")
+        count = [sum(p.numel() for p in m.decoder.parameters()) for m in (base, large)]
+        assert 1.8 < count[1] / count[0] < 2.1
+        assert [p.shape for p in base.encoder.parameters()] == [p.shape for p in large.encoder.parameters()]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(LAYOUT_SEEDS))
+def test_newer_layouts_encode_and_decode_as_upstream_within_1e_5(name):
+    student, ref = seeded(name, LAYOUT_SEEDS[name]), {k.removeprefix(f"{name}/"): v for k, v in LAYOUTS.items()
+                                                       if k.startswith(f"{name}/")}
+    latents = student.encode_frames01(ref["video"])
+    assert latents.shape == ref["encode_video"].shape and (latents - ref["encode_video"]).abs().max() < 1e-5
+    assert (student.encode_frames01(ref["video"], parallel=False) - latents).abs().max() < 1e-5
+    for key in (k for k in ref if k.startswith("latents")):
+        expected = ref[f"decode_video({key})"]
+        assert student.arch.decoded_frames(ref[key].shape[1]) == expected.shape[1]
+        for frames in (student.decode_frames01(ref[key]), student.decode_frames01(ref[key], chunk_size=2)):
+            assert frames.shape == expected.shape and (frames.clamp(0, 1) - expected).abs().max() < 1e-5
+    assert (student.decode_frames01(latents).clamp(0, 1) - ref["decode_video(encode_video)"]).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_h3_encodes_17_frame_chunks_to_5_latents_less_3_and_decodes_them_to_17_frames_less_12():
+    arch = VIDEO_MODELS["taeh3"].arch
+    assert [arch.latent_frames(f) for f in (1, 17, 18, 34)] == [2, 2, 7, 7]
+    assert [arch.decoded_frames(t) for t in (2, 7, 12)] == [5, 22, 39]  # ComfyUI: (t - 2) // 5 * 17 + 5
+    student = seeded("taeh3", LAYOUT_SEEDS["taeh3"])  # one latent: upstream pads its chunk with zero frames
+    frames = student.decode_frames01(LAYOUTS["taeh3/latents1"])
+    assert (frames.clamp(0, 1) - LAYOUTS["taeh3/decode_video(latents1)"]).abs().max() < 1e-5
+    assert torch.equal(frames[:, 1:], torch.zeros_like(frames[:, 1:]))
+    streamed = torch.stack(list(student.stream_frames01(LAYOUTS["taeh3/latents1"])), 1)
+    assert streamed.shape == frames.shape and (streamed - frames).abs().max() < 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name, switch", [("taew2_1", "time"), ("taew2_1", "space"), ("taeh3", "time"),
+                                          ("taew2_2_super", "time"), ("taeltx2_3_wide", "space")])
+def test_preview_decoders_give_upstreams_frames_for_its_load_time_switches(name, switch):
+    key = next(k for k in LAYOUTS if k.startswith(f"{name}/preview_{switch}("))
+    z = LAYOUTS[f"{name}/{key.split('(')[1].rstrip(')')}"]
+    student = seeded(name, LAYOUT_SEEDS.get(name, SEEDS.get(name)))
+    switches = dict(decoder_time_upscale=(False, False)) if switch == "time" else dict(
+        decoder_space_upscale=(False, True, True))
+    cheap = student.for_previews(**switches)
+    frames = cheap.decode_frames01(z)
+    assert frames.shape == LAYOUTS[key].shape and (frames.clamp(0, 1) - LAYOUTS[key]).abs().max() < 1e-5
+    if switch == "time" and name != "taeh3":  # no time upscaling: T latents -> T frames
+        assert frames.shape[1] == z.shape[1] == cheap.arch.decoded_frames(z.shape[1])
+
+
+def test_a_preview_decoder_cannot_switch_stages_on_or_resize_a_super_decoder():
+    with pytest.raises(ExportError, match="only switch stages off"):
+        tiny().for_previews(decoder_time_upscale=(True, True, True))
+    with pytest.raises(ExportError, match="switch off only time"):
+        VideoStudent.published("taew2_2_super").for_previews(decoder_space_upscale=(False, True, True))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("layout", [dict(), dict(latent_channels=24, patch_size=2, h3_chunks=True),
+                                    dict(decoder_variant="super", decoder_widths=(16, 8, 8, 8))])
+@pytest.mark.parametrize("frames", [1, 6, 19])
+def test_streaming_encode_yields_the_parallel_latents_within_1e_5(layout, frames):
+    student = tiny(**layout)
+    video = torch.rand(1, 3, frames, 32, 32, generator=torch.Generator().manual_seed(frames)) * 2 - 1
+    whole = student.encode(video).latents
+    streamed = torch.stack(list(student.encode_frames(iter(video.unbind(2)))), 2)
+    assert whole.shape[2] == student.arch.latent_frames(frames)
+    assert streamed.shape == whole.shape and (streamed - whole).abs().max() < 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["taeh3", "taew2_2_super", "taehv1_5_super", "lighttaehy1_5", "taeltx2_3_wide"])
+def test_each_newer_layout_trains_through_diffusers_interface_and_saves_back_exactly(name, tmp_path):
+    student = VideoStudent.published(name)
+    arch, side = student.arch, 2 * student.arch.downscale
+    z = student.encode(torch.zeros(1, 3, 5, side, side)).latents
+    assert z.shape == (1, arch.latent_channels, arch.latent_frames(5), 2, 2)
+    assert student.decode(z).sample.shape == (1, 3, arch.decoded_frames(z.shape[2]), side, side)
+    student.save_pretrained(tmp_path)
+    assert VideoStudent.from_pretrained(tmp_path).arch == arch
+
+
+@pytest.mark.parametrize("layout", [dict(decoder_variant="super"), dict(decoder_variant="wide"),
+                                    dict(latent_channels=24, patch_size=2, h3_chunks=True),
+                                    dict(act_fn="leaky_relu", signed_output=True)])
+def test_the_distill_step_trains_every_weight_of_each_newer_layout(layout):
+    from tinyae.training.step import StudentStep  # what the distill loop runs a student through
+
+    student = tiny(**layout).train()
+    arch, side = student.arch, 2 * student.arch.downscale
+    clips = torch.rand(1, 3, 17, side, side) * 2 - 1
+    teacher_latents = torch.randn(1, arch.latent_channels, arch.latent_frames(17), 2, 2)
+    latents, recon, round_trip = StudentStep(student, "both")(clips, teacher_latents, round_trip=True)
+    assert latents.shape == teacher_latents.shape and recon.shape[2] == arch.decoded_frames(latents.shape[2])
+    ((latents - teacher_latents).square().mean() + recon.square().mean() + round_trip.square().mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())

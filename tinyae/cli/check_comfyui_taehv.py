@@ -6,8 +6,11 @@ the same frames as tinyae.
 
 The checkouts are used unmodified (ComfyUI needs its requirements.txt installed and runs on the CPU).
 Without --student each model is checked with a seeded random student of its layout. Prints, per file,
-the loader ComfyUI picked, the latent format it applies and the largest difference from tinyae's frames, and
-exits with 1 when a difference is over --tolerance (default 1e-4 for fp32 files, 1e-2 for fp16) or not a number.
+the loader ComfyUI picked, the latent format it applies and the largest difference from tinyae's frames
+(or the loader's error); with --taehv also the encode, decode and preview-switch differences, or "skipped"
+for a layout the checkout does not build (taeltx2_3_wide lives on a branch of madebyollin/taehv).
+It exits with 1 when a difference is over --tolerance (default 1e-4 for fp32 files, 1e-2 for fp16) or not a
+number.
 """
 
 from __future__ import annotations

@@ -3,10 +3,16 @@
 - `<name>.pth` and `<name>.safetensors` (name: taew2_1, taehv, taew2_2, ...), in the dtype asked
   for: madebyollin/taehv's `TAEHV("<name>.pth")` picks the layout from the file name;
 - where ComfyUI has a TAEHV path for the model, `comfyui/<comfyui name>.pth` and `.safetensors`
-  (lighttaew2_1, lighttaew2_2, taehv) for its models/vae_approx. ComfyUI (comfy/sd.py) tells a
-  16-channel file's latent space by its dtype: fp16 is HunyuanVideo's (it scales the latents),
-  fp32 Wan 2.1's (it does not), so those files are written in the dtype that names their space
-  (tinyae.models.video_student.VIDEO_MODELS).
+  (lighttaew2_1, lighttaew2_2, taehv, lighttaehy1_5, taeltx_2, taeh3) for its models/vae_approx,
+  whose VAELoader takes only those exact names (taeltx2_3's copy is `taeltx_2`: same layout). ComfyUI
+  (comfy/sd.py) tells a 16-channel file's latent space by its dtype: fp16 is HunyuanVideo's (it
+  scales the latents), fp32 Wan 2.1's (it does not), so those files are written in the dtype that
+  names their space (tinyae.models.video_student.VIDEO_MODELS). The `_super` and wide decoders, CogVideoX
+  and Open-Sora have no ComfyUI path, so no copy.
+
+ComfyUI picks a layout by shapes alone, so a ReLU `taehv1_5` file put into ComfyUI is built as its
+LeakyReLU `lighttaehy1_5` and decodes other frames: that export warns (`--model lighttaehy1_5`, a
+student trained with LeakyReLU, is the file ComfyUI reads right).
 
 A family whose clients preview it with a TAEHV file exports as that model: `qwen-image` as
 taew2_1 (Qwen-Image's VAE is Wan 2.1's; ComfyUI's Qwen-Image previewer loads lighttaew2_1), from a
@@ -20,6 +26,7 @@ replaced with `overwrite`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -57,11 +64,18 @@ def check_layout(student: VideoStudent, name: str) -> None:
         raise ExportError(f"The student has {arch.latent_channels} latent channels, patch {arch.patch_size} and "
                           f"time factor {arch.time_downscale}, but taehv.py builds '{name}' with "
                           f"{expected.latent_channels}, {expected.patch_size} and {expected.time_downscale}; {instead}.")
-    if (arch.encoder_width, arch.decoder_widths, arch.act_fn) != (expected.encoder_width, expected.decoder_widths,
-                                                                    expected.act_fn):
-        raise ExportError(f"The student's widths ({arch.encoder_width}, {arch.decoder_widths}) are not the "
-                          f"published ones ({expected.encoder_width}, {expected.decoder_widths}) that taehv.py and "
-                          "ComfyUI build, so they could not load it; export it as a VideoStudent folder instead.")
+    if (arch.encoder_width, arch.decoder_widths, arch.decoder_variant) != (
+            expected.encoder_width, expected.decoder_widths, expected.decoder_variant):
+        raise ExportError(f"The student's widths ({arch.encoder_width}, {arch.decoder_widths}, {arch.decoder_variant} "
+                          f"decoder) are not the published ones ({expected.encoder_width}, {expected.decoder_widths}, "
+                          f"{expected.decoder_variant}) that taehv.py and ComfyUI build for '{name}', so they could "
+                          "not load it; export it as a VideoStudent folder instead.")
+    behaviour = ("act_fn", "h3_chunks", "signed_output", "decoder_space_upscale", "keep_frames_for_even_latents")
+    differing = [f"{field} {getattr(arch, field)} (its loaders: {getattr(expected, field)})" for field in behaviour
+                 if getattr(arch, field) != getattr(expected, field)]
+    if differing:
+        raise ExportError(f"The student computes other frames than '{name}' as its loaders build it "
+                          f"({'; '.join(differing)}); export it under the model of its layout or as a folder.")
 
 
 def refuse_other_latent_space(student: VideoStudent, name: str, who: str = "--model") -> None:
@@ -102,6 +116,11 @@ def export_taehv(student: VideoStudent, directory: str | Path, name: str | None 
                           f"model's latent space; export '{name}' with --dtype {needed}.")
     refuse_other_latent_space(student, name)
     refuse_non_finite(student.state_dict(), "The video student")
+    if model.comfyui_misreads_as is not None:
+        warnings.warn(f"ComfyUI builds any {model.arch.latent_channels}-channel file like '{name}' as "
+                      f"'{model.comfyui_misreads_as}' ({video_model(model.comfyui_misreads_as).note}) and decodes "
+                      f"other frames from it: use the '{name}' files with taehv.py only, or train and export a "
+                      f"'{model.comfyui_misreads_as}' student for ComfyUI.", stacklevel=2)
     directory = Path(directory)
     files = taehv_files(name, dtype)
     existing = [path for path in files if (directory / path).exists()]

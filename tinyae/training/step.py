@@ -96,7 +96,7 @@ def taehv_layout(config: StudentConfig, teacher: VideoTeacher) -> str:
     if teacher.taehv_model:
         return teacher.taehv_model
     fits = [name for name, model in VIDEO_MODELS.items() if model.arch.latent_channels == teacher.latent_channels
-            and model.arch.downscale == teacher.downscale]
+            and model.arch.downscale == teacher.downscale and model.variant_of is None]  # variants: asked for
     same_class = [name for name in fits if name in {p.taehv_model for p in VIDEO_TEACHERS.values()
                                                    if p.vae_class == type(teacher.vae).__name__}]
     if len(fits) == 1 or len(same_class) == 1:
