@@ -76,9 +76,11 @@ def test_an_existing_file_is_kept_unless_overwrite(taew2_1, tmp_path):
 
 def test_refusals_are_one_sentence_and_write_nothing(taew2_1, tmp_path):
     with pytest.raises(ExportError, match="export 'taehv' with --dtype fp16"):
-        export_taehv(taew2_1, tmp_path, "taehv", dtype="fp32")  # ComfyUI would take it for Wan 2.1's
-    with pytest.raises(ExportError, match="taehv.py builds 'taew2_2' with 48"):
+        export_taehv(VideoStudent.published("taehv"), tmp_path, dtype="fp32")  # ComfyUI would take it for Wan 2.1's
+    with pytest.raises(ExportError, match="'taew2_2' stands for Wan 2.2 TI2V-5B's latent space"):
         export_taehv(taew2_1, tmp_path, "taew2_2")
+    with pytest.raises(ExportError, match="taehv.py builds 'taew2_2' with 48"):
+        export_taehv(VideoStudent(), tmp_path, "taew2_2")  # no recorded space: its shape is refused
     narrow = VideoStudent(encoder_width=8, decoder_widths=(16, 8, 8, 8), taehv_name="taew2_1")
     with pytest.raises(ExportError, match="widths"):
         export_taehv(narrow, tmp_path)
@@ -298,9 +300,9 @@ OFFSET = {offset}
 
 
 class TAEHV(torch.nn.Module):
-    def __init__(self, path):
+    def __init__(self, path, **switches):
         super().__init__()
-        self.student = load_video_student(path)
+        self.student = load_video_student(path).for_previews(**switches)
 
     def encode_video(self, x, parallel=True, show_progress_bar=False):
         return self.student.encode_frames01(x) + OFFSET

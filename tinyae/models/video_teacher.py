@@ -234,7 +234,9 @@ def refuse_other_space(taehv_name: str, teacher: VideoTeacher) -> None:
     """student.taehv names a latent space as well as a layout (a 'taehv' file is decoded as HunyuanVideo's
     latents): it must be the teacher's, not only of its channels and downscale."""
     vae_class, wanted = type(teacher.vae).__name__, space_vae_class(taehv_name)
-    if (teacher.taehv_model or taehv_name) != taehv_name or wanted not in (None, vae_class):
+    same_space = teacher.taehv_model is None or (  # a layout variant (_super, wide) reads the same latents
+        VIDEO_MODELS[teacher.taehv_model].teacher == VIDEO_MODELS[taehv_name].teacher)
+    if not same_space or wanted not in (None, vae_class):
         students = f" whose students are '{teacher.taehv_model}'" if teacher.taehv_model else ""
         raise ConfigError(f"student.taehv '{taehv_name}' stands for {VIDEO_MODELS[taehv_name].note}'s latent space, "
                           f"but the teacher '{teacher.name}' is an {vae_class}{students}; drop student.taehv or set "

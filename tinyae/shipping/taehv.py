@@ -82,7 +82,7 @@ def refuse_other_latent_space(student: VideoStudent, name: str, who: str = "--mo
     """A TAEHV file's name tells loaders its latent space (ComfyUI decodes a 'taehv' file as HunyuanVideo's
     latents): a student distilled in another space must not be written or checked under it."""
     model = video_model(name)
-    if student.taehv_name is not None and student.taehv_name != name:
+    if student.taehv_name is not None and video_model(student.taehv_name).teacher != model.teacher:
         raise ExportError(f"{who} '{name}' stands for {model.note}'s latent space, but the student was distilled "
                           f"for '{student.taehv_name}' ({video_model(student.taehv_name).note}): loaders would "
                           f"decode other latents with it; export it as {student.taehv_name} (or drop {who}).")
@@ -108,13 +108,13 @@ def export_taehv(student: VideoStudent, directory: str | Path, name: str | None 
                           f"({', '.join(VIDEO_MODELS)}): the file names tell loaders its layout and latent space.")
     if dtype not in EXPORT_DTYPES:
         raise ExportError(f"Unknown dtype '{dtype}'; pass {' or '.join(EXPORT_DTYPES)}.")
+    refuse_other_latent_space(student, name)  # the file's name says which latents it reads: first
     check_layout(student, name)
     model = video_model(name)
     if model.comfyui_name == name and model.comfyui_fp16 is not None and model.comfyui_fp16 != (dtype == "fp16"):
         needed = "fp16" if model.comfyui_fp16 else "fp32"
         raise ExportError(f"ComfyUI reads a {model.arch.latent_channels}-channel '{name}' file in {dtype} as another "
                           f"model's latent space; export '{name}' with --dtype {needed}.")
-    refuse_other_latent_space(student, name)
     refuse_non_finite(student.state_dict(), "The video student")
     if model.comfyui_misreads_as is not None:
         warnings.warn(f"ComfyUI builds any {model.arch.latent_channels}-channel file like '{name}' as "
