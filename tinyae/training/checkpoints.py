@@ -1,13 +1,15 @@
 """Checkpoints of a run: written whole or not at all, checked before they are resumed.
 
-A checkpoint is accelerate's state (models, optimizers, RNGs), tinyae's own state (EMA,
-step counter, schedule, adversary and its replay buffer) in `training_state.safetensors`,
+A checkpoint is accelerate's state (models, optimizers, RNGs), tinyae's own shared state (EMA,
+step counter, schedule) in `training_state.safetensors`,
 the EMA student as an AutoencoderTiny folder (`student_ema/`), so any checkpoint exports
 without the training code, and `tinyae.json`: its step, the recipe it was trained with, the
 number of processes and CPU threads it ran with, and the run's resume history. What each
 process owns (the adversary's replay buffer and random generator) is saved by that process
 into `rank_state_N.safetensors`; a resume with more processes than the checkpoint's starts the
-extra ones' afresh (exact resumes need the same number of processes). Checkpoints get shared, so resuming one never runs code: tinyae's
+extra ones' afresh (exact resumes need the same number of processes).
+
+Checkpoints get shared, so resuming one never runs code: tinyae's
 state is tensors plus JSON, and every torch archive must load with `weights_only=True`.
 It is written into `.tmp-checkpoint-N` and renamed; a save that fails (a full disk)
 removes that folder and says which checkpoint is the last good one.

@@ -34,7 +34,8 @@ def choose_precision(setting: str, launcher: str | None) -> str:
     """The precision a run trains in: the recipe's `auto` takes the launcher's ("no" without one); an explicit
     recipe value must agree with the launcher's."""
     if launcher == "fp16":
-        raise ConfigError(f"accelerate launch --mixed_precision fp16: {FP16_REFUSAL.split(': ', 1)[1]}.")
+        reason = FP16_REFUSAL.split(": ", 1)[1]
+        raise ConfigError(f"accelerate launch --mixed_precision fp16 is not supported: {reason}.")
     if launcher is not None and launcher not in TRAINED_PRECISIONS:
         raise ConfigError(f"accelerate launch --mixed_precision {launcher} is not a precision tinyae trains in; "
                           "launch with --mixed_precision bf16 or no.")

@@ -129,8 +129,9 @@ def distill(recipe: Recipe) -> Path:
 def _distill(recipe: Recipe) -> Path:
     started = (time.perf_counter(), time.process_time())
     # The precision actually used, in the recipe that is recorded and compared on resume.
+    asked, launcher = recipe.train.mixed_precision, launcher_precision()
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(
-        recipe.train, mixed_precision=choose_precision(recipe.train.mixed_precision, launcher_precision())))
+        recipe.train, mixed_precision=choose_precision(asked, launcher)))
     cfg, out = recipe.train, Path(recipe.train.output_dir)
     accelerator = Accelerator(
         # Without GPUs, `accelerate launch --num_processes N` must be told to use gloo on the CPU, or each
@@ -147,7 +148,7 @@ def _distill(recipe: Recipe) -> Path:
     logger.info("Training with %s.", threads.describe())
     global_batch = GlobalBatch(cfg.batch_size, accelerator.num_processes, cfg.grad_accum)
     logger.info("%s Precision: %s (%s).", global_batch.describe(recipe.optim.lr), accelerator.mixed_precision,
-                "the launcher's" if launcher_precision() else "no launcher: the recipe's")
+                "the launcher's" if launcher else "the recipe's" if asked != "auto" else "auto without a launcher")
     speed_up_fixed_shapes(accelerator.device)
     set_seed(cfg.seed)
 
