@@ -11,7 +11,13 @@ from conftest import small_vae
 from tinyae.config import load_recipe
 from tinyae.errors import ConfigError
 from tinyae.models.teacher import Teacher
-from tinyae.training.launch import GlobalBatch, choose_precision, launcher_precision, optimizer_flags
+from tinyae.training.launch import (
+    GlobalBatch,
+    choose_precision,
+    launcher_precision,
+    optimizer_flags,
+    speed_up_fixed_shapes,
+)
 from tinyae.training.loop import make_ema
 from tinyae.training.step import build_parts, build_student, distill_step
 
@@ -92,3 +98,11 @@ def test_a_compiled_step_runs_compiled_code_and_keeps_the_students_keys(monkeypa
     terms = distill_step(parts, {"images": images}, use_adv=True)
     assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])  # compiled frames ran
     assert torch.isfinite(torch.stack(list(terms.values()))).all()
+
+
+def test_cudnn_picks_its_fastest_kernels_for_the_fixed_crop_shapes_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    speed_up_fixed_shapes(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    speed_up_fixed_shapes(torch.device("cuda", 0))  # only sets the flag: runs without a GPU
+    assert torch.backends.cudnn.benchmark is True
