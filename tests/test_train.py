@@ -183,3 +183,10 @@ def test_a_run_without_lpips_weights_is_refused_before_training_not_after(teache
                                                 "LPIPS weights, and no pretrained LPIPS 'alex' .*`tinyae lpips`"):
         distill(recipe)
     assert not list_checkpoints(tmp_path / "run")
+
+
+def test_finding_lpips_before_training_leaves_the_random_state_to_the_student(monkeypatch):
+    monkeypatch.setattr(lpips, "_MODELS", {})  # a fresh process: LPIPS is built (randomly initialised), then filled
+    before = torch.random.get_rng_state()
+    loop.require_lpips(load_recipe("smoke"), evaluating=True)
+    assert torch.equal(torch.random.get_rng_state(), before)  # a run starts the same whatever ran before it

@@ -252,7 +252,8 @@ def require_lpips(recipe: Recipe, evaluating: bool) -> None:
         needs[EVAL_LPIPS_NET] = " and ".join(filter(None, [needs.get(EVAL_LPIPS_NET), "the final evaluation"]))
     for net, what in needs.items():
         try:
-            load_lpips(net)
+            with torch.random.fork_rng(devices=[]):  # its random init must not shift the student's
+                load_lpips(net)
         except LPIPSWeightsError as exc:
             reason = str(exc)
             raise LPIPSWeightsError(f"Refused before training: {what} needs pretrained LPIPS weights, and "
