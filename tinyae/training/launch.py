@@ -12,12 +12,13 @@ step sees batch_size x processes x grad_accum images, and the learning rate is u
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass
 
 import torch
 
-from tinyae.config import FP16_REFUSAL
+from tinyae.config import FP16_REFUSAL, Recipe
 from tinyae.errors import ConfigError
 
 TRAINED_PRECISIONS = ("no", "bf16")
@@ -48,6 +49,12 @@ def choose_precision(setting: str, launcher: str | None) -> str:
                           "--mixed_precision or accelerate config); pass --train.mixed_precision auto to train in "
                           f"the launcher's, or launch with --mixed_precision {setting}.")
     return setting
+
+
+def with_precision_used(recipe: Recipe) -> Recipe:
+    """`recipe` with the precision this process trains in, as recipe.json records it."""
+    used = choose_precision(recipe.train.mixed_precision, launcher_precision())
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, mixed_precision=used))
 
 
 @dataclass

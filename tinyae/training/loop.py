@@ -12,7 +12,6 @@ TAEHV files and evaluated on held-out clips.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from tinyae.shipping.hub import push_to_hub
 from tinyae.shipping.taehv import export_taehv
 from tinyae.training.checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from tinyae.training.health import HEALTH_KEYS, HealthMonitor
-from tinyae.training.launch import GlobalBatch, choose_precision, launcher_precision, speed_up_fixed_shapes
+from tinyae.training.launch import GlobalBatch, launcher_precision, speed_up_fixed_shapes, with_precision_used
 from tinyae.training.resume import apply_recipe, check_student, plan_run
 from tinyae.training.samples import sample_grid, save_sample
 from tinyae.training.step import AnyStudent, AnyTeacher, build_parts, build_student, distill_step, load_run_teacher
@@ -130,8 +129,7 @@ def _distill(recipe: Recipe) -> Path:
     started = (time.perf_counter(), time.process_time())
     # The precision actually used, in the recipe that is recorded and compared on resume.
     asked, launcher = recipe.train.mixed_precision, launcher_precision()
-    recipe = dataclasses.replace(recipe, train=dataclasses.replace(
-        recipe.train, mixed_precision=choose_precision(asked, launcher)))
+    recipe = with_precision_used(recipe)
     cfg, out = recipe.train, Path(recipe.train.output_dir)
     accelerator = Accelerator(
         # Without GPUs, `accelerate launch --num_processes N` must be told to use gloo on the CPU, or each
