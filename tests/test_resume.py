@@ -5,6 +5,7 @@ holding out no images keeps the runs to a few seconds (no evaluation at the end)
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -37,7 +38,8 @@ def recipe(teacher_dir, photos, out, **sections):
         "data": {"path": str(photos), "resolution": 32, "final_resolution": None, "final_steps": 0, "holdout": 0},
         "loss": {"lpips_weight": 0.0, "adv_weight": 0.0, "disc_width": 8},
         "train": {"steps": 4, "batch_size": 2, "log_every": 1, "sample_every": 100, "checkpoint_every": 2,
-                  "checkpoints_total_limit": 0, "output_dir": str(out), "log_with": None},
+                  "checkpoints_total_limit": 0, "output_dir": str(out), "log_with": None,
+                  "threads": 1},  # a pinned count: weights never depend on the machine's load
     }
     for section, fields in sections.items():
         overrides[section] = {**overrides.get(section, {}), **fields}
@@ -218,3 +220,18 @@ def test_a_refused_resume_names_the_checkpoint_values_to_pass_not_an_override_to
     message = str(refusal.value)
     assert "pass the checkpoint's values (--teacher.scaling_factor null --train.seed 0)" in message, message
     assert "drop the override" not in message
+
+
+# ---------------------------------------------------------------- train.compile is a switch, not another model
+
+
+def test_a_resume_across_the_compile_switch_loads_the_same_weights_both_ways(teacher_dir, photos, run, monkeypatch):
+    # The eager backend keeps it quick: what could break is the saved keys, not the compiled kernels.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    keys = set(load_file(run / "checkpoints" / "checkpoint-4" / "model.safetensors"))
+    distill(recipe(teacher_dir, photos, run, train={"steps": 6, "compile": True, "resume": "latest"}))  # off -> on
+    assert set(load_file(run / "checkpoints" / "checkpoint-6" / "model.safetensors")) == keys  # no _orig_mod.
+    distill(recipe(teacher_dir, photos, run, train={"steps": 8, "compile": False, "resume": "latest"}))  # on -> off
+    history = json.loads((run / "run.json").read_text())["resumes"]
+    assert [(r["step"], r["changes"].get("train.compile")) for r in history] == [(4, [False, True]), (6, [True, False])]
+    assert json.loads((run / "metrics.json").read_text()) == {"steps": 8, "heldout_images": 0}

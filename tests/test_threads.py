@@ -1,4 +1,5 @@
-"""CPU threads: one per CPU that other processes leave free, re-checked, and an explicit setting wins."""
+"""CPU threads: one per CPU that other processes leave free, chosen once and kept on resume (or re-checked when
+adaptive), and an explicit setting wins."""
 
 import subprocess
 import sys
@@ -50,24 +51,43 @@ def test_auto_follows_omp_num_threads_when_a_launcher_set_it(monkeypatch):
     assert not policy.adaptive and policy.update() == 2 and "OMP_NUM_THREADS" in policy.describe()
 
 
-def test_auto_drops_to_the_free_cpus_and_takes_them_back(monkeypatch):
+def test_adaptive_drops_to_the_free_cpus_and_takes_them_back(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "affinity_cpus", lambda: 2)
     busy = iter([1.0, 1.0, 0.0])
     monkeypatch.setattr(BusyElsewhere, "sample", lambda self: next(busy))
-    policy = ThreadPolicy("auto", recheck_s=0.01, sample_s=0)
+    policy = ThreadPolicy("adaptive", recheck_s=0.01, sample_s=0)
     assert policy.threads == torch.get_num_threads() == 1  # a competitor holds one of the two CPUs
     time.sleep(0.02)
     assert policy.update() == 1
     time.sleep(0.02)
     assert policy.update() == 2 and torch.get_num_threads() == 2  # it ended
     assert policy.update() == 2  # no re-check before recheck_s: `busy` is not read again
+    assert policy.used == [1, 2]
+
+
+def test_auto_chooses_once_so_the_load_never_changes_a_runs_thread_count(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "affinity_cpus", lambda: 2)
+    busy = iter([1.0, 0.0, 0.0])
+    monkeypatch.setattr(BusyElsewhere, "sample", lambda self: next(busy))
+    policy = ThreadPolicy("auto", recheck_s=0.0, sample_s=0)
+    assert policy.threads == 1 and policy.update() == 1 and policy.update() == 1 and policy.used == [1]
+
+
+def test_a_resumed_auto_run_keeps_the_count_it_started_with_whatever_the_load(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # even a launcher's setting does not change a resumed run
+    monkeypatch.setattr(BusyElsewhere, "sample", lambda self: pytest.fail("the load was sampled"))
+    policy = ThreadPolicy("auto", sample_s=0, keep=2)
+    assert policy.threads == torch.get_num_threads() == 2 and "kept from the run's start" in policy.describe()
+    assert ThreadPolicy(1, keep=2).threads == 1  # an explicit count is a change the user asked for
 
 
 def test_the_recipe_field_takes_auto_torch_or_a_positive_number():
     assert load_recipe("smoke").train.threads == "auto"
     assert load_recipe("smoke", ["--train.threads", "1"]).train.threads == 1
     assert load_recipe("smoke", ["--train.threads", "torch"]).train.threads == "torch"
+    assert load_recipe("smoke", ["--train.threads", "adaptive"]).train.threads == "adaptive"
     with pytest.raises(ConfigError, match="train.threads"):
         load_recipe("smoke", ["--train.threads", "many"])
     with pytest.raises(ConfigError, match="train.threads"):

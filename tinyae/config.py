@@ -22,6 +22,9 @@ from tinyae.errors import ConfigError
 from tinyae.utils.dtypes import DTypeName
 from tinyae.utils.resources import recipes_dir
 
+FP16_REFUSAL = ("train.mixed_precision fp16 is not supported: one loss scaler cannot serve the student's and the "
+                "discriminator's optimizers, and the adversarial weights' gradients would be taken unscaled in fp16; "
+                "use bf16 (accelerate launch --mixed_precision bf16, on GPUs from Ampere on) or no")
 BASE_KEY = "base"  # a recipe file may name the recipe it extends; it then states only its differences
 MIN_RESOLUTION = 32  # LPIPS's networks (loss and evaluation) reduce smaller images to nothing
 MAX_RESOLUTION = 4096  # crops beyond this do not fit in memory (a 65536 px crop is 51 GB per image)
@@ -128,7 +131,9 @@ class TrainConfig:
     steps: int = 100_000
     batch_size: int = 16
     grad_accum: int = 1
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # auto: the launcher's (`accelerate launch --mixed_precision`, `accelerate config`), "no" without one; an explicit
+    # value must agree with an explicit launcher's. fp16 is refused (tinyae.training.launch says why): use bf16.
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     seed: int = 0
     ema_decay: float = 0.999
     log_every: int = 50
@@ -141,7 +146,9 @@ class TrainConfig:
     push_to_hub: str | None = None  # Hub repo id to publish the student to at the end
     channels_last: bool = False
     compile: bool = False  # torch.compile the student (opt-in: slow to start, faster on GPUs)
-    threads: Literal["auto", "torch"] | int = "auto"  # CPU threads: free CPUs, re-checked (tinyae.utils.threads)
+    # CPU threads (tinyae.utils.threads): auto picks the free CPUs once, at the run's start, and a resume keeps that
+    # count (bit-exact resumes under any load); adaptive re-checks every 30 s (faster on a shared CPU, not exact)
+    threads: Literal["auto", "adaptive", "torch"] | int = "auto"
     sample_images: int = 4  # held-out images in the sample grid
     parts: Literal["both", "encoder", "decoder"] = "both"  # which half trains (a preview decoder needs only its own)
 
@@ -212,7 +219,9 @@ class Recipe:
              "train.parts encoder trains no decoder for the discriminator to judge; set loss.adv_weight 0"),
             (self.train.parts == "both" or self.loss.encoder_adv_weight == 0,
              "loss.encoder_adv_weight judges the round trip, which needs train.parts both"),
-            (isinstance(self.train.threads, str) or self.train.threads > 0, "train.threads must be auto, torch or > 0"),
+            (isinstance(self.train.threads, str) or self.train.threads > 0,
+             "train.threads must be auto, adaptive, torch or > 0"),
+            (self.train.mixed_precision != "fp16", FP16_REFUSAL),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,10 +1,15 @@
 """Checkpoints of a run: written whole or not at all, checked before they are resumed.
 
-A checkpoint is accelerate's state (models, optimizers, RNGs), tinyae's own state (EMA,
-step counter, schedule, adversary and its replay buffer) in `training_state.safetensors`,
+A checkpoint is accelerate's state (models, optimizers, RNGs), tinyae's own shared state (EMA,
+step counter, schedule) in `training_state.safetensors`,
 the EMA student as an AutoencoderTiny folder (`student_ema/`), so any checkpoint exports
-without the training code, and `tinyae.json`: its step, the recipe it was trained with and
-the run's resume history. Checkpoints get shared, so resuming one never runs code: tinyae's
+without the training code, and `tinyae.json`: its step, the recipe it was trained with, the
+number of processes and CPU threads it ran with, and the run's resume history. What each
+process owns (the adversary's replay buffer and random generator) is saved by that process
+into `rank_state_N.safetensors`; a resume with more processes than the checkpoint's starts the
+extra ones' afresh (exact resumes need the same number of processes).
+
+Checkpoints get shared, so resuming one never runs code: tinyae's
 state is tensors plus JSON, and every torch archive must load with `weights_only=True`.
 It is written into `.tmp-checkpoint-N` and renamed; a save that fails (a full disk)
 removes that folder and says which checkpoint is the last good one.
@@ -33,6 +38,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 RECORD_NAME = "tinyae.json"  # the checkpoint's step, recipe and resume history
 TORCH_ARCHIVES = (".bin", ".pkl", ".pt", ".pth")  # torch.save's zip files (optimizers, RNG states)
 STATE_NAME = "training_state.safetensors"  # tinyae's own state: tensors, with the rest as JSON in the metadata
+RANK_STATE = "rank_state_{}.safetensors"  # what process N owns, in STATE_NAME's format
 PICKLED_STATE = "custom_checkpoint_*.pkl"  # where tinyae kept that state before: full pickles, never loaded
 
 
@@ -69,9 +75,10 @@ def save_training_state(objects: dict, path: Path) -> None:
     save_file(tensors, str(path), metadata={"tree": json.dumps(tree)})
 
 
-def read_training_state(checkpoint: Path) -> dict:
-    """tinyae's own state of a checkpoint as {name: state dict}; reading it runs no code."""
-    with safe_open(str(Path(checkpoint) / STATE_NAME), framework="pt") as f:
+def read_training_state(checkpoint: Path, name: str = STATE_NAME) -> dict:
+    """tinyae's own state of a checkpoint (the shared file, or `name`) as {name: state dict}; reading it runs no
+    code."""
+    with safe_open(str(Path(checkpoint) / name), framework="pt") as f:
         tree = json.loads(f.metadata()["tree"])
         tensors = {key: f.get_tensor(key) for key in f.keys()}
 
@@ -106,13 +113,29 @@ def refuse_unsafe(checkpoint: Path) -> None:
                 f"--student.init {checkpoint / 'student_ema'}.") from None
 
 
-def load_checkpoint(accelerator: Accelerator, checkpoint: Path, objects: dict) -> None:
-    """Restore accelerate's state and tinyae's (`objects`, name -> object) from a checkpoint that passed
-    `refuse_unsafe`."""
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, objects: dict, rank_objects: dict | None = None
+                    ) -> bool:
+    """Restore accelerate's state, tinyae's shared state (`objects`, name -> object) and this process's own
+    (`rank_objects`) from a checkpoint that passed `refuse_unsafe`. Returns False when the checkpoint holds no
+    state for this process (it was written by fewer processes): its `rank_objects` keep their fresh state."""
     refuse_unsafe(checkpoint)
     accelerator.load_state(str(checkpoint))
-    for name, state in read_training_state(checkpoint).items():
-        objects[name].load_state_dict(state)
+    shared = read_training_state(checkpoint)
+    for name, state in shared.items():
+        if name in objects:
+            objects[name].load_state_dict(state)
+    rank_objects = rank_objects or {}
+    own = Path(checkpoint) / RANK_STATE.format(accelerator.process_index)
+    if own.is_file():
+        saved = read_training_state(checkpoint, own.name)
+    elif not any(Path(checkpoint).glob(RANK_STATE.format("*"))):
+        saved = shared  # written before per-process state: every process takes the main process's
+    else:
+        return False
+    for name, obj in rank_objects.items():
+        if name in saved:
+            obj.load_state_dict(saved[name])
+    return True
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -136,11 +159,13 @@ def remove_interrupted_saves(output_dir: Path) -> None:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, ema_student: Student, limit: int,
-                    record: dict | None = None, objects: dict | None = None) -> Path:
+                    record: dict | None = None, objects: dict | None = None, rank_objects: dict | None = None
+                    ) -> Path:
     """Save into a temporary folder, then rename: a crash mid-save never replaces a good checkpoint.
 
-    `record` (the recipe and resume history) goes to tinyae.json with the step, the state of
-    `objects` (name -> object with a state_dict) to training_state.safetensors.
+    `record` (the recipe and resume history) goes to tinyae.json with the step and the number of processes,
+    the state of `objects` (name -> object with a state_dict) to training_state.safetensors, and each
+    process's `rank_objects` to its own rank_state_N.safetensors.
     """
     root = Path(output_dir) / "checkpoints"
     final, tmp, old = root / f"checkpoint-{step}", root / f".tmp-checkpoint-{step}", root / f".old-checkpoint-{step}"
@@ -155,12 +180,15 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, ema_s
                 tmp.mkdir(parents=True)
             accelerator.wait_for_everyone()
             accelerator.save_state(str(tmp))
+            if rank_objects:
+                save_training_state(rank_objects, tmp / RANK_STATE.format(accelerator.process_index))
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_training_state(objects or {}, tmp / STATE_NAME)
                 ema_student.save_pretrained(tmp / "student_ema")
                 if record is not None:
-                    (tmp / RECORD_NAME).write_text(json.dumps({"step": step, **record}, indent=2) + "\n")
+                    (tmp / RECORD_NAME).write_text(json.dumps(
+                        {"step": step, "processes": accelerator.num_processes, **record}, indent=2) + "\n")
                 share(tmp)  # accelerate's safetensors files are private to their writer
                 if final.exists():
                     os.replace(final, old)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from tinyae.config import Recipe
 from tinyae.data.images import load_eval_images
 from tinyae.data.source import TrainSource, crop_policy, make_train_loader, make_train_source
-from tinyae.errors import ConfigError, DivergedError, OutputError, TinyaeError
+from tinyae.errors import DivergedError, OutputError, TinyaeError
 from tinyae.evaluation.evaluate import evaluate, summary, write_report
 from tinyae.evaluation.factors import estimate_factors
+from tinyae.evaluation.lpips import LPIPSWeightsError, load_lpips
 from tinyae.evaluation.video_evaluate import evaluate_video, video_summary, write_video_report
 from tinyae.models.presets import TEACHERS
 from tinyae.models.student import Student
@@ -42,6 +43,7 @@ from tinyae.shipping.hub import push_to_hub
 from tinyae.shipping.taehv import export_taehv
 from tinyae.training.checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from tinyae.training.health import HEALTH_KEYS, HealthMonitor
+from tinyae.training.launch import GlobalBatch, launcher_precision, speed_up_fixed_shapes, with_precision_used
 from tinyae.training.resume import apply_recipe, check_student, plan_run
 from tinyae.training.samples import sample_grid, save_sample
 from tinyae.training.step import AnyStudent, AnyTeacher, build_parts, build_student, distill_step, load_run_teacher
@@ -49,6 +51,7 @@ from tinyae.utils.atomic import atomic_file, atomic_folder
 from tinyae.utils.threads import ThreadPolicy
 
 logger = logging.getLogger(__name__)
+EVAL_LPIPS_NET = "alex"  # what the final evaluation scores LPIPS with (evaluate's default)
 
 
 def phase_plan(recipe: Recipe) -> list[tuple[int, int, int]]:
@@ -76,10 +79,18 @@ def batches(recipe: Recipe, source: TrainSource, start_step: int, rank: int, wor
             yield begin + i // accum, batch
 
 
-class RunningMeans:
-    """Loss terms summed on the device; `pop` brings their means to the host, once per log interval."""
+def make_ema(student: AnyStudent, decay: float) -> EMAModel:
+    """The EMA of the student's weights, updated with one foreach kernel per operation rather than one per tensor
+    (small steps are bound by kernel launches)."""
+    return EMAModel(student.parameters(), decay=decay, use_ema_warmup=True, foreach=True)
 
-    def __init__(self) -> None:
+
+class RunningMeans:
+    """Loss terms summed on the device; `pop` brings their means to the host, once per log interval, averaged over
+    the processes (`accelerator`), so what is logged is the whole batch's, not the main process's share."""
+
+    def __init__(self, accelerator: Accelerator | None = None) -> None:
+        self.accelerator = accelerator
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
@@ -89,9 +100,14 @@ class RunningMeans:
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def pop(self) -> dict[str, float]:
-        means = {name: value.item() / self.counts[name] for name, value in self.sums.items()}
+        names = sorted(self.sums)  # every process computes the same terms, so they stack in one order
+        if not names:
+            return {}
+        means = torch.stack([self.sums[name] / self.counts[name] for name in names])
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            means = self.accelerator.reduce(means, "mean")  # one collective per log interval
         self.sums, self.counts = {}, {}
-        return means
+        return dict(zip(names, means.tolist()))
 
 
 def distill(recipe: Recipe) -> Path:
@@ -110,13 +126,11 @@ def distill(recipe: Recipe) -> Path:
 
 
 def _distill(recipe: Recipe) -> Path:
-    cfg, out = recipe.train, Path(recipe.train.output_dir)
     started = (time.perf_counter(), time.process_time())
-    threads = ThreadPolicy(cfg.threads)  # before any work: oversubscribed CPU threads stall every operator
-    logger.info("Training with %s.", threads.describe())
-    if cfg.mixed_precision == "fp16" and PartialState().device.type == "cpu":  # accelerate would train in fp32 without a word
-        raise ConfigError("train.mixed_precision fp16 needs a GPU, and on this CPU the run would train in fp32 "
-                          "while its records said fp16; pass --train.mixed_precision bf16 or no.")
+    # The precision actually used, in the recipe that is recorded and compared on resume.
+    asked, launcher = recipe.train.mixed_precision, launcher_precision()
+    recipe = with_precision_used(recipe)
+    cfg, out = recipe.train, Path(recipe.train.output_dir)
     accelerator = Accelerator(
         # Without GPUs, `accelerate launch --num_processes N` must be told to use gloo on the CPU, or each
         # process would silently train alone.
@@ -127,6 +141,13 @@ def _distill(recipe: Recipe) -> Path:
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     plan = plan_run(recipe, accelerator.is_main_process)  # output folder and resume policy: fail before any work
+    # Before any work (oversubscribed CPU threads stall every operator); a resume keeps the run's first count.
+    threads = ThreadPolicy(cfg.threads, keep=plan.threads)
+    logger.info("Training with %s.", threads.describe())
+    global_batch = GlobalBatch(cfg.batch_size, accelerator.num_processes, cfg.grad_accum)
+    logger.info("%s Precision: %s (%s).", global_batch.describe(recipe.optim.lr), accelerator.mixed_precision,
+                "the launcher's" if launcher else "the recipe's" if asked != "auto" else "auto without a launcher")
+    speed_up_fixed_shapes(accelerator.device)
     set_seed(cfg.seed)
 
     # The frozen teacher and the data it encodes (clips, with a time axis, for a video teacher).
@@ -142,20 +163,22 @@ def _distill(recipe: Recipe) -> Path:
                     est.scaling_factor_without_shift)
     logger.info("Teacher %s: %d latent channels, latents %s. Data: %s.", teacher.name,
                 teacher.latent_channels, teacher.latent_space.describe(), source.describe())
+    require_lpips(recipe, evaluating=bool(source.heldout))
 
     # The student, its EMA copy (what samples, checkpoints and the export use), discriminator, optimizers.
     fit_images = source.preview_images(32, recipe.data.resolution) if recipe.student.init and not video else None
     student = build_student(recipe, teacher, fit_images)  # a warm start aligns its donor on these crops
     ema_student = copy.deepcopy(student).to(accelerator.device).requires_grad_(False)
-    ema = EMAModel(student.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+    ema = make_ema(student, cfg.ema_decay)
     parts = build_parts(recipe, teacher, student, accelerator)
     state = TrainState()
-    tracked = {"ema": ema, "train": state, "schedule": parts.sched, "adversary": parts.adversary}
+    tracked = {"ema": ema, "train": state, "schedule": parts.sched}
+    own = {"adversary": parts.adversary}  # each process's replay buffer and generator
     if plan.checkpoint is not None:
         check_student(plan, student)
-        load_checkpoint(accelerator, plan.checkpoint, tracked)
+        load_checkpoint(accelerator, plan.checkpoint, tracked, own)
         apply_recipe(recipe, parts, ema)  # the checkpoint saved its own lr, betas and EMA decay
-        logger.info(plan.summary())
+        logger.info(plan.summary(accelerator.num_processes))
     ema.to(accelerator.device)
 
     if accelerator.is_main_process:
@@ -169,7 +192,7 @@ def _distill(recipe: Recipe) -> Path:
 
     progress = tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_local_main_process,
                     desc="distill")
-    running, health, diverged = RunningMeans(), HealthMonitor(), Divergence(accelerator, out, progress)
+    running, health, diverged = RunningMeans(accelerator), HealthMonitor(), Divergence(accelerator, out, progress)
     for step, batch in batches(recipe, source, state.step, accelerator.process_index, accelerator.num_processes):
         threads.update()
         use_adv = recipe.loss.adv_weight > 0 and step >= recipe.loss.adv_start
@@ -202,18 +225,37 @@ def _distill(recipe: Recipe) -> Path:
         if do_sample and accelerator.is_main_process:
             save_sample(accelerator, out, state.step, sample_grid(ema_student, teacher, sample_images))
         if do_checkpoint:
-            save_checkpoint(accelerator, out, state.step, ema_student, cfg.checkpoints_total_limit, plan.record(recipe),
-                            tracked)
+            save_checkpoint(accelerator, out, state.step, ema_student, cfg.checkpoints_total_limit,
+                            plan.record(recipe, threads.threads), tracked, own)
     progress.close()
 
     ema.copy_to(ema_student.parameters())
     if accelerator.is_main_process:
         write_student(ema_student, out, teacher.family)
         finish_run(recipe, out, ema_student, teacher, source, state.step, plan.resumes,
-                   {"wall_s": time.perf_counter() - started[0], "cpu_s": time.process_time() - started[1]})
+                   {"wall_s": time.perf_counter() - started[0], "cpu_s": time.process_time() - started[1]},
+                   {"mixed_precision": accelerator.mixed_precision, "batch": global_batch.to_dict(),
+                    "cpu_threads": {"setting": cfg.threads, "used": threads.used}})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+def require_lpips(recipe: Recipe, evaluating: bool) -> None:
+    """Find the pretrained LPIPS weights the loss (loss.lpips_weight) and the final evaluation of held-out images
+    need before training, not after it: on an offline node where `tinyae lpips` never ran, a run would otherwise
+    spend its hours and then fail."""
+    needs = {recipe.loss.lpips_net: "the loss (loss.lpips_weight)"} if recipe.loss.lpips_weight > 0 else {}
+    if evaluating:
+        needs[EVAL_LPIPS_NET] = " and ".join(filter(None, [needs.get(EVAL_LPIPS_NET), "the final evaluation"]))
+    for net, what in needs.items():
+        try:
+            with torch.random.fork_rng(devices=[]):  # its random init must not shift the student's
+                load_lpips(net)
+        except LPIPSWeightsError as exc:
+            reason = str(exc)
+            raise LPIPSWeightsError(f"Refused before training: {what} needs pretrained LPIPS weights, and "
+                                    f"{reason[0].lower()}{reason[1:]}") from None
 
 
 def write_student(student: AnyStudent, out: Path, family: str | None) -> None:
@@ -264,16 +306,18 @@ class Divergence:
 
 
 def finish_run(recipe: Recipe, out: Path, student: AnyStudent, teacher: AnyTeacher, source: TrainSource,
-               step: int, resumes: list[dict] | None = None, seconds: dict | None = None) -> None:
+               step: int, resumes: list[dict] | None = None, seconds: dict | None = None,
+               session: dict | None = None) -> None:
     """Evaluate the exported student on held-out images (clips, for a video student); record what the run was,
-    each resume's changes and what this session cost (wall and CPU seconds)."""
+    each resume's changes, how this session ran (`session`: precision, global batch, CPU threads) and what it
+    cost (wall and CPU seconds)."""
     video = isinstance(student, VideoStudent)
     preset = TEACHERS.get(recipe.teacher.name) or VIDEO_TEACHERS.get(recipe.teacher.name)
     run = {"teacher": recipe.teacher.name, "teacher_repo": preset.repo_id if preset else recipe.teacher.name,
            "family": teacher.family, "scaling_factor": getattr(teacher, "scaling_factor", None),
            "shift_factor": getattr(teacher, "shift_factor", None), "latent_space": teacher.latent_space.to_dict(),
            "base_model": getattr(preset, "base_model", None), "steps": step, "unreadable_images": source.n_bad,
-           "time": seconds or {}, "recipe": recipe.to_dict(), "resumes": resumes or []}
+           "time": seconds or {}, **(session or {}), "recipe": recipe.to_dict(), "resumes": resumes or []}
     if video:
         run |= {"taehv_model": student.taehv_name, "frames": recipe.data.frames}
     atomic_file(out / "run.json", lambda path: path.write_text(json.dumps(run, indent=2)))

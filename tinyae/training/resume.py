@@ -30,6 +30,7 @@ from tinyae.training.checkpoints import (
     refuse_unsafe,
     remove_interrupted_saves,
 )
+from tinyae.training.launch import optimizer_flags
 from tinyae.training.step import DistillParts
 from tinyae.utils.atomic import check_writable
 
@@ -88,18 +89,30 @@ class RunPlan:
     step: int = 0
     changes: dict[str, list] = field(default_factory=dict)  # field -> [checkpoint's value, this run's]
     resumes: list[dict] = field(default_factory=list)  # every resume of the run so far, this one last
+    processes: int | None = None  # how many processes wrote the checkpoint (None: not recorded)
+    threads: int | None = None  # the CPU threads the run started with, which `threads: auto` keeps
 
-    def record(self, recipe: Recipe) -> dict:
-        """What a checkpoint keeps besides the state: the recipe it was trained with and the resume history."""
-        return {"recipe": recipe.to_dict(), "resumes": self.resumes}
+    def record(self, recipe: Recipe, threads: int | None = None) -> dict:
+        """What a checkpoint keeps besides the state: the recipe it was trained with, the CPU threads the run
+        started with and the resume history."""
+        return {"recipe": recipe.to_dict(), "threads": self.threads or threads, "resumes": self.resumes}
 
-    def summary(self) -> str:
-        """The one line a resume prints."""
+    def summary(self, processes: int | None = None) -> str:
+        """What a resume prints: one line, and a second sentence when the number of processes changed."""
         if not self.changes:
-            return f"Resumed from {self.checkpoint} at step {self.step}. Same recipe as the checkpoint."
-        changes = ", ".join(f"{name} {old!r} -> {new!r}{NOTES.get(rule_for(name), '')}"
-                            for name, (old, new) in self.changes.items())
-        return f"Resumed from {self.checkpoint} at step {self.step}. Changed since the checkpoint: {changes}."
+            line = f"Resumed from {self.checkpoint} at step {self.step}. Same recipe as the checkpoint."
+        else:
+            changes = ", ".join(f"{name} {old!r} -> {new!r}{NOTES.get(rule_for(name), '')}"
+                                for name, (old, new) in self.changes.items())
+            line = f"Resumed from {self.checkpoint} at step {self.step}. Changed since the checkpoint: {changes}."
+        if processes is not None and self.processes is not None and processes != self.processes:
+            fresh = ("; the processes it had no state for start their replay buffers and generators afresh"
+                     if processes > self.processes else "")
+            line += (f" It was written by {self.processes} process{'es' if self.processes > 1 else ''} and this "
+                     f"run has {processes}: weights, optimizers, EMA and step continue, but the data are split "
+                     f"otherwise{fresh}, so the rest of the run is not bit-identical to an uninterrupted one "
+                     "(exact resumes need the same number of processes).")
+        return line
 
 
 def plan_run(recipe: Recipe, main_process: bool = True) -> RunPlan:
@@ -123,7 +136,7 @@ def plan_run(recipe: Recipe, main_process: bool = True) -> RunPlan:
                           "checkpoint with --resume PATH.")
     changes = compare_recipes(saved["recipe"], recipe, checkpoint) if "recipe" in saved else {}
     resumes = [*saved.get("resumes", []), {"checkpoint": str(checkpoint), "step": step, "changes": changes}]
-    return RunPlan(checkpoint, step, changes, resumes)
+    return RunPlan(checkpoint, step, changes, resumes, saved.get("processes"), saved.get("threads"))
 
 
 def choose_checkpoint(out: Path, resume: str | None) -> Path | None:
@@ -225,8 +238,9 @@ def check_student(plan: RunPlan, student) -> None:
 def apply_recipe(recipe: Recipe, parts: DistillParts, ema: EMAModel) -> None:
     """Set the recipe's optimizer and EMA settings on the restored state, which saved its own."""
     optim = recipe.optim
+    flags = optimizer_flags(parts.accelerator.device)  # this machine's kernels, not the saving machine's
     for group in parts.opt.param_groups:
-        group.update(betas=tuple(optim.betas), weight_decay=optim.weight_decay, initial_lr=optim.lr)
+        group.update(betas=tuple(optim.betas), weight_decay=optim.weight_decay, initial_lr=optim.lr, **flags)
     sched = parts.sched
     sched.base_lrs = [optim.lr] * len(sched.base_lrs)  # the warm-up scales these from the restored step on
     lrs = [base * factor(sched.last_epoch) for base, factor in zip(sched.base_lrs, sched.lr_lambdas)]
@@ -234,5 +248,5 @@ def apply_recipe(recipe: Recipe, parts: DistillParts, ema: EMAModel) -> None:
         group["lr"] = lr
     sched._last_lr = lrs
     for group in parts.adversary.opt.param_groups:
-        group.update(lr=optim.disc_lr, betas=tuple(optim.betas))
+        group.update(lr=optim.disc_lr, betas=tuple(optim.betas), **flags)
     ema.decay = recipe.train.ema_decay

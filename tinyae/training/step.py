@@ -36,6 +36,7 @@ from tinyae.models.video_teacher import (
     refuse_other_space,
 )
 from tinyae.training.adversarial import Adversary
+from tinyae.training.launch import optimizer_flags
 from tinyae.training.losses import DistillLoss, weighted_total
 from tinyae.training.warm_start import refuse_frozen_fresh, video_warm_start, warm_start
 
@@ -47,12 +48,16 @@ class StudentStep(nn.Module):
     """One forward for both halves, so DDP sees (and syncs) encoder and decoder together.
 
     With `parts` "encoder" or "decoder" only that half runs (the other is frozen): its output is None.
+    With `compile`, that forward is what torch.compile compiles: the student is called through `encode` and
+    `decode`, which a compiled module's `forward` would never see. The student itself stays a plain module, so
+    its state-dict keys (and the checkpoints) are the same with and without compile.
     """
 
-    def __init__(self, student: AnyStudent, parts: str = "both"):
+    def __init__(self, student: AnyStudent, parts: str = "both", compile: bool = False):
         super().__init__()
         self.student = student
         self.parts = parts
+        self._run = torch.compile(self._forward) if compile else self._forward
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.student.encode(x).latents if isinstance(self.student, VideoStudent) else self.student.encode(x)
@@ -62,6 +67,10 @@ class StudentStep(nn.Module):
 
     def forward(self, images: torch.Tensor, teacher_latents: torch.Tensor, round_trip: bool = False
                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        return self._run(images, teacher_latents, round_trip)
+
+    def _forward(self, images: torch.Tensor, teacher_latents: torch.Tensor, round_trip: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         latents = self.encode(images) if self.parts != "decoder" else None
         recon = self.decode(teacher_latents) if self.parts != "encoder" else None
         return latents, recon, self.decode(latents) if round_trip and latents is not None else None
@@ -204,11 +213,12 @@ def build_parts(recipe: Recipe, teacher: AnyTeacher, student: AnyStudent, accele
         student, disc = student.to(memory_format=torch.channels_last), disc.to(memory_format=torch.channels_last)
     if train.parts != "both":  # the other half stays as it started (a warm start's, or fresh)
         (student.decoder if train.parts == "encoder" else student.encoder).requires_grad_(False)
-    step_model = StudentStep(torch.compile(student) if train.compile else student, train.parts)
+    step_model = StudentStep(student, train.parts, compile=train.compile)
     trained = [p for p in student.parameters() if p.requires_grad]
+    flags = optimizer_flags(accelerator.device)
     opt = torch.optim.Adam(trained, lr=optim.lr, betas=tuple(optim.betas),
-                           weight_decay=optim.weight_decay, amsgrad=optim.amsgrad)
-    d_opt = torch.optim.Adam(disc.parameters(), lr=optim.disc_lr, betas=tuple(optim.betas))
+                           weight_decay=optim.weight_decay, amsgrad=optim.amsgrad, **flags)
+    d_opt = torch.optim.Adam(disc.parameters(), lr=optim.disc_lr, betas=tuple(optim.betas), **flags)
     warmup = max(optim.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     step_model, disc, opt, d_opt = accelerator.prepare(step_model, disc, opt, d_opt)

@@ -43,6 +43,7 @@ from tinyae.models.formats import load_student
 from tinyae.models.teacher import Teacher, load_teacher
 from tinyae.models.variants import SIZES
 from tinyae.training.checkpoints import CHECKPOINT_RE, list_checkpoints
+from tinyae.training.launch import choose_precision, launcher_precision
 from tinyae.training.loop import distill
 from tinyae.utils.atomic import atomic_file
 from tinyae.utils.locks import acquire, release
@@ -368,6 +369,9 @@ def check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
         return
     kept = dotted_fields(json.loads(path.read_text()))
     wanted = dotted_fields(json.loads(json.dumps(recipe.to_dict())))  # as JSON holds it (tuples as lists)
+    for fields in (kept, wanted):  # a run records the precision it trained in, for which `auto` stands
+        if fields.get("train.mixed_precision") == "auto":
+            fields["train.mixed_precision"] = choose_precision("auto", launcher_precision())
     changed = [name for name, value in wanted.items() if name not in WHERE_NOT_WHAT and kept.get(name) != value]
     if changed:
         raise ConfigError(f"'{run_dir}' holds a run of another recipe ({', '.join(changed[:3])} differ): a study "

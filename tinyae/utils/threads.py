@@ -9,9 +9,13 @@ step made of thousands of small operators slows by an order of magnitude or more
 `threads: auto` (the recipe default, `--train.threads`) therefore uses: OMP_NUM_THREADS if
 it is set (accelerate sets it for multi-process runs); otherwise the CPUs this process may
 run on (its affinity) minus those that other processes kept busy over a short sample of
-/proc/stat, shared among the local ranks (LOCAL_WORLD_SIZE), and at least one. `ThreadPolicy`
-re-checks every `recheck_s` seconds, so a run gets its threads back when a competitor ends.
-`threads: torch` leaves PyTorch's default; a number fixes it.
+/proc/stat, shared among the local ranks (LOCAL_WORLD_SIZE), and at least one. It chooses once,
+when a run starts, and a resume keeps the count the run started with (`keep`): the thread count
+sets the order in which CPU kernels sum, so a count that followed the load would make a resumed
+run differ from an uninterrupted one in the last bits. `threads: adaptive` re-checks every
+`recheck_s` seconds instead, so a run gets its threads back when a competitor ends (faster on a
+shared machine, but its weights then depend on the load). `threads: torch` leaves PyTorch's
+default; a number fixes it.
 """
 
 from __future__ import annotations
@@ -79,38 +83,45 @@ def auto_threads(busy_elsewhere: float | None, cpus: int | None = None, ranks: i
 
 
 def parse_threads(value: str | int) -> str | int:
-    """'auto', 'torch' or a positive number of threads (recipes and command lines)."""
-    if value in ("auto", "torch"):
+    """'auto', 'adaptive', 'torch' or a positive number of threads (recipes and command lines)."""
+    if value in ("auto", "adaptive", "torch"):
         return value
     try:
         threads = int(value)
     except (TypeError, ValueError):
         threads = 0
     if threads < 1 or isinstance(value, bool):
-        raise ConfigError(f"train.threads must be auto, torch or a positive number of threads, got {value!r}.")
+        raise ConfigError(f"train.threads must be auto, adaptive, torch or a positive number of threads, got "
+                          f"{value!r}.")
     return threads
 
 
 class ThreadPolicy:
-    """Applies a `threads` setting to torch now, and (for `auto`) again whenever `update()` finds the machine changed.
+    """Applies a `threads` setting to torch now, and (for `adaptive`) again whenever `update()` finds the machine
+    changed. `keep`: the count an `auto` run started with, which its resume keeps.
 
     Call `update()` from the thread that runs the model (torch's thread count is per thread); it is a
     clock read except once every `recheck_s` seconds.
     """
 
-    def __init__(self, setting: str | int = "auto", recheck_s: float = RECHECK_S, sample_s: float = SAMPLE_S):
+    def __init__(self, setting: str | int = "auto", recheck_s: float = RECHECK_S, sample_s: float = SAMPLE_S,
+                 keep: int | None = None):
         self.setting = parse_threads(setting)
         self.recheck_s = recheck_s
-        self.adaptive = self.setting == "auto" and not os.environ.get("OMP_NUM_THREADS")
-        self._busy = BusyElsewhere() if self.adaptive else None
+        self.used: list[int] = []  # every count applied, in order (one, unless adaptive)
+        self.kept = self.setting == "auto" and keep is not None
+        from_launcher = bool(os.environ.get("OMP_NUM_THREADS")) and not self.kept
+        self.adaptive = self.setting == "adaptive" and not from_launcher
+        self._from_launcher = self.setting in ("auto", "adaptive") and from_launcher
         self._next = 0.0
-        if self.setting == "auto" and not self.adaptive:
-            self.threads = torch.get_num_threads()  # OMP_NUM_THREADS already chose
-        elif self.setting == "auto":
+        if self.kept:
+            self._apply(keep)
+        elif self.setting in ("torch", "auto", "adaptive") and (self.setting == "torch" or from_launcher):
+            self._apply(torch.get_num_threads())  # torch's default, or OMP_NUM_THREADS already chose
+        elif self.setting in ("auto", "adaptive"):
+            self._busy = BusyElsewhere()
             time.sleep(sample_s)
             self._apply(auto_threads(self._busy.sample()))
-        elif self.setting == "torch":
-            self.threads = torch.get_num_threads()
         else:
             self._apply(self.setting)
 
@@ -118,10 +129,12 @@ class ThreadPolicy:
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         self.threads = threads
+        if threads not in self.used:
+            self.used.append(threads)
         self._next = time.monotonic() + self.recheck_s
 
     def update(self) -> int:
-        """Re-check the machine if `recheck_s` has passed (auto only); returns the threads in use."""
+        """Re-check the machine if `recheck_s` has passed (adaptive only); returns the threads in use."""
         if self.adaptive and time.monotonic() >= self._next:
             threads = auto_threads(self._busy.sample())
             if threads != self.threads:
@@ -131,5 +144,11 @@ class ThreadPolicy:
         return self.threads
 
     def describe(self) -> str:
-        how = {"auto": "auto: free CPUs" if self.adaptive else "auto: OMP_NUM_THREADS", "torch": "torch's default"}
-        return f"{self.threads} CPU threads ({how.get(self.setting, 'fixed')})"
+        if self.kept:
+            how = "auto: kept from the run's start, so the resume is exact"
+        elif self._from_launcher:
+            how = f"{self.setting}: OMP_NUM_THREADS"
+        else:
+            how = {"auto": "auto: free CPUs at the start", "adaptive": "adaptive: free CPUs, re-checked",
+                   "torch": "torch's default"}.get(self.setting, "fixed")
+        return f"{self.threads} CPU threads ({how})"
