@@ -46,7 +46,7 @@ def timed_step(parts: DistillParts, batches: Iterator[dict]) -> dict[str, float]
             torch.cuda.synchronize(device)
         clock.append(time.perf_counter())
 
-    batch = {k: v.to(device) for k, v in next(batches).items()}
+    batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
     mark()
     distill_step(parts, batch, parts.recipe.loss.adv_weight > 0, clock=mark)
     return {part: b - a for part, a, b in zip(PARTS, clock, clock[1:])}
