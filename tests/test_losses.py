@@ -6,12 +6,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from tinyae.config import LossConfig
-from tinyae.data.images import list_images, load_eval_images
+from tinyae.data.images import list_images, load_eval_images, to_uint8
 from tinyae.models.discriminator import MultiScaleDiscriminator, PatchDiscriminator, build_discriminator
 from tinyae.models.student import Student
-from tinyae.data.images import to_uint8
-from tinyae.training.checkpoints import read_training_state, save_training_state
 from tinyae.training.adversarial import Adversary, ReplayBuffer, discriminator_loss, generator_loss
+from tinyae.training.checkpoints import read_training_state, save_training_state
 from tinyae.training.health import HealthMonitor
 from tinyae.training.losses import DistillLoss, weighted_total
 

@@ -94,6 +94,18 @@ def load_rgb(path: str | Path) -> Image.Image:
         return to_rgb(img)
 
 
+def open_image(payload: Any) -> Image.Image:
+    """Bytes, a path, an HF image dict or a PIL image, opened but (a file's) not yet decoded: `decoded` or
+    `random_crop` reads it, a JPEG only at the scale they need."""
+    if isinstance(payload, dict):  # datasets.Image(decode=False)
+        payload = payload.get("bytes") or payload.get("path")
+    if isinstance(payload, Image.Image):
+        return payload
+    if payload is None:
+        raise ValueError("the sample holds no image")
+    return Image.open(io.BytesIO(payload) if isinstance(payload, (bytes, bytearray)) else payload)
+
+
 def decode_image(payload: Any) -> Image.Image:
     """Bytes, a path, an HF image dict or a PIL image -> RGB; raises one of BAD_IMAGE_ERRORS if unreadable."""
     if isinstance(payload, dict):  # datasets.Image(decode=False)
@@ -212,8 +224,22 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return from_uint8(to_uint8(y.mul(2).sub(1)))  # 8-bit like every other crop, so the cache stores it exactly
 
 
+def decoded(img: Image.Image, at_least: tuple[int, int]) -> Image.Image:
+    """RGB pixels of `img`; a JPEG not yet read is decoded at the smallest of its DCT scales (1, 1/2, 1/4, 1/8)
+    still at least `at_least` (width, height) pixels, which costs up to 64x less than decoding it whole."""
+    img.draft(img.mode, at_least)  # a no-op for other formats and for pixels already read
+    img.load()
+    return img if img.mode == "RGB" else to_rgb(img)
+
+
 def random_crop(img: Image.Image, policy: CropPolicy, gen: torch.Generator) -> torch.Tensor:
-    """A `policy.size` crop of `img` in [-1, 1] (see CropPolicy), never upscaling past need."""
+    """A `policy.size` crop of `img` in [-1, 1] (see CropPolicy), never upscaling past need.
+
+    `img` may be an image file opened but not read (`Image.open`): where the crop is is drawn
+    from its size alone, then a JPEG is decoded at the smallest scale that still holds the
+    crop at full detail (a 96 px crop of a 12-megapixel photo reads it at 1/8 scale), so the
+    crops are the same ones, resampled from fewer pixels.
+    """
     size = policy.size
     w, h = img.size
     short = min(w, h)
@@ -221,13 +247,22 @@ def random_crop(img: Image.Image, policy: CropPolicy, gen: torch.Generator) -> t
         side = round(size + (short - size) * torch.rand((), generator=gen).item())
         left = int(torch.randint(0, w - side + 1, (), generator=gen))
         top = int(torch.randint(0, h - side + 1, (), generator=gen))
-        x = to_tensor(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
+        img = decoded(img, (math.ceil(w * size / side), math.ceil(h * size / side)))
+        if img.size == (w, h):
+            x = to_tensor(img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC))
+        else:  # decoded at a reduced scale: the same square, in its coordinates
+            sx, sy = img.width / w, img.height / h
+            box = (left * sx, top * sy, (left + side) * sx, (top + side) * sy)
+            x = to_tensor(img.resize((size, size), Image.BICUBIC, box=box))
     else:
         hi = max(size, min(short, size * policy.max_zoom_out))
         target = size + (hi - size) * torch.rand((), generator=gen).item()
         scale = target / short
         if abs(scale - 1) > 1e-3:
-            img = img.resize((max(size, math.ceil(w * scale)), max(size, math.ceil(h * scale))), Image.BICUBIC)
+            shape = (max(size, math.ceil(w * scale)), max(size, math.ceil(h * scale)))
+            img = decoded(img, shape).resize(shape, Image.BICUBIC)
+        else:
+            img = decoded(img, (w, h))
         w, h = img.size
         left = int(torch.randint(0, w - size + 1, (), generator=gen))
         top = int(torch.randint(0, h - size + 1, (), generator=gen))
