@@ -2,6 +2,7 @@
 
 import shutil
 import struct
+import threading
 import warnings
 import zlib
 
@@ -11,6 +12,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from tinyae.data import images as images_module
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
 from tinyae.data.images import (
     CropPolicy,
@@ -195,6 +197,41 @@ def test_an_image_that_fails_while_cropped_leaves_its_draws_to_the_next_one(tmp_
     gen = torch.Generator().manual_seed(index)
     torch.randint(0, 2, (), generator=gen)  # the choice of image
     assert torch.equal(crop, random_crop(Image.open(files[0]), CropPolicy(32, scale="any"), gen))
+
+
+def test_processes_of_a_launch_split_the_start_up_scan_and_all_learn_the_whole_result(tmp_path, photos, monkeypatch):
+    folder = tmp_path / "imgs"
+    shutil.copytree(photos, folder)
+    load_rgb(photos / "astronaut.png").resize((16, 16)).save(folder / "tiny.png")  # smaller than the crop
+    with pytest.warns(UserWarning, match="tiny.png 16x16"):
+        alone = scan_images(folder, 32)
+    checked, lock = [], threading.Lock()
+    real_check = images_module._check_readable
+
+    def counted(path):
+        with lock:
+            checked.append(path.name)
+        return real_check(path)
+
+    monkeypatch.setattr(images_module, "_check_readable", counted)
+    found, barrier, results = [None, None], threading.Barrier(2), [None, None]
+
+    def rank(r):
+        def share(mine):  # an all-gather between two "processes"
+            found[r] = mine
+            barrier.wait()
+            return list(found)
+        results[r] = scan_images(folder, 32, r, 2, share)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the small-image warning, raised in both threads
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results[0] == results[1] == alone
+    assert sorted(checked) == sorted(p.name for p in folder.iterdir())  # each file read once, by one process
 
 
 # ---------------------------------------------------------------- 16-bit and float pixels, symlinks, truncation

@@ -12,6 +12,7 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -140,11 +141,18 @@ def _check_readable(path: Path) -> tuple[int, int]:
         return size
 
 
-def scan_images(root: str | Path, crop: int | None = None) -> tuple[list[Path], list[Path]]:
+def scan_images(root: str | Path, crop: int | None = None, part: int = 0, parts: int = 1,
+                share: Callable[[tuple], list[tuple]] | None = None) -> tuple[list[Path], list[Path]]:
     """Split a folder into readable and unreadable images (truncated, or of unknown pixel range), warning once each;
-    with `crop`, warn once about the images whose short side is below it (they are upscaled to it)."""
+    with `crop`, warn once about the images whose short side is below it (they are upscaled to it).
+
+    Several processes split the work: each checks every `parts`-th image from `part` on and
+    `share` (an all-gather) hands every process all parts' findings, so a launch on N GPUs reads
+    each file once instead of N times.
+    """
+    files = list_images(root)
     good, bad, small = [], [], []
-    for path in list_images(root):
+    for path in files[part::parts]:
         try:
             width, height = _check_readable(path)
             good.append(path)
@@ -153,13 +161,17 @@ def scan_images(root: str | Path, crop: int | None = None) -> tuple[list[Path], 
             bad.append(path)
             continue
         if crop is not None and min(width, height) < crop:
-            small.append(f"{path.name} {width}x{height}")
+            small.append((path, f"{path.name} {width}x{height}"))
+    if parts > 1 and share is not None:
+        found = share((good, bad, small))
+        good, bad = sorted(p for g, _, _ in found for p in g), sorted(p for _, b, _ in found for p in b)
+        small = sorted(s for _, _, part_small in found for s in part_small)
     if not good:
         raise DataError(f"None of the {len(bad)} image files under '{root}' could be read.")
     if small:
         warnings.warn(f"{len(small)} of {len(good)} images under '{root}' are smaller than the {crop} px crop and are "
-                      f"upscaled to it ({', '.join(small[:3])}{', ...' if len(small) > 3 else ''}); add larger "
-                      "images or choose a smaller resolution.", stacklevel=2)
+                      f"upscaled to it ({', '.join(s for _, s in small[:3])}{', ...' if len(small) > 3 else ''}); add "
+                      "larger images or choose a smaller resolution.", stacklevel=2)
     return good, bad
 
 
