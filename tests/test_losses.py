@@ -174,6 +174,29 @@ def test_the_replay_buffer_keeps_past_fakes_up_to_its_capacity_and_restores_exac
     assert len(buffer) == 1
 
 
+def test_the_adaptive_weight_goes_back_through_the_discriminator_once_for_the_same_gradient(batch,
+                                                                                         small_student_config):
+    images, latents = batch
+    torch.manual_seed(0)
+    student, disc = Student(small_student_config), PatchDiscriminator(4, width=16)
+    last, params = student.decoder.layers[-1].weight, list(student.decoder.parameters())
+    passes = []
+    disc.register_full_backward_hook(lambda *args: passes.append(1))
+    recon = student.decode(latents)
+    rec = DistillLoss(LossConfig()).decoder_terms(recon, images)["pixel"][1]
+    (w, term), _ = adversary(LossConfig(adv_scale="adaptive"), disc).generator_term(recon, images, latents, 1.0, rec,
+                                                                                   last)
+    ours = torch.autograd.grad(w * term, params)
+    assert len(passes) == 1  # the balance and the student's gradient share one pass back through D
+    # VQGAN's formulation, which goes back through D for the balance and again for the student's backward:
+    recon = student.decode(latents)
+    rec = DistillLoss(LossConfig()).decoder_terms(recon, images)["pixel"][1]
+    loss = generator_loss("hinge", disc(recon, latents), None)
+    (g_rec,), (g_adv,) = (torch.autograd.grad(x, last, retain_graph=True) for x in (rec, loss))
+    theirs = torch.autograd.grad(g_rec.norm() / (g_adv.norm() + 1e-4) * loss, params)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-9) for a, b in zip(ours, theirs))
+
+
 def _pushed_one_by_one(capacity: int, seed: int, batches: list) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The replay buffer's semantics, written as the per-sample loop it replaces."""
     gen, images, latents, count = torch.Generator().manual_seed(seed), None, None, 0

@@ -144,7 +144,11 @@ class Adversary:
     def generator_term(self, fake: torch.Tensor, real: torch.Tensor, latents: torch.Tensor, weight: float,
                        reconstruction: torch.Tensor | None = None, last_layer: torch.Tensor | None = None
                        ) -> tuple[tuple[float, torch.Tensor], torch.Tensor]:
-        """((weight, term), the adversarial loss itself, for logging); `term` carries the sized gradient."""
+        """((weight, term), the adversarial loss itself, for logging); `term` carries the sized gradient.
+
+        `normalized` and `adaptive` go back through the discriminator once, to the image, and return a
+        term whose gradient is the one they sized: the student's backward then stops at the image.
+        """
         c = self.config
         self.raw_disc.requires_grad_(False)  # the student's step must not train the discriminator
         self.raw_disc.eval()  # BatchNorm: score with running statistics, as Seraena's corrections do
@@ -159,11 +163,16 @@ class Adversary:
             correction = -grad / grad.float().std().clamp_min(1e-12)
             return (weight, F.mse_loss(fake.float(), (fake.detach() + correction).float())), loss.detach()
         if c.adv_scale == "adaptive" and reconstruction is not None and last_layer is not None:
-            # VQGAN: as large at the decoder's last layer as the reconstruction terms' gradient.
+            # VQGAN: as large at the decoder's last layer as the reconstruction terms' gradient. One pass back
+            # through the discriminator gives the loss's gradient on the image; the returned term, <image, that
+            # gradient>, hands the decoder exactly that gradient, so neither the balance below nor the student's
+            # backward (nor the log steps' gradient ratio) goes through the discriminator again.
+            (grad,) = torch.autograd.grad(loss, fake)
+            term = (fake.float() * grad.float()).sum()
             rec_grad, = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)
-            adv_grad, = torch.autograd.grad(loss, last_layer, retain_graph=True)
+            adv_grad, = torch.autograd.grad(term, last_layer, retain_graph=True)
             balance = (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
-            return (weight * balance, loss), loss.detach()
+            return (weight * balance, term), loss.detach()
         return (weight, loss), loss.detach()
 
     def step(self, real: torch.Tensor, fake: torch.Tensor, latents: torch.Tensor) -> dict[str, torch.Tensor]:
