@@ -178,3 +178,20 @@ def test_bench_arguments_that_cannot_work_are_one_sentence_before_anything_loads
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
     assert named in err, err
+
+
+def test_the_training_benchmark_crops_the_folder_it_is_given(tmp_path, photos, monkeypatch):
+    from PIL import Image
+
+    from tinyae.data.images import load_rgb
+    from tinyae.training.throughput import bench_train, format_report
+
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    for name in ("astronaut", "coffee"):
+        load_rgb(photos / f"{name}.png").resize((1024, 768), Image.BICUBIC).save(folder / f"{name}.jpg")
+    monkeypatch.setattr("tinyae.training.throughput.sample_photos", lambda dest: pytest.fail("sample photos used"))
+    report = bench_train(resolutions=(32,), batch_size=1, steps=1, adv=False, lpips=False, workdir=tmp_path / "w",
+                         data=folder)
+    assert report["data"] == str(folder) and f"data {folder};" in format_report(report)
+    assert {r["mode"] for r in report["results"]} == {"on the fly", "cache", "cache build"}

@@ -2,6 +2,7 @@
 
 import shutil
 import struct
+import threading
 import warnings
 import zlib
 
@@ -11,10 +12,12 @@ import tifffile
 import torch
 from PIL import Image
 
+from tinyae.data import images as images_module
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
 from tinyae.data.images import (
     CropPolicy,
     decode_image,
+    decoded,
     from_uint8,
     list_images,
     load_rgb,
@@ -156,6 +159,79 @@ def test_any_scale_crops_range_from_native_detail_to_the_whole_image(photos):
     any_scale, zoom = CropPolicy(32, hflip=False, scale="any"), CropPolicy(32, hflip=False)
     assert closest(any_scale, native) < 0.02 and closest(any_scale, [thumbnail]) < 0.05  # both ends occur
     assert closest(zoom, native) > 0.05  # zoom crops of a big image never show native-resolution detail
+
+
+@pytest.fixture(scope="module")
+def big_jpeg(tmp_path_factory, photos):
+    path = tmp_path_factory.mktemp("big") / "astronaut.jpg"
+    load_rgb(photos / "astronaut.png").resize((2048, 1536), Image.BICUBIC).save(path, quality=95)
+    return path
+
+
+@pytest.mark.parametrize("scale", ["any", "zoom"])
+def test_a_jpeg_is_decoded_only_at_the_scale_its_crop_needs_and_gives_the_same_crop(big_jpeg, monkeypatch, scale):
+    policy, sizes = CropPolicy(32, scale=scale, color_aug=0.5), []
+
+    def watched(img, at_least):
+        out = decoded(img, at_least)
+        sizes.append(out.size)
+        return out
+
+    full = [random_crop(load_rgb(big_jpeg), policy, torch.Generator().manual_seed(i)) for i in range(12)]
+    monkeypatch.setattr("tinyae.data.images.decoded", watched)
+    reduced = [random_crop(Image.open(big_jpeg), policy, torch.Generator().manual_seed(i)) for i in range(12)]
+    assert (256, 192) in sizes and all(w <= 2048 for w, _ in sizes)  # most at 1/8 scale, none larger than the file
+    for a, b in zip(full, reduced):  # the same square of the photo (same draws, flips, jitter), resampled
+        assert (a - b).abs().mean().item() < 0.02
+
+
+def test_an_image_that_fails_while_cropped_leaves_its_draws_to_the_next_one(tmp_path, photos):
+    files = [tmp_path / "good.jpg", tmp_path / "truncated.jpg"]
+    load_rgb(photos / "astronaut.png").save(files[0])
+    load_rgb(photos / "coffee.png").save(files[1])
+    files[1].write_bytes(files[1].read_bytes()[:4000])  # the header reads, the pixels do not
+    crops = RandomCrops(files, CropPolicy(32, scale="any"), seed=0)
+    index = next(i for i in range(100) if int(torch.randint(0, 2, (), generator=torch.Generator().manual_seed(i))))
+    with pytest.warns(UserWarning, match="truncated.jpg"):
+        crop = crops[index]
+    gen = torch.Generator().manual_seed(index)
+    torch.randint(0, 2, (), generator=gen)  # the choice of image
+    assert torch.equal(crop, random_crop(Image.open(files[0]), CropPolicy(32, scale="any"), gen))
+
+
+def test_processes_of_a_launch_split_the_start_up_scan_and_all_learn_the_whole_result(tmp_path, photos, monkeypatch):
+    folder = tmp_path / "imgs"
+    shutil.copytree(photos, folder)
+    load_rgb(photos / "astronaut.png").resize((16, 16)).save(folder / "tiny.png")  # smaller than the crop
+    with pytest.warns(UserWarning, match="tiny.png 16x16"):
+        alone = scan_images(folder, 32)
+    checked, lock = [], threading.Lock()
+    real_check = images_module._check_readable
+
+    def counted(path):
+        with lock:
+            checked.append(path.name)
+        return real_check(path)
+
+    monkeypatch.setattr(images_module, "_check_readable", counted)
+    found, barrier, results = [None, None], threading.Barrier(2), [None, None]
+
+    def rank(r):
+        def share(mine):  # an all-gather between two "processes"
+            found[r] = mine
+            barrier.wait()
+            return list(found)
+        results[r] = scan_images(folder, 32, r, 2, share)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the small-image warning, raised in both threads
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results[0] == results[1] == alone
+    assert sorted(checked) == sorted(p.name for p in folder.iterdir())  # each file read once, by one process
 
 
 # ---------------------------------------------------------------- 16-bit and float pixels, symlinks, truncation

@@ -26,6 +26,18 @@ def test_every_space_inverts_exactly_and_round_trips_as_json(space):
     assert space.describe()
 
 
+@pytest.mark.parametrize("space", SPACES[1:], ids=lambda s: s.kind)
+def test_a_space_copies_its_statistics_to_the_device_once_not_on_every_encode(space, monkeypatch):
+    # On a GPU, torch.tensor(python_floats, device="cuda") waits for all queued work: once per run, not per step.
+    raw = torch.randn(2, 32 if space.kind == "patch-norm" else 16, 6, 8)
+    space.to_raw(space.from_raw(raw))
+    real_tensor, made = torch.tensor, []
+    monkeypatch.setattr(torch, "tensor", lambda *args, **kwargs: made.append(args) or real_tensor(*args, **kwargs))
+    for _ in range(3):
+        space.to_raw(space.from_raw(raw))
+    assert made == []
+
+
 def test_the_per_channel_space_normalises_each_channel_by_its_own_statistics():
     mean, std = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 4.0])
     raw = mean.view(1, 2, 1, 1) + std.view(1, 2, 1, 1) * torch.randn(4, 2, 8, 8)

@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from tinyae.config import LossConfig
-from tinyae.data.images import list_images, load_eval_images
+from tinyae.data.images import list_images, load_eval_images, to_uint8
 from tinyae.models.discriminator import MultiScaleDiscriminator, PatchDiscriminator, build_discriminator
 from tinyae.models.student import Student
 from tinyae.training.adversarial import Adversary, ReplayBuffer, discriminator_loss, generator_loss
+from tinyae.training.checkpoints import read_training_state, save_training_state
 from tinyae.training.health import HealthMonitor
 from tinyae.training.losses import DistillLoss, weighted_total
 
@@ -171,6 +172,93 @@ def test_the_replay_buffer_keeps_past_fakes_up_to_its_capacity_and_restores_exac
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     buffer.push(torch.zeros(1, 3, 16, 16), torch.zeros(1, 2, 2, 2))  # a new crop size starts it afresh
     assert len(buffer) == 1
+
+
+def test_the_adaptive_weight_goes_back_through_the_discriminator_once_for_the_same_gradient(batch,
+                                                                                         small_student_config):
+    images, latents = batch
+    torch.manual_seed(0)
+    student, disc = Student(small_student_config), PatchDiscriminator(4, width=16)
+    last, params = student.decoder.layers[-1].weight, list(student.decoder.parameters())
+    passes = []
+    disc.register_full_backward_hook(lambda *args: passes.append(1))
+    recon = student.decode(latents)
+    rec = DistillLoss(LossConfig()).decoder_terms(recon, images)["pixel"][1]
+    (w, term), _ = adversary(LossConfig(adv_scale="adaptive"), disc).generator_term(recon, images, latents, 1.0, rec,
+                                                                                   last)
+    ours = torch.autograd.grad(w * term, params)
+    assert len(passes) == 1  # the balance and the student's gradient share one pass back through D
+    # VQGAN's formulation, which goes back through D for the balance and again for the student's backward:
+    recon = student.decode(latents)
+    rec = DistillLoss(LossConfig()).decoder_terms(recon, images)["pixel"][1]
+    loss = generator_loss("hinge", disc(recon, latents), None)
+    (g_rec,), (g_adv,) = (torch.autograd.grad(x, last, retain_graph=True) for x in (rec, loss))
+    theirs = torch.autograd.grad(g_rec.norm() / (g_adv.norm() + 1e-4) * loss, params)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-9) for a, b in zip(ours, theirs))
+
+
+def _pushed_one_by_one(capacity: int, seed: int, batches: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The replay buffer's semantics, written as the per-sample loop it replaces."""
+    gen, images, latents, count = torch.Generator().manual_seed(seed), None, None, 0
+    for fakes, lats in batches:
+        if images is None:
+            images = torch.zeros((capacity, *fakes.shape[1:]), dtype=torch.uint8)
+            latents = torch.zeros((capacity, *lats.shape[1:]), dtype=torch.float16)
+        for image, latent in zip(fakes, lats):
+            slot = count if count < capacity else int(torch.randint(capacity, (), generator=gen))
+            images[slot], latents[slot] = to_uint8(image), latent.half()
+            count = min(count + 1, capacity)
+    return images, latents, count
+
+
+def test_filling_the_replay_buffer_in_one_write_keeps_what_pushing_fakes_one_by_one_kept():
+    torch.manual_seed(0)
+    batches = [(torch.rand(3, 3, 4, 4) * 2 - 1, torch.randn(3, 2, 1, 1)) for _ in range(6)]
+    buffer = ReplayBuffer(5, seed=7)
+    for fakes, lats in batches:
+        buffer.push(fakes, lats)
+    images, latents, count = _pushed_one_by_one(5, 7, batches)
+    assert len(buffer) == count == 5
+    assert torch.equal(buffer.images, images) and torch.equal(buffer.latents, latents)
+
+
+def test_a_slot_drawn_twice_in_one_push_keeps_the_later_fake():
+    batches = [(torch.linspace(-1, 1, 16).view(16, 1, 1, 1).expand(16, 3, 2, 2), torch.arange(16.0).view(16, 1, 1, 1))]
+    buffer = ReplayBuffer(2, seed=0)
+    buffer.push(*batches[0])  # 14 random slots among 2: every slot is drawn several times
+    images, latents, _ = _pushed_one_by_one(2, 0, batches)
+    assert torch.equal(buffer.images, images) and torch.equal(buffer.latents, latents)
+
+
+def test_the_replay_buffer_stays_on_the_fakes_device_as_uint8():
+    # The meta device stands for a GPU: any copy to the host (.cpu(), .item(), .tolist()) fails on it.
+    buffer = ReplayBuffer(4, seed=0, device="meta")
+    buffer.push(torch.zeros(3, 3, 8, 8, device="meta"), torch.zeros(3, 2, 1, 1, device="meta"))
+    buffer.push(torch.zeros(3, 3, 8, 8, device="meta"), torch.zeros(3, 2, 1, 1, device="meta"))
+    images, latents = buffer.sample(5)
+    assert buffer.images.device.type == buffer.latents.device.type == "meta"
+    assert (buffer.images.dtype, buffer.latents.dtype) == (torch.uint8, torch.float16)
+    assert images.device.type == latents.device.type == "meta" and images.shape == (5, 3, 8, 8)
+
+
+def test_the_replay_buffer_round_trips_a_checkpoint_as_uint8_and_samples_the_same_after(tmp_path):
+    torch.manual_seed(0)
+    buffer = ReplayBuffer(8, seed=3)
+    buffer.push(torch.rand(5, 3, 8, 8) * 2 - 1, torch.randn(5, 2, 1, 1))  # 5 of 8 slots filled
+    save_training_state({"buffer": buffer}, tmp_path / "state.safetensors")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "state.safetensors").rename(tmp_path / "ckpt" / "training_state.safetensors")
+    saved = read_training_state(tmp_path / "ckpt")["buffer"]
+    assert saved["images"].dtype == torch.uint8 and saved["images"].shape == (5, 3, 8, 8)  # the filled slots only
+    again = ReplayBuffer(8)
+    again.load_state_dict(saved)
+    for _ in range(2):
+        fakes, lats = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 2, 1, 1)
+        buffer.push(fakes, lats)
+        again.push(fakes, lats)  # the same slots are replaced ...
+        a, b = buffer.sample(6), again.sample(6)  # ... and the same fakes drawn
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(buffer.images, again.images)
 
 
 def test_the_health_monitor_warns_once_when_a_bad_state_lasts():

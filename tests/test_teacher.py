@@ -9,10 +9,12 @@ import torch
 from conftest import small_vae
 from diffusers import AutoencoderTiny
 
-from tinyae.config import TeacherConfig
+from tinyae.config import TeacherConfig, load_recipe
+from tinyae.data.images import list_images, load_eval_images
 from tinyae.errors import TeacherLoadError
 from tinyae.models.presets import TEACHERS
 from tinyae.models.teacher import build_teacher, load_teacher
+from tinyae.utils.dtypes import frozen_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +61,37 @@ def test_a_local_subfolder_and_half_precision_load(tmp_path):
     teacher = load_teacher(TeacherConfig(name=str(tmp_path / "pipe"), subfolder="vae", dtype="bf16"))
     assert teacher.dtype == torch.bfloat16
     assert teacher.encode(torch.zeros(1, 3, 32, 32)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16-gpu", "older-gpu"])
+def test_teacher_dtype_auto_runs_each_family_in_the_half_precision_it_is_safe_in(monkeypatch, bf16):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    on_gpu = {name: frozen_dtype("cuda", preset.fp16_safe) for name, preset in TEACHERS.items()}
+    assert on_gpu["sdxl"] == "fp16"  # madebyollin's fp16-fix; SDXL's original VAE overflows fp16
+    assert {on_gpu[n] for n in ("sd", "sd3", "flux", "flux2", "sana", "qwen-image")} == {"bf16" if bf16 else "fp32"}
+    assert {frozen_dtype("cpu", preset.fp16_safe) for preset in TEACHERS.values()} == {"fp32"}
+
+
+def test_a_recipe_with_teacher_dtype_auto_loads_the_teacher_in_the_resolved_dtype(tmp_path, monkeypatch):
+    small_vae().save_pretrained(tmp_path / "vae")
+    assert load_teacher(TeacherConfig(name=str(tmp_path / "vae"), dtype="auto"), device="cpu").dtype == torch.float32
+    asked = []
+    monkeypatch.setattr("tinyae.models.teacher.frozen_dtype", lambda device, safe: asked.append((device, safe)) or
+                        "bf16")  # as on a GPU
+    assert load_teacher(TeacherConfig(name=str(tmp_path / "vae"), dtype="auto")).dtype == \
+        torch.bfloat16
+    assert asked == [("cpu", False)]  # a VAE outside the presets is not known to be fp16-safe
+    assert load_recipe("base").teacher.dtype == "auto" and load_recipe("sdxl").teacher.dtype == "fp16"
+
+
+def test_a_bf16_teacher_encodes_in_bf16_and_stays_within_a_percent_of_fp32(photos):
+    images = load_eval_images(list_images(photos), 64)
+    full, half = (load_teacher(TeacherConfig(name="tiny", dtype=d)) for d in ("fp32", "bf16"))
+    seen = []
+    half.vae.encoder.conv_in.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    z, z_half = full.encode(images), half.encode(images)
+    assert seen == [torch.bfloat16] and z_half.dtype == torch.float32  # computed in bf16, handed on as float32
+    assert (z - z_half).abs().mean() < 0.01 * z.abs().mean() and (z - z_half).abs().max() < 0.05 * z.std()
 
 
 def test_an_autoencodertiny_folder_is_a_teacher_with_unit_factors(tmp_path):

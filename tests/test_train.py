@@ -61,6 +61,7 @@ def test_a_run_writes_student_metrics_samples_logs_and_limited_checkpoints(teach
     assert (out / "checkpoints" / "checkpoint-6" / "student_ema" / "config.json").exists()
     run = json.loads((out / "run.json").read_text())
     assert run["teacher"] == str(teacher_dir) and run["scaling_factor"] == 0.5
+    assert run["teacher_dtype"] == "fp32"  # the recipe's teacher.dtype auto, as it resolved on this CPU
 
 
 def test_resume_continues_at_the_same_step_with_identical_weights(teacher_dir, photos, tmp_path):

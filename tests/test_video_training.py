@@ -97,6 +97,22 @@ def test_each_frame_is_conditioned_on_its_own_latent_by_the_causal_frame_rule():
     assert frame_latents(latents, 9).flatten().tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2]
 
 
+def test_the_frame_discriminator_copies_no_host_data_to_the_device_per_call(monkeypatch):
+    # torch.tensor(python_list, device="cuda") is a blocking host-to-device copy on every step.
+    expected = {(t, f): [0] + [min(t - 1, 1 + (k - 1) // max(1, -(-(f - 1) // max(t - 1, 1)))) for k in range(1, f)]
+                for t in (1, 2, 3, 5) for f in (1, 4, 9, 17)}
+    disc = build_discriminator("patch", 16, 8, frames=3)
+    clips, latents = torch.rand(1, 3, 9, 16, 16) * 2 - 1, torch.randn(1, 16, 3, 2, 2)
+
+    def no_host_data(*args, **kwargs):
+        raise AssertionError("a tensor was built from host data")
+
+    monkeypatch.setattr(torch, "tensor", no_host_data)
+    disc(clips, latents)
+    for (t, f), index in expected.items():
+        assert frame_latents(torch.arange(float(t)).view(1, 1, t, 1, 1), f).flatten().tolist() == index
+
+
 @pytest.fixture
 def image_student(tmp_path):
     torch.manual_seed(1)

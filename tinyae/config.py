@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from tinyae.errors import ConfigError
-from tinyae.utils.dtypes import DTypeName
+from tinyae.utils.dtypes import TeacherDType
 from tinyae.utils.resources import recipes_dir
 
 FP16_REFUSAL = ("train.mixed_precision fp16 is not supported: one loss scaler cannot serve the student's and the "
@@ -37,7 +37,7 @@ class TeacherConfig:
     revision: str | None = None
     scaling_factor: float | None = None  # None: preset, else the VAE config's value
     shift_factor: float | None = None
-    dtype: DTypeName = "fp32"
+    dtype: TeacherDType = "fp32"  # auto: half precision on a GPU, fp16 where the VAE is fp16-safe, else bf16
     sample: bool = False  # sample the posterior instead of taking its mean
     estimate_factors: bool = False  # estimate scale/shift from the data when none is configured
 

@@ -2,6 +2,7 @@
 
     tinyae bench-train                                   # SD-VAE teacher, 128 and 256 px, CPU
     tinyae bench-train --target teacher --resolutions 256 --steps 5 --out bench-train.json
+    tinyae bench-train --data photos/ --resolutions 96      # your own photos: their decoding counts as data time
 
 The teacher is the preset's architecture with random weights (speed does not depend on
 weights). Prints a table: images/s and the per-image split of a step (data, teacher,
@@ -34,12 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads (0: torch's default); on a busy CPU, OpenMP threads spin against other "
                              "processes and distort small kernels most, so 1 is the stable figure")
+    parser.add_argument("--data", type=Path, help="a folder of images to crop from (default: scikit-image's sample "
+                        "photos, small PNGs); full-size photos show what decoding costs")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
     report = bench_train(tuple(args.resolutions), args.batch_size, args.steps, args.teacher, args.target,
-                         not args.no_adv, not args.no_lpips, args.channels_last, args.threads, args.device)
+                         not args.no_adv, not args.no_lpips, args.channels_last, args.threads, args.device,
+                         data=args.data)
     print(format_report(report))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from tinyae.data.images import BAD_IMAGE_ERRORS, CropPolicy, as_crop_policy, load_rgb, random_crop
+from tinyae.data.images import BAD_IMAGE_ERRORS, CropPolicy, as_crop_policy, random_crop
 from tinyae.errors import DataError
 
 
@@ -44,6 +44,7 @@ class IndexedCrops(Dataset):
         self.bad: set[int] = set()
 
     def image(self, k: int) -> Image.Image:
+        """Image `k`, decoded or only opened (random_crop reads what it needs)."""
         raise NotImplementedError
 
     def name(self, k: int) -> str:
@@ -60,13 +61,13 @@ class IndexedCrops(Dataset):
             k = (choice + attempt) % self.count
             if k in self.bad:
                 continue
-            try:
-                img = self.image(k)
+            state = gen.get_state()
+            try:  # decoding happens inside the crop (only as much of a JPEG as the crop needs)
+                return random_crop(self.image(k), self.policy, gen)
             except BAD_IMAGE_ERRORS as exc:
+                gen.set_state(state)  # the next image draws its crop as if this one had not been tried
                 self.bad.add(k)
                 warnings.warn(f"Skipping unreadable {self.name(k)}: {exc}", stacklevel=2)
-                continue
-            return random_crop(img, self.policy, gen)
         raise DataError("Every training image failed to load; check the data.")
 
 
@@ -80,7 +81,7 @@ class RandomCrops(IndexedCrops):
         self.files = list(files)
 
     def image(self, k: int) -> Image.Image:
-        return load_rgb(self.files[k])
+        return Image.open(self.files[k])  # read by the crop, which may need only a reduced-scale decode
 
     def name(self, k: int) -> str:
         return f"image {self.files[k]}"

@@ -182,6 +182,20 @@ def _detect_format(path: str) -> str:
                     "Hub dataset id, and --data.format folder|tar|hf|hf-stream if needed.")
 
 
+def scan_shared(path: str | Path, crop: int) -> tuple[list[Path], list[Path]]:
+    """`scan_images`, split between the processes of a launch (each checks its share, all learn the result)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return scan_images(path, crop)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+    def share(mine: tuple) -> list[tuple]:
+        found: list = [None] * world
+        torch.distributed.all_gather_object(found, mine)
+        return found
+
+    return scan_images(path, crop, rank, world, share)
+
+
 HELDOUT_SEED = 1_234_567  # held-out clips are drawn with their own seed, so every run evaluates on the same ones
 
 
@@ -206,7 +220,7 @@ def make_train_source(recipe: Recipe, teacher=None, output_dir: str | Path | Non
     kind = detect_format(path) if data.format == "auto" else data.format
     source = TrainSource(kind, heldout=heldout, caches=caches, image_column=data.image_column, name=data.path)
     if kind == "folder":
-        good, bad = scan_images(path, max(data.resolution, data.final_resolution or 0))
+        good, bad = scan_shared(path, max(data.resolution, data.final_resolution or 0))
         source.files, held = split_holdout(good, 0 if data.eval_path else data.holdout)
         source.heldout, source.n_bad = heldout or held, len(bad)
         if not source.files:
@@ -249,7 +263,7 @@ def _clip_source(recipe: Recipe, teacher, output_dir: str | Path | None) -> Trai
         source.kind = "videos"
         files = list_videos(path)
     else:
-        files, bad = scan_images(path, max(data.resolution, data.final_resolution or 0))
+        files, bad = scan_shared(path, max(data.resolution, data.final_resolution or 0))
         source.n_bad = len(bad)
     eval_files = _held_out_files(data.eval_path) if data.eval_path else []
     source.files, held = split_holdout(files, 0 if data.eval_path else data.holdout)

@@ -42,6 +42,7 @@ from tinyae.data.images import (
     as_crop_policy,
     center_crop,
     decode_image,
+    open_image,
     random_crop,
 )
 from tinyae.errors import DataError
@@ -267,7 +268,7 @@ class HFRows(IndexedCrops):
         self.dataset, self.column, self.dataset_name = _image_column(dataset, column, name), column, name
 
     def image(self, k: int) -> Image.Image:
-        return decode_image(self.dataset[k][self.column])
+        return open_image(self.dataset[k][self.column])  # decoded by the crop, a JPEG only at the scale it needs
 
     def name(self, k: int) -> str:
         return f"row {k} of {self.dataset_name}"

@@ -81,9 +81,10 @@ def frame_latents(latents: torch.Tensor, frames: int) -> torch.Tensor:
     (frame 0 has latent 0, then each latent covers the next (frames - 1) / (T - 1) frames)."""
     t = latents.shape[2]
     per_latent = max(1, -(-(frames - 1) // max(t - 1, 1)))
-    index = torch.tensor([0] + [min(t - 1, 1 + (f - 1) // per_latent) for f in range(1, frames)],
-                         device=latents.device)
-    return latents.index_select(2, index)
+    # Built on the device (no host list copied in, which would stall the GPU on every call): frame f's latent is
+    # 1 + (f - 1) // per_latent, which floor division makes 0 for frame 0.
+    index = (torch.arange(frames, device=latents.device) - 1).div(per_latent, rounding_mode="floor").add(1)
+    return latents.index_select(2, index.clamp(max=t - 1))
 
 
 class FrameGroupDiscriminator(nn.Module):

@@ -33,6 +33,7 @@ estimates over `stats_view(raw)`, the layout the space normalises in).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -52,8 +53,15 @@ def _floats(values: Sequence[float] | torch.Tensor) -> tuple[float, ...]:
 
 
 def _channel_view(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """A (1, C, 1, 1) float64 tensor on `like`'s device, to broadcast over (B, C, h, w) latents."""
-    return torch.tensor(values, dtype=torch.float64, device=like.device).view(1, -1, 1, 1)
+    """A (1, C, 1, 1) float64 tensor on `like`'s device, to broadcast over (B, C, h, w) latents (read-only)."""
+    return _device_view(tuple(values), like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_view(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # Made once per device: building it from Python floats is a blocking host-to-device copy, which on a GPU
+    # would stall every teacher encode of a per-channel or FLUX.2 space until the queued work had finished.
+    return torch.tensor(values, dtype=torch.float64, device=device).view(1, -1, 1, 1)
 
 
 def patchify(latents: torch.Tensor, patch: int = 2) -> torch.Tensor:

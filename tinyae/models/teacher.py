@@ -28,7 +28,7 @@ from tinyae.models.formats import is_pair, load_student
 from tinyae.models.latent_space import IDENTITY, LatentSpace, PatchNormSpace, PerChannelSpace, ScalarSpace
 from tinyae.models.presets import TEACHERS, TeacherPreset
 from tinyae.models.tiny_autoencoder import TinyAutoencoder, diffusers_model
-from tinyae.utils.dtypes import DTYPES
+from tinyae.utils.dtypes import DTYPES, frozen_dtype
 from tinyae.utils.hub_access import hub_unreachable, loading_vae, local_path_typo
 
 
@@ -186,10 +186,12 @@ def _read_config(source: str, subfolder: str | None, revision: str | None) -> di
 
 
 def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu") -> Teacher:
-    """Build a frozen Teacher from a preset name, Hub repo id or local folder."""
+    """Build a frozen Teacher from a preset name, Hub repo id or local folder, in `config.dtype` (auto:
+    `frozen_dtype` on `device`, fp16 for the presets known to be fp16-safe)."""
     if isinstance(config, str):
         config = TeacherConfig(name=config)
     preset = TEACHERS.get(config.name)
+    dtype = frozen_dtype(device, preset is not None and preset.fp16_safe) if config.dtype == "auto" else config.dtype
     source = preset.repo_id if preset else config.name
     subfolder = config.subfolder if config.subfolder is not None else (preset.subfolder if preset else None)
     if preset is None and (typo := local_path_typo(source)):
@@ -206,7 +208,7 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
     if is_pair(source):  # a tiny autoencoder as the teacher: its latents are the space the student learns
         student = load_student(source, preset.family if preset else None)
         family = preset.family if preset else student.family
-        vae = nn.Module.to(diffusers_model(student, family), DTYPES[config.dtype])
+        vae = nn.Module.to(diffusers_model(student, family), DTYPES[dtype])
         family = family or guess_family(vae, IDENTITY)
         return Teacher(vae, name=config.name, family=family,
                        latent_space=resolve_space(vae, config, preset)).to(device)
@@ -214,10 +216,10 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
         cfg = _read_config(source, subfolder, config.revision)
         cls = _vae_class(cfg.get("_class_name", "AutoencoderKL"))
         vae = cls.from_pretrained(
-            source, subfolder=subfolder, revision=config.revision, torch_dtype=DTYPES[config.dtype],
+            source, subfolder=subfolder, revision=config.revision, torch_dtype=DTYPES[dtype],
             local_files_only=not Path(source).exists() and hub_unreachable(),
         )
-    if config.dtype == "fp16" and preset is not None and not preset.fp16_safe:
+    if dtype == "fp16" and preset is not None and not preset.fp16_safe:
         warnings.warn(f"Teacher '{config.name}' is not known to be fp16-safe (its activations can overflow to NaN); "
                       "use --teacher.dtype bf16 or fp32 if losses turn NaN.", stacklevel=2)
     space = resolve_space(vae, config, preset)

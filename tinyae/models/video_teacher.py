@@ -33,7 +33,7 @@ from tinyae.config import TeacherConfig
 from tinyae.errors import ConfigError, TeacherLoadError
 from tinyae.models.latent_space import LatentSpace, PerChannelSpace, ScalarSpace
 from tinyae.models.video_student import VIDEO_MODELS
-from tinyae.utils.dtypes import DTYPES
+from tinyae.utils.dtypes import DTYPES, frozen_dtype
 from tinyae.utils.hub_access import hub_unreachable, loading_vae, local_path_typo
 from tinyae.utils.resources import weights_dir
 
@@ -210,7 +210,8 @@ def load_video_teacher_for(config: TeacherConfig, device: str | torch.device = "
     if config.sample:
         raise TeacherLoadError("teacher.sample does not apply to a video teacher: students learn its posterior mean; "
                                "drop it.")
-    return load_video_teacher(config.name, config.subfolder, config.dtype).to(device)
+    dtype = frozen_dtype(device, fp16_safe=False) if config.dtype == "auto" else config.dtype  # none known fp16-safe
+    return load_video_teacher(config.name, config.subfolder, dtype).to(device)
 
 
 def build_video_teacher(name: str, dtype: str = "fp32", seed: int = 0, **overrides) -> VideoTeacher:

@@ -48,6 +48,7 @@ from tinyae.training.resume import apply_recipe, check_student, plan_run
 from tinyae.training.samples import sample_grid, save_sample
 from tinyae.training.step import AnyStudent, AnyTeacher, build_parts, build_student, distill_step, load_run_teacher
 from tinyae.utils.atomic import atomic_file, atomic_folder
+from tinyae.utils.dtypes import dtype_name
 from tinyae.utils.threads import ThreadPolicy
 
 logger = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def _distill(recipe: Recipe) -> Path:
         logger.info("Estimated scaling_factor %.5f %s, shift_factor %.5f %s (for pipelines that ignore the shift: "
                     "scaling_factor %.5f).", est.scaling_factor, est.scaling_ci, est.shift_factor, est.shift_ci,
                     est.scaling_factor_without_shift)
-    logger.info("Teacher %s: %d latent channels, latents %s. Data: %s.", teacher.name,
+    logger.info("Teacher %s (%s): %d latent channels, latents %s. Data: %s.", teacher.name, dtype_name(teacher.dtype),
                 teacher.latent_channels, teacher.latent_space.describe(), source.describe())
     require_lpips(recipe, evaluating=bool(source.heldout))
 
@@ -316,6 +317,7 @@ def finish_run(recipe: Recipe, out: Path, student: AnyStudent, teacher: AnyTeach
     run = {"teacher": recipe.teacher.name, "teacher_repo": preset.repo_id if preset else recipe.teacher.name,
            "family": teacher.family, "scaling_factor": getattr(teacher, "scaling_factor", None),
            "shift_factor": getattr(teacher, "shift_factor", None), "latent_space": teacher.latent_space.to_dict(),
+           "teacher_dtype": dtype_name(teacher.dtype),  # what teacher.dtype (auto: per device and VAE) resolved to
            "base_model": getattr(preset, "base_model", None), "steps": step, "unreadable_images": source.n_bad,
            "time": seconds or {}, **(session or {}), "recipe": recipe.to_dict(), "resumes": resumes or []}
     if video:

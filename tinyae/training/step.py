@@ -242,11 +242,12 @@ def distill_step(parts: DistillParts, batch: dict[str, torch.Tensor], use_adv: b
     """
     acc, recipe, teacher, adversary = parts.accelerator, parts.recipe, parts.teacher, parts.adversary
     c = recipe.loss
-    images = batch["images"].to(acc.device)
-    latents = batch["latents"].to(acc.device) if "latents" in batch else teacher.encode(images)
+    # Asynchronous copies (the loader pins its batches on a GPU machine): the host queues the step meanwhile.
+    images = batch["images"].to(acc.device, non_blocking=True)
+    latents = batch["latents"].to(acc.device, non_blocking=True) if "latents" in batch else teacher.encode(images)
     target = images
     if c.target == "teacher" and recipe.train.parts != "encoder":
-        target = batch["targets"].to(acc.device) if "targets" in batch else teacher.decode(latents)
+        target = batch["targets"].to(acc.device, non_blocking=True) if "targets" in batch else teacher.decode(latents)
     clock("teacher")
     if recipe.train.channels_last:
         images, latents = (x.contiguous(memory_format=torch.channels_last) for x in (images, latents))

@@ -46,7 +46,7 @@ def timed_step(parts: DistillParts, batches: Iterator[dict]) -> dict[str, float]
             torch.cuda.synchronize(device)
         clock.append(time.perf_counter())
 
-    batch = {k: v.to(device) for k, v in next(batches).items()}
+    batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
     mark()
     distill_step(parts, batch, parts.recipe.loss.adv_weight > 0, clock=mark)
     return {part: b - a for part, a, b in zip(PARTS, clock, clock[1:])}
@@ -66,19 +66,20 @@ def bench_recipe(resolution: int, batch_size: int, photos: Path, target: str = "
 def bench_train(resolutions: tuple[int, ...] = (128, 256), batch_size: int = 2, steps: int = 3,
                 teacher: str = "sd", target: str = "image", adv: bool = True, lpips: bool = True,
                 channels_last: bool = False, threads: int | None = 1, device: str = "cpu",
-                workdir: str | Path | None = None) -> dict:
+                workdir: str | Path | None = None, data: str | Path | None = None) -> dict:
     """images/s and per-part seconds per image, on the fly vs. from the cache, for each crop size.
 
-    Photos and caches go to `workdir`, or to a temporary folder removed afterwards.
+    Crops come from the folder `data` (real photos: their decoding is part of the data time), else from
+    scikit-image's sample photos (small PNGs). Caches go to `workdir`, or to a temporary folder removed afterwards.
     """
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="tinyae-bench-train-") as tmp:
             return bench_train(resolutions, batch_size, steps, teacher, target, adv, lpips, channels_last, threads,
-                               device, tmp)
+                               device, tmp, data)
     if threads:
         torch.set_num_threads(threads)
     workdir = Path(workdir)
-    photos = sample_photos(workdir / "photos")
+    photos = Path(data) if data is not None else sample_photos(workdir / "photos")
     vae = build_teacher(teacher, device=device)
     accelerator = Accelerator(cpu=device == "cpu")
     results = []
@@ -112,7 +113,8 @@ def bench_train(resolutions: tuple[int, ...] = (128, 256), batch_size: int = 2, 
                             "seconds_per_image": per_image, "steps": len(runs)})
         results.append({"resolution": resolution, "mode": "cache build", "images_per_s": samples / build_seconds,
                         "seconds_per_image": None, "steps": 0})
-    return {"teacher": f"{teacher} architecture, random weights", "batch_size": batch_size, "target": target,
+    return {"teacher": f"{teacher} architecture, random weights", "data": str(data) if data else "sample photos",
+            "batch_size": batch_size, "target": target,
             "adv": adv, "lpips": lpips, "channels_last": channels_last, "threads": torch.get_num_threads(),
             "device": device, "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
             "results": results}
@@ -135,7 +137,8 @@ def format_report(report: dict) -> str:
     for resolution in sorted({r["resolution"] for r in report["results"]}):
         lines.append(f"{resolution} px: the cache trains {speedup(report, resolution):.2f}x faster than running "
                      "the teacher on the fly")
-    lines.append(f"({report['teacher']}; batch {report['batch_size']}, target {report['target']}, "
+    lines.append(f"({report['teacher']}; data {report.get('data', 'sample photos')}; batch {report['batch_size']}, "
+                 f"target {report['target']}, "
                  f"adversarial {'on' if report['adv'] else 'off'}, LPIPS {'on' if report['lpips'] else 'off'}, "
                  f"channels_last {'on' if report['channels_last'] else 'off'}, {report['device']}, "
                  f"{report['threads']} threads, {report['machine']}; medians over timed steps; 'cache build' is the "
