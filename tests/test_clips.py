@@ -42,7 +42,7 @@ def test_a_video_clip_is_a_random_temporal_crop_with_a_random_stride(tmp_path):
 
 def test_a_video_too_short_for_a_clip_is_refused_in_one_sentence(tmp_path):
     write_video(tmp_path / "short.mkv", 3)
-    with pytest.raises(DataError, match="shorter than a clip of 9 frames"):
+    with pytest.raises(DataError, match="gives a clip of 9 frames: 0 cannot be read and 1 are shorter"):
         VideoFolder(tmp_path, ClipPolicy(frames=9, size=32))
     with pytest.raises(DataError, match="too few frames"):
         read_frames(tmp_path / "short.mkv", 0, 3, stride=2)
