@@ -42,7 +42,7 @@ def test_a_video_clip_is_a_random_temporal_crop_with_a_random_stride(tmp_path):
 
 def test_a_video_too_short_for_a_clip_is_refused_in_one_sentence(tmp_path):
     write_video(tmp_path / "short.mkv", 3)
-    with pytest.raises(DataError, match="shorter than a clip of 9 frames"):
+    with pytest.raises(DataError, match="gives a clip of 9 frames: 0 cannot be read and 1 are shorter"):
         VideoFolder(tmp_path, ClipPolicy(frames=9, size=32))
     with pytest.raises(DataError, match="too few frames"):
         read_frames(tmp_path / "short.mkv", 0, 3, stride=2)
@@ -70,3 +70,25 @@ def test_photo_clips_are_synthesised_from_each_photo_deterministically(tmp_path)
     assert not torch.equal(clips[2], clips[3])
     with pytest.raises(DataError, match="smaller than the 256 px clips"):
         PhotoClips(tmp_path, ClipPolicy(frames=5, size=256))[0]
+
+
+def test_a_clip_too_short_or_unreadable_among_good_videos_is_skipped_and_counted(tmp_path):
+    write_video(tmp_path / "good.mkv", 12)
+    write_video(tmp_path / "short.mkv", 2)  # drew random_(from=0, to=-6) before
+    (tmp_path / "broken.mp4").write_bytes(b"\x00not a video" * 64)  # aborted a run with "[Errno ...] Invalid data"
+    with pytest.warns(UserWarning) as caught:
+        clips = VideoFolder(tmp_path, ClipPolicy(frames=9, size=32))
+    said = " ".join(str(w.message) for w in caught)
+    assert "Skipping unreadable video" in said and "broken.mp4" in said
+    assert "Skipping 1 video shorter than the 9-frame clips: short.mkv (2 frames)" in said
+    assert [p.name for p in clips.files] == ["good.mkv"] and len(clips.skipped) == 2
+    assert all(clips[i].shape == (3, 9, 32, 32) for i in range(3))
+
+
+def test_a_folder_of_short_videos_is_refused_naming_the_files_not_path_objects(tmp_path):
+    write_video(tmp_path / "a.mkv", 2)
+    write_video(tmp_path / "b.mkv", 3)
+    with pytest.warns(UserWarning), pytest.raises(DataError) as info:
+        VideoFolder(sorted(tmp_path.glob("*.mkv")), ClipPolicy(frames=9, size=32))
+    message = str(info.value)
+    assert "PosixPath" not in message and "a.mkv, b.mkv" in message and "2 are shorter" in message

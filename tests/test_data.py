@@ -340,3 +340,35 @@ def test_a_data_folder_that_cannot_be_read_is_one_sentence(tmp_path, monkeypatch
         PermissionError(13, "Permission denied", str(root))) or iter(()))
     with pytest.raises(DataError, match=r"Cannot read image folder .*: permission denied"):
         list_images(tmp_path)
+
+
+def test_images_beside_videos_are_named_as_unused_and_bad_videos_counted(tmp_path, photos, caplog):
+    av = pytest.importorskip("av")
+    from tests.test_clips import write_video
+
+    from tinyae.config import load_recipe
+    from tinyae.data.source import make_train_source
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_video(folder / "a.mkv", 12, size=(72, 72))
+    write_video(folder / "b.mkv", 12, size=(72, 72))
+    write_video(folder / "short.mkv", 2, size=(72, 72))
+    shutil.copy(next(photos.glob("*.png")), folder / "photo.png")
+    recipe = load_recipe("video-smoke", {"data": {"path": str(folder), "holdout": 1, "resolution": 64}})
+    with caplog.at_level("WARNING"), pytest.warns(UserWarning, match="short.mkv"):
+        source = make_train_source(recipe)
+    assert "holds 3 video files and 1 images: training on the videos only" in caplog.text
+    assert source.kind == "videos" and source.n_bad == 1 and len(source.files) + len(source.heldout) == 2
+    assert "1 unreadable or too short skipped" in source.describe()
+    assert av is not None
+
+
+def test_an_image_teacher_refuses_clip_settings_rather_than_record_them(photos):
+    from tinyae.config import load_recipe
+    from tinyae.data.source import make_train_source
+    from tinyae.errors import ConfigError
+
+    recipe = load_recipe("smoke", {"data": {"path": str(photos), "frames": 5}})
+    with pytest.raises(ConfigError, match="data.frames shape a video teacher's clips, but 'tiny' is an image VAE"):
+        make_train_source(recipe)

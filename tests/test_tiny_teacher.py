@@ -112,6 +112,7 @@ def test_train_small_vae_writes_a_loadable_teacher_folder(photos, tmp_path, one_
 
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors",
                                                     "training.json"]
+    assert json.loads((out / "training.json").read_text())["precision"] == "fp32"  # the record says how it trained
     config = json.loads((out / "config.json").read_text())
     assert math.isfinite(config["scaling_factor"]) and config["scaling_factor"] > 0
     assert config["scaling_factor"] == pytest.approx(metrics["scaling_factor"])

@@ -110,3 +110,47 @@ def test_a_saved_small_vae_loads_from_its_folder_as_the_same_teacher(tmp_path):
     assert type(again.vae).__name__ == "AutoencoderKLHunyuanVideo" and again.latent_space == teacher.latent_space
     with pytest.raises(TeacherLoadError, match="no config.json"):
         load_video_teacher(str(tmp_path))
+
+
+@torch.no_grad()
+def test_cogvideox_takes_1_plus_8k_frames_and_other_counts_are_refused_up_front():
+    from tinyae.errors import ConfigError
+    from tinyae.models.video_teacher import check_clip_frames
+
+    teacher = small("cogvideox")
+    for frames, back in ((5, 8), (9, 9), (13, 16), (17, 17)):  # what diffusers' frame batching gives back
+        clip = torch.rand(1, 3, frames, 16, 16) * 2 - 1
+        assert teacher.decode(teacher.encode(clip)).shape[2] == back
+    assert teacher.frame_multiple == 8
+    check_clip_frames(teacher, 9, 4)
+    with pytest.raises(ConfigError, match=r"data.frames 5 does not encode to whole latents: the teacher .* encodes "
+                                          r"1 \+ 8k frames whole \(9, 17, 25"):
+        check_clip_frames(teacher, 5, 4)
+    check_clip_frames(small("wan2.1"), 5, 4)  # the others keep 1 + 4k
+
+
+def test_a_hub_id_is_a_video_teacher_when_its_config_names_a_video_vae(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from tinyae.models import video_teacher
+
+    (tmp_path / "config.json").write_text('{"_class_name": "AutoencoderKLWan"}')
+    fetched = []
+
+    def download(repo_id, filename, subfolder=None, **kwargs):
+        fetched.append((repo_id, subfolder))
+        if repo_id != "someone/my-wan-vae":
+            raise OSError("not in the cache")
+        return str(tmp_path / "config.json")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    video_teacher._hub_class_name.cache_clear()
+    try:
+        assert video_teacher.is_video_teacher("someone/my-wan-vae")
+        assert fetched == [("someone/my-wan-vae", None)]
+        with pytest.warns(UserWarning, match="taken for an image VAE"):
+            assert not video_teacher.is_video_teacher("someone/uncached")
+        assert not video_teacher.is_video_teacher("sdxl")  # an image preset never asks the Hub
+        assert len(fetched) == 2
+    finally:
+        video_teacher._hub_class_name.cache_clear()

@@ -28,6 +28,8 @@ FP16_REFUSAL = ("train.mixed_precision fp16 is not supported: one loss scaler ca
 BASE_KEY = "base"  # a recipe file may name the recipe it extends; it then states only its differences
 MIN_RESOLUTION = 32  # LPIPS's networks (loss and evaluation) reduce smaller images to nothing
 MAX_RESOLUTION = 4096  # crops beyond this do not fit in memory (a 65536 px crop is 51 GB per image)
+MAX_BATCH = 1024  # images or clips per batch: beyond this one batch of 4096 px crops alone is 200 GB
+MAX_FRAMES = 1025  # frames per clip: 1 + 1024 (64 s at 16 fps) is past every video VAE's context
 
 
 @dataclass
@@ -167,7 +169,9 @@ class Recipe:
         """Checks that need more than one field's type; a message names the flag when the value came from one."""
 
         def invalid(message: str) -> ConfigError:
-            field = message.split()[0]
+            # Blame the flag a named field came from (the first word's, else any other's), else the recipe file.
+            named = [word.rstrip(",;:") for word in message.split()]
+            field = next((w for w in named if w in overridden), named[0])
             where = f"value for --{field}" if field in overridden else f"recipe '{self.name}'"
             return ConfigError(f"Invalid {where}: {message}.")
 
@@ -180,12 +184,15 @@ class Recipe:
         sizes = f"must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} px (LPIPS needs {MIN_RESOLUTION})"
         checks = [
             (self.train.steps > 0, "train.steps must be positive"),
-            (self.train.batch_size > 0, "train.batch_size must be positive"),
+            (0 < self.train.batch_size <= MAX_BATCH, f"train.batch_size must be between 1 and {MAX_BATCH}"),
+            (self.train.seed >= 0, "train.seed cannot be negative (torch seeds are 0 or more)"),
             (self.train.grad_accum > 0, "train.grad_accum must be positive"),
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
             (MIN_RESOLUTION <= self.data.resolution <= MAX_RESOLUTION, f"data.resolution {sizes}"),
             (self.data.resolution % 8 == 0, "data.resolution must be a multiple of 8"),
-            (0 <= self.data.final_steps <= self.train.steps, "data.final_steps must be between 0 and train.steps"),
+            (0 <= self.data.final_steps <= self.train.steps,
+             f"data.final_steps ({self.data.final_steps}) must be between 0 and train.steps ({self.train.steps}); "
+             "for so short a run pass --data.final_steps 0 (no final phase) or fewer"),
             (self.data.final_resolution is None or MIN_RESOLUTION <= self.data.final_resolution <= MAX_RESOLUTION,
              f"data.final_resolution {sizes}"),
             (self.data.final_resolution is None or self.data.final_resolution % 8 == 0, "data.final_resolution must be a multiple of 8"),
@@ -194,7 +201,8 @@ class Recipe:
             (self.data.shuffle_buffer > 0, "data.shuffle_buffer must be positive"),
             (self.loss.disc_width > 0, "loss.disc_width must be positive"),
             (self.loss.disc_frames > 0, "loss.disc_frames must be positive"),
-            (self.data.frames > 0, "data.frames must be positive (1 + 4k for the video VAEs)"),
+            (0 < self.data.frames <= MAX_FRAMES, f"data.frames must be between 1 and {MAX_FRAMES} (1 + 4k for the "
+             "video VAEs)"),
             (self.data.max_stride > 0, "data.max_stride must be positive"),
             (self.loss.adv_start >= 0, "loss.adv_start cannot be negative"),
             (self.train.sample_images >= 0, "train.sample_images cannot be negative"),
@@ -451,6 +459,23 @@ def check_positive(option: str, *values: int | None) -> None:
     for value in values:
         if value is not None and value <= 0:
             raise ConfigError(f"{option} must be positive, got {value}.")
+
+
+def check_range(option: str, *values: float | None, low: float = 1, high: float | None = None,
+                multiple: int | None = None, why: str = "") -> None:
+    """Command-line sizes and counts: each between `low` and `high` (and a multiple of `multiple`, for the reason
+    `why`), checked before any work or allocation, so a typo cannot run for an hour or fill the machine's memory."""
+    for value in values:
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low:
+            floor = {1: "must be positive", 0: "cannot be negative"}.get(low, f"must be at least {low:g}")
+            raise ConfigError(f"{option} {floor}, got {value:g}.")
+        if high is not None and value > high:
+            raise ConfigError(f"{option} must be at most {high:g} (more would not fit in memory or time), got "
+                              f"{value:g}.")
+        if multiple and value % multiple:
+            raise ConfigError(f"{option} must be a multiple of {multiple}{why}, got {value:g}.")
 
 
 def choose_recipe(recipe: str | None, overrides: list[str], is_video: Callable[[str], bool] | None = None) -> str:

@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from tinyae.config import check_positive
+from tinyae.config import MAX_BATCH, MAX_RESOLUTION, check_range
 from tinyae.evaluation.bench import (
     BACKENDS,
     bench,
@@ -33,6 +33,7 @@ from tinyae.evaluation.bench import (
     tiled_decode,
     write_report,
 )
+from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.tables import markdown_table
 
@@ -60,10 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
-    check_positive("--batch", *args.batch)
-    check_positive("--resolutions", *args.resolutions)
-    check_positive("--threads", args.threads)
-    check_positive("--tiled-decode", args.tiled_decode)
+    check_range("--batch", *args.batch, high=MAX_BATCH)
+    check_range("--resolutions", *args.resolutions, high=MAX_RESOLUTION)
+    check_range("--threads", args.threads, high=1024)
+    check_range("--tiled-decode", args.tiled_decode, high=4 * MAX_RESOLUTION)  # tiles bound the model, not the image
+    check_range("--repeats", args.repeats, high=1000)
+    check_range("--warmup", args.warmup, low=0, high=1000)
+    check_writable(args.out, "--out")  # before the models load and run, not after
     if args.threads:
         torch.set_num_threads(args.threads)
     students, teachers = load_models(args.student, args.teacher, args.device, args.dtype, args.teacher_weights)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from tinyae.config import MAX_BATCH, MAX_RESOLUTION, MIN_RESOLUTION, check_range
 from tinyae.training.throughput import bench_train, format_report
+from tinyae.utils.atomic import check_writable_file, write_text_file
 
 HELP = "training throughput with the teacher on the fly against the teacher cache"
 
@@ -41,9 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_range("--resolutions", *args.resolutions, low=MIN_RESOLUTION, high=MAX_RESOLUTION, multiple=8)
+    check_range("--batch-size", args.batch_size, high=MAX_BATCH)
+    check_range("--steps", args.steps, high=10_000)
+    check_range("--threads", args.threads, low=0, high=1024)
+    if args.out:
+        check_writable_file(args.out)  # before the benchmark, not after it
     report = bench_train(tuple(args.resolutions), args.batch_size, args.steps, args.teacher, args.target,
                          not args.no_adv, not args.no_lpips, args.channels_last, args.threads, args.device,
                          data=args.data)
     print(format_report(report))
     if args.out:
-        args.out.write_text(json.dumps(report, indent=2))
+        write_text_file(args.out, json.dumps(report, indent=2))

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from tinyae.evaluation.video_bench import format_video_bench, video_bench
+from tinyae.config import check_range
+from tinyae.evaluation.video_bench import check_video_shape, format_video_bench, video_bench
 from tinyae.models.video_teacher import VIDEO_TEACHERS
+from tinyae.utils.atomic import check_writable_file, write_text_file
 
 HELP = "video decode time and peak memory of a TAEHV-layout student against the full video VAE"
 
@@ -37,9 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_range("--threads", args.threads, high=1024)
+    check_range("--repeats", args.repeats, high=1000)
+    check_range("--warmup", args.warmup, low=0, high=1000)
+    check_video_shape(args.frames, args.width, args.height, args.chunk_size)
+    if args.out:
+        check_writable_file(args.out)  # before the benchmark, not after it
     torch.set_num_threads(args.threads)
     results = video_bench(args.teacher, args.frames, args.width, args.height, args.repeats, args.warmup,
                           chunk_size=args.chunk_size)
     print(format_video_bench(results))
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_text_file(args.out, json.dumps(results, indent=2) + "\n")

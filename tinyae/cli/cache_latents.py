@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from tinyae.config import Recipe, choose_recipe, load_recipe
+from tinyae.config import MAX_BATCH, Recipe, check_range, choose_recipe, load_recipe
 from tinyae.data.cache import verify_cache
 from tinyae.data.source import cache_recipe
 from tinyae.models.video_teacher import is_video_teacher
@@ -40,6 +40,9 @@ def recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_range("--samples", args.samples)  # 0 is not "the default": leave the flag out for that
+    check_range("--shard-size", args.shard_size, high=65536)
+    check_range("--batch-size", args.batch_size, high=MAX_BATCH)
     if args.verify:
         print(f"{args.out}: {verify_cache(args.out)} samples, every shard matches its sha256")
         return

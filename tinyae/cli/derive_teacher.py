@@ -13,7 +13,8 @@ import json
 
 import torch
 
-from tinyae.training.derived_teacher import derive_teacher
+from tinyae.config import check_range
+from tinyae.training.derived_teacher import check_derive_arguments, derive_teacher
 
 HELP = "derive a 'fine-tuned VAE' teacher from a published TAE (latent transform + decoder fine-tune)"
 
@@ -32,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_range("--threads", args.threads, high=1024)
+    check_derive_arguments(args.steps, args.resolution, args.batch_size, args.lr, args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     record = derive_teacher(args.data, args.out, donor=args.donor, seed=args.seed, steps=args.steps,

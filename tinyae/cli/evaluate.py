@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from tinyae.config import TeacherConfig, check_positive
+from tinyae.config import MAX_BATCH, MAX_FRAMES, TeacherConfig, check_positive, check_range
 from tinyae.data.clips import VIDEO_EXTENSIONS, ClipPolicy, PhotoClips, VideoFolder
 from tinyae.errors import DataError
 from tinyae.evaluation.evaluate import check_eval_arguments, evaluate_folder, format_table, write_report
@@ -38,7 +38,7 @@ from tinyae.evaluation.video_evaluate import (
 from tinyae.models.formats import load_student
 from tinyae.models.teacher import load_teacher
 from tinyae.models.video_student import is_video_student, load_video_student
-from tinyae.models.video_teacher import is_video_teacher, load_video_teacher
+from tinyae.models.video_teacher import check_clip_frames, is_video_teacher, load_video_teacher
 from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
 
@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_range("--batch-size", args.batch_size, high=MAX_BATCH)  # sizes first: nothing allocates past them
+    check_range("--frames", args.frames, high=MAX_FRAMES)
+    check_range("--grid-images", args.grid_images, low=0, high=64)
     if is_video_student(args.student):
         run_video(args)
         return
@@ -111,8 +114,9 @@ def run_video(args: argparse.Namespace) -> None:
     policy = ClipPolicy(frames=args.frames, size=size)
     from_videos = args.clips == "videos" or (args.clips == "auto" and _has_videos(data))
     clips = VideoFolder(data, policy) if from_videos else PhotoClips(data, policy, clips_per_photo=1)
-    videos, names = load_clips(clips, args.limit)
     teacher = load_video_teacher(args.teacher, args.teacher_subfolder, args.dtype).to(args.device)
+    check_clip_frames(teacher, args.frames, student.arch.time_downscale, "--frames")
+    videos, names = load_clips(clips, args.limit)
     batch_size = 1 if args.batch_size is None else args.batch_size
     results = evaluate_video(student, teacher, videos, batch_size=batch_size, lpips_net=args.lpips_net, names=names)
     results["clip_source"] = "video files" if from_videos else "pans and zooms over photos"

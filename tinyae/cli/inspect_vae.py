@@ -15,6 +15,7 @@ import shlex
 
 import torch
 
+from tinyae.config import MAX_BATCH, MAX_RESOLUTION, check_range
 from tinyae.evaluation.inspection import inspect_vae, load_images, open_vae, summary
 from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
@@ -50,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_range("--resolution", args.resolution, low=8, high=MAX_RESOLUTION)
+    check_range("--max-images", args.max_images, high=MAX_BATCH)  # held in memory together
+    check_range("--locality-images", args.locality_images, high=MAX_BATCH)
+    check_range("--positions", args.positions, high=10_000)
+    check_range("--bootstrap", args.bootstrap, high=1_000_000)
     check_writable(args.out, "--out")  # before opening the VAE and decoding anything
     vae = open_vae(args.vae, args.subfolder, args.dtype, args.device, args.random_weights)
     images, sources = load_images(args.data, args.resolution, args.max_images)

@@ -20,7 +20,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from tinyae.config import Recipe, load_recipe, parse_overrides
+from tinyae.config import MAX_RESOLUTION, MIN_RESOLUTION, Recipe, check_range, load_recipe, parse_overrides
 from tinyae.training.study import REGIMES, RESOLUTIONS, Study, default_photos, read_bench, run_study, write_report
 
 HELP = "train and compare the arms of the recipe study, write docs/quality.md"
@@ -56,7 +56,18 @@ def recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
     return load_recipe(REGIMES[args.regime].recipe, parse_overrides(overrides))
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The study's own counts, named as its flags, before photos are fetched or a reference is written."""
+    check_range("--steps", args.steps, high=10_000_000)
+    check_range("--parallel", args.parallel, high=64)
+    check_range("--threads", args.threads, high=1024)
+    check_range("--seeds", *args.seeds, low=0)  # torch seeds are 0 or more
+    check_range("--resolutions", *args.resolutions, low=MIN_RESOLUTION, high=MAX_RESOLUTION)
+    check_range("--curve-every", args.curve_every, low=0)
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_arguments(args)
     recipe(args, overrides)
     study = Study(out=args.out, photos=args.photos or default_photos(args.out), kodak=args.kodak, steps=args.steps,
                   seeds=tuple(args.seeds), arm_names=tuple(args.arms), parallel=args.parallel, threads=args.threads,

@@ -1,7 +1,7 @@
 """Train the small AutoencoderKL teacher that tinyae ships for offline runs (weights/tiny-teacher).
 
     tinyae train-teacher --data PHOTOS --out weights/tiny-teacher --eval-data KODAK --max-minutes 32 --threads 1
-    tinyae train-teacher --video --data builtin:skimage --out weights/tiny-wan --max-minutes 25 --threads 1
+    tinyae train-teacher --video --data builtin:skimage --out weights/tiny-wan --max-minutes 15 --threads 1
 
 Writes a diffusers folder (config.json with the estimated scaling_factor, fp16
 diffusion_pytorch_model.safetensors, training.json with the metrics) atomically,
@@ -18,8 +18,15 @@ from pathlib import Path
 
 import torch
 
+from tinyae.config import check_range
 from tinyae.data.images import BUILTIN_PHOTOS, sample_photos
-from tinyae.training.tiny_teacher import train_small_vae, train_small_video_vae
+from tinyae.errors import ConfigError
+from tinyae.training.tiny_teacher import (
+    check_teacher_arguments,
+    check_video_frames,
+    train_small_vae,
+    train_small_video_vae,
+)
 
 HELP = "train the small offline AutoencoderKL teacher (how weights/tiny-teacher was made)"
 
@@ -49,7 +56,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=5, help="--video: frames per clip (1 + 4k)")
 
 
+# Options of the image teacher's training that the video teacher's does not have (its loop is L1 + KL, fp32, clips
+# synthesised in the process): refused with --video rather than dropped.
+IMAGE_ONLY = ("lpips_weight", "eval_data", "eval_resolution", "max_zoom_out", "workers", "precision")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse before any work what cannot run, or would be silently dropped."""
+    check_range("--threads", args.threads, high=1024)
+    check_range("--workers", args.workers, low=0, high=64)
+    check_range("--holdout", args.holdout, low=0)
+    if args.max_minutes is not None:
+        check_range("--max-minutes", args.max_minutes, low=1e-3)
+    if args.video:
+        dropped = [f"--{name.replace('_', '-')}" for name in IMAGE_ONLY
+                   if getattr(args, name) != args.parser.get_default(name)]
+        if dropped:
+            raise ConfigError(f"{', '.join(dropped)} apply to the image teacher only: the --video teacher trains in "
+                              "fp32 on L1 + KL, on clips made in the process, and is evaluated on its held-out photos; "
+                              "drop them.")
+        check_video_frames(args.frames)
+    elif args.frames != args.parser.get_default("frames"):
+        raise ConfigError("--frames applies to the --video teacher only; drop it or pass --video.")
+    check_teacher_arguments(args.steps, args.resolution, args.batch_size, args.lr, args.seed,
+                            [] if args.video else args.eval_resolution)
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.video:

@@ -16,6 +16,7 @@ seeded per item, so a clip is the same whoever draws it.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +68,48 @@ def read_frames(path: str | Path, start: int, count: int, stride: int = 1) -> to
 
 
 def frame_count(path: str | Path) -> int:
-    """Frames in the first video stream (from the container when it says, else by decoding)."""
+    """Frames in the first video stream (from the container when it says, else by decoding); its first frame is
+    decoded too, so a file whose header reads but whose data does not is found here, not mid-run."""
     av = _av()
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            return stream.frames or sum(1 for _ in container.decode(video=0))
-    except (av.error.FFmpegError, OSError, IndexError) as exc:
-        raise DataError(f"Could not read video '{path}': {exc}") from None
+            frames = container.decode(video=0)
+            next(frames)  # StopIteration: no decodable frame
+            return stream.frames or 1 + sum(1 for _ in frames)
+    except (av.error.FFmpegError, OSError, IndexError, StopIteration, ValueError) as exc:
+        raise DataError(f"Could not read video '{path}': {exc or 'no decodable frame'}") from None
+
+
+def _names(paths: list[Path], limit: int = 3) -> str:
+    return ", ".join(p.name for p in paths[:limit]) + (", ..." if len(paths) > limit else "")
+
+
+def scan_videos(files: list[Path], frames: int) -> tuple[list[Path], list[int], list[Path]]:
+    """(usable videos, their frame counts, skipped ones): a video that cannot be read, or is shorter than a clip,
+    is skipped with a warning (as unreadable images are), so one bad file never stops a run."""
+    good, lengths, unreadable, short = [], [], [], []
+    for path in files:
+        try:
+            length = frame_count(path)
+        except DataError as exc:
+            warnings.warn(f"Skipping unreadable video {path}: {exc}", stacklevel=2)
+            unreadable.append(path)
+            continue
+        if length < frames:
+            short.append((path, length))
+            continue
+        good.append(path)
+        lengths.append(length)
+    if short:
+        listed = ", ".join(f"{p.name} ({n} frames)" for p, n in short[:3]) + (", ..." if len(short) > 3 else "")
+        warnings.warn(f"Skipping {len(short)} video{'s' if len(short) > 1 else ''} shorter than the {frames}-frame "
+                      f"clips: {listed}.", stacklevel=2)
+    if not good:
+        raise DataError(f"None of the {len(files)} videos ({_names(files)}) gives a clip of {frames} frames: "
+                        f"{len(unreadable)} cannot be read and {len(short)} are shorter; add longer videos or lower "
+                        "the frame count (data.frames, --frames).")
+    return good, lengths, unreadable + [p for p, _ in short]
 
 
 @dataclass(frozen=True)
@@ -98,31 +133,40 @@ class VideoFolder(Dataset):
     """Random clips (3, F, size, size) in [-1, 1] from the video files under `root` (see the module docstring)."""
 
     def __init__(self, root: str | Path | list[Path], policy: ClipPolicy = ClipPolicy(), seed: int = 0):
-        self.files = list(root) if isinstance(root, list) else list_videos(root)
-        if not self.files:
+        files = list(root) if isinstance(root, list) else list_videos(root)
+        if not files:
             raise DataError("No training videos left after the held-out split; add videos or lower data.holdout.")
-        self.lengths = [frame_count(f) for f in self.files]
+        self.files, self.lengths, self.skipped = scan_videos(files, policy.frames)  # stride 1 must fit
         self.policy, self.seed = policy, seed
-        shortest = policy.frames  # stride 1 must fit
-        if max(self.lengths) < shortest:
-            raise DataError(f"Every video under '{root}' is shorter than a clip of {policy.frames} frames.")
+        self.bad: set[int] = set()  # videos whose frames failed to decode mid-run (their header read fine)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        index = int(index) % len(self.files)  # training asks for any index: each still draws its own clip
-        p, length = self.policy, self.lengths[index]
-        longest = max(1, (length - 1) // max(1, p.frames - 1)) if p.frames > 1 else p.max_stride
-        stride = _randint(gen, min(p.min_stride, longest), min(p.max_stride, longest))
-        start = _randint(gen, 0, length - 1 - (p.frames - 1) * stride)
-        frames = read_frames(self.files[index], start, p.frames, stride)
-        _, _, h, w = frames.shape
-        if min(h, w) < p.size:
-            raise DataError(f"'{self.files[index]}' is {w}x{h}, smaller than the {p.size} px crop.")
-        top, left = _randint(gen, 0, h - p.size), _randint(gen, 0, w - p.size)
-        return from_uint8(frames[:, :, top:top + p.size, left:left + p.size]).transpose(0, 1)
+        first = int(index) % len(self.files)  # training asks for any index: each still draws its own clip
+        p = self.policy
+        for attempt in range(len(self.files)):
+            index = (first + attempt) % len(self.files)
+            if index in self.bad:
+                continue
+            length = self.lengths[index]
+            longest = max(1, (length - 1) // max(1, p.frames - 1)) if p.frames > 1 else p.max_stride
+            stride = _randint(gen, min(p.min_stride, longest), min(p.max_stride, longest))
+            start = _randint(gen, 0, length - 1 - (p.frames - 1) * stride)
+            try:
+                frames = read_frames(self.files[index], start, p.frames, stride)
+            except DataError as exc:  # its header read fine, its frames do not: the next video takes its turn
+                self.bad.add(index)
+                warnings.warn(f"Skipping unreadable video {self.files[index]}: {exc}", stacklevel=2)
+                continue
+            _, _, h, w = frames.shape
+            if min(h, w) < p.size:
+                raise DataError(f"'{self.files[index]}' is {w}x{h}, smaller than the {p.size} px crop.")
+            top, left = _randint(gen, 0, h - p.size), _randint(gen, 0, w - p.size)
+            return from_uint8(frames[:, :, top:top + p.size, left:left + p.size]).transpose(0, 1)
+        raise DataError("Every video failed to decode; check the data.")
 
 
 def pan_zoom(image: torch.Tensor, frames: int, size: int, gen: torch.Generator, max_zoom: float = 1.5

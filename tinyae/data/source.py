@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from tinyae.config import DataConfig, Recipe
 from tinyae.data.cache import build_cache, cache_header, finish_cache, num_shards, open_cache, start_cache
-from tinyae.data.clips import VIDEO_EXTENSIONS, ClipPolicy, PhotoClips, VideoFolder, list_videos
+from tinyae.data.clips import VIDEO_EXTENSIONS, ClipPolicy, PhotoClips, VideoFolder, list_videos, scan_videos
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
 from tinyae.data.images import (
     BUILTIN_PHOTOS,
@@ -43,7 +43,7 @@ from tinyae.data.images import (
 from tinyae.data.streams import HFRows, HFStream, StreamCrops, TarShards, expand_shards, is_saved_dataset, load_hf_rows
 from tinyae.errors import ConfigError, DataError
 from tinyae.models.teacher import load_teacher
-from tinyae.models.video_teacher import is_video_teacher, load_video_teacher_for
+from tinyae.models.video_teacher import check_clip_frames, is_video_teacher, load_video_teacher_for
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class TrainSource:
         pans and zooms per held-out photo; the same clips every time (their own seed)."""
         if self.heldout and self.heldout[0].suffix.lower() in VIDEO_EXTENSIONS:
             clips = VideoFolder(self.heldout, self.clip_policy(size), seed=HELDOUT_SEED)
-            return torch.stack([clips[i] for i in range(len(self.heldout))])
+            return torch.stack([clips[i] for i in range(len(clips))])  # one per usable held-out video
         clips = PhotoClips(self.heldout, self.clip_policy(size), seed=HELDOUT_SEED, clips_per_photo=per_photo)
         return torch.stack([clips[i] for i in range(len(clips))])
 
@@ -124,8 +124,8 @@ class TrainSource:
         """One line for the run log."""
         caches = "".join(f"; teacher cache {c.path} ({c.samples} samples at {r} px)" for r, c in self.caches.items())
         if self.kind == "videos":
-            return (f"{len(self.files)} videos in {self.name}, clips of {self.frames} frames every 1-{self.max_stride}, "
-                    f"{len(self.heldout)} held-out videos")
+            return (f"{len(self.files)} videos in {self.name} ({self.n_bad} unreadable or too short skipped), clips of "
+                    f"{self.frames} frames every 1-{self.max_stride}, {len(self.heldout)} held-out videos")
         if self.kind == "folder" and self.frames:
             return (f"{len(self.files)} photos in {self.name} as pan-and-zoom clips of {self.frames} frames "
                     f"({self.n_bad} unreadable skipped), {len(self.heldout)} held-out photos")
@@ -207,6 +207,11 @@ def make_train_source(recipe: Recipe, teacher=None, output_dir: str | Path | Non
     if is_video_teacher(recipe.teacher):
         return _clip_source(recipe, teacher, output_dir)
     data, seed = recipe.data, recipe.train.seed
+    clip_fields = [f"data.{f.name}" for f in dataclasses.fields(DataConfig) if f.name in ("frames", "max_stride")
+                   and getattr(data, f.name) != f.default]
+    if clip_fields:  # they would be recorded in recipe.json while the image run ignores them
+        raise ConfigError(f"{' and '.join(clip_fields)} shape a video teacher's clips, but '{recipe.teacher.name}' is "
+                          "an image VAE; drop them (or pass a video teacher).")
     caches = _open_caches(recipe, teacher)
     path = data.path
     if path is None and not caches:
@@ -261,7 +266,13 @@ def _clip_source(recipe: Recipe, teacher, output_dir: str | Path | None) -> Trai
     videos = [p for p in Path(path).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
     if videos:
         source.kind = "videos"
-        files = list_videos(path)
+        images = [p for p in Path(path).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+        if images:  # a folder of both trains on its videos only: say so, rather than drop the photos silently
+            logger.warning("'%s' holds %d video files and %d images: training on the videos only (the images are "
+                           "ignored); put the photos in a folder of their own to train on pans and zooms over them.",
+                           path, len(videos), len(images))
+        files, _, skipped = scan_videos(list_videos(path), data.frames)  # unreadable and short ones, counted
+        source.n_bad = len(skipped)
     else:
         files, bad = scan_shared(path, max(data.resolution, data.final_resolution or 0))
         source.n_bad = len(bad)
@@ -377,11 +388,15 @@ def cache_recipe(recipe: Recipe, out: str | Path, samples: int | None = None, sh
     resolution = data.final_resolution if final else data.resolution
     if resolution is None:
         raise DataError("--final needs data.final_resolution in the recipe (or --data.final_resolution R).")
+    if samples is not None and samples < 1:
+        raise ConfigError(f"--samples must be positive, got {samples} (leave it out for one pass of the phase).")
     samples = samples or default_samples(recipe, final)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator reads it: gloo on CPUs
     video = is_video_teacher(recipe.teacher)
     teacher = (load_video_teacher_for(recipe.teacher, state.device) if video
                else load_teacher(recipe.teacher, device=state.device))
+    if video:
+        check_clip_frames(teacher, data.frames, teacher.time_downscale)
     plain = dataclasses.replace(recipe, data=dataclasses.replace(data, cache=None, final_cache=None))
     source = make_train_source(plain)
     seed, policy = recipe.train.seed, crop_policy(data, resolution)

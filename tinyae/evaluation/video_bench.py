@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from tinyae.config import MAX_FRAMES, MAX_RESOLUTION, check_range
 from tinyae.errors import ConfigError
 from tinyae.evaluation.bench import measure
 from tinyae.evaluation.macs import count_macs, meta_copy
@@ -33,10 +34,27 @@ def _macs(fn: Callable[[torch.nn.Module, torch.Tensor], object], model: torch.nn
         return None  # a model whose decode reads data on the meta device cannot be counted this way
 
 
+MAX_VIDEO_PIXELS = 129 * 1280 * 1280  # frames x width x height: Wan's longest clips at 720p fit below it
+
+
+def check_video_shape(frames: int, width: int, height: int, chunk_size: int = 1) -> None:
+    """Refuse, before a model is built, a clip no machine decodes (or an empty one): the full VAE's activations are
+    about a hundred times the clip, so a bound on the clip is a bound on the memory asked for."""
+    check_range("--frames", frames, high=MAX_FRAMES)
+    check_range("--width", width, high=MAX_RESOLUTION)
+    check_range("--height", height, high=MAX_RESOLUTION)
+    check_range("--chunk-size", chunk_size, high=MAX_FRAMES)
+    if frames * width * height > MAX_VIDEO_PIXELS:
+        raise ConfigError(f"A clip of {frames} frames at {width}x{height} is {frames * width * height / 1e6:.0f}M "
+                          f"pixels, more than the {MAX_VIDEO_PIXELS / 1e6:.0f}M tinyae benchmarks (about 129 frames "
+                          "at 1280x1280); choose fewer frames or smaller sides.")
+
+
 def video_bench(teacher: str = "wan2.1", frames: int = 33, width: int = 512, height: int = 320, repeats: int = 1,
                 warmup: int = 1, student: VideoStudent | None = None, teacher_model: VideoTeacher | None = None,
                 chunk_size: int = 1) -> dict:
     """Decode time, peak memory and MACs for a clip of `frames` frames at width x height."""
+    check_video_shape(frames, width, height, chunk_size)
     teacher_model = teacher_model or build_video_teacher(teacher)
     student = (student or VideoStudent.published(teacher_model.taehv_model)).eval()
     arch = student.arch

@@ -28,8 +28,9 @@ from tinyae.models.formats import is_pair, load_student
 from tinyae.models.latent_space import IDENTITY, LatentSpace, PatchNormSpace, PerChannelSpace, ScalarSpace
 from tinyae.models.presets import TEACHERS, TeacherPreset
 from tinyae.models.tiny_autoencoder import TinyAutoencoder, diffusers_model
+from tinyae.models.video_teacher import VIDEO_TEACHERS
 from tinyae.utils.dtypes import DTYPES, frozen_dtype
-from tinyae.utils.hub_access import hub_unreachable, loading_vae, local_path_typo
+from tinyae.utils.hub_access import hub_unreachable, loading_vae, local_path_typo, no_config_message
 
 
 @dataclass(frozen=True)
@@ -176,10 +177,7 @@ def _read_config(source: str, subfolder: str | None, revision: str | None) -> di
     if local.exists():
         cfg_path = local / (subfolder or "") / "config.json"
         if not cfg_path.exists():
-            raise TeacherLoadError(
-                f"'{cfg_path.parent}' is not a diffusers VAE folder (no config.json); pass a folder saved with "
-                "save_pretrained, or its parent with --teacher.subfolder."
-            )
+            raise TeacherLoadError(no_config_message(cfg_path.parent))
         return json.loads(cfg_path.read_text())
     return dict(diffusers.AutoencoderKL.load_config(source, subfolder=subfolder, revision=revision,
                                           local_files_only=hub_unreachable()))
@@ -199,8 +197,8 @@ def load_teacher(config: TeacherConfig | str, device: str | torch.device = "cpu"
                                f"a local diffusers VAE folder, a preset ({', '.join(TEACHERS)}) or a Hub repo id.")
     if preset is None and not Path(source).exists() and source.count("/") != 1:
         raise TeacherLoadError(
-            f"Unknown teacher '{source}': pass a preset ({', '.join(TEACHERS)}), a Hub repo id (owner/name) "
-            "or a local diffusers VAE folder."
+            f"Unknown teacher '{source}': pass an image preset ({', '.join(TEACHERS)}), a video preset "
+            f"({', '.join(VIDEO_TEACHERS)}), a Hub repo id (owner/name) or a local diffusers VAE folder."
         )
     if preset is not None and Path(preset.repo_id).is_absolute() and not (Path(source).exists() or is_pair(source)):
         raise TeacherLoadError(f"The shipped teacher '{config.name}' is missing at {source}; restore weights/ from "

@@ -14,14 +14,18 @@ diffusers (0.42), where the latents are turned back into the VAE's own before `v
   CogVideoX-2b, 0.7 for 5b: read from the config).
 
 The spaces are tinyae.models.latent_space's, applied per frame. Frames: 1 + 4k -> 1 + k
-latents (LTX: 1 + 8k -> 1 + k), and Wan 2.2 / LTX patchify space on top of the 8x.
+latents (LTX: 1 + 8k -> 1 + k; CogVideoX: 1 + 4k -> 1 + k too, but only 1 + 8k decode back to their length:
+`VideoTeacher.frame_multiple`), and Wan 2.2 / LTX patchify space on top of the 8x.
 Presets are a registry (`VIDEO_TEACHERS`); anything else is a Hub id or a local folder of one
 of `VIDEO_VAE_CLASSES`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +36,17 @@ from torch import Tensor, nn
 from tinyae.config import TeacherConfig
 from tinyae.errors import ConfigError, TeacherLoadError
 from tinyae.models.latent_space import LatentSpace, PerChannelSpace, ScalarSpace
+from tinyae.models.presets import TEACHERS
 from tinyae.models.video_student import VIDEO_MODELS
 from tinyae.utils.dtypes import DTYPES, frozen_dtype
-from tinyae.utils.hub_access import hub_unreachable, loading_vae, local_path_typo
+from tinyae.utils.hub_access import (
+    hub_unreachable,
+    loading_vae,
+    local_path_typo,
+    looks_like_repo_id,
+    no_config_message,
+    quiet_hub,
+)
 from tinyae.utils.resources import weights_dir
 
 VIDEO_VAE_CLASSES = ("AutoencoderKLWan", "AutoencoderKLHunyuanVideo", "AutoencoderKLLTXVideo", "AutoencoderKLCogVideoX")
@@ -138,6 +150,22 @@ class VideoTeacher(nn.Module):
         return self.downscale
 
     @property
+    def time_downscale(self) -> int:
+        """Frames per latent frame after the first (4; LTX: 8)."""
+        vae, config = self.vae, self.vae.config
+        return int(getattr(vae, "temporal_compression_ratio", None) or config.get("temporal_compression_ratio")
+                   or config.get("scale_factor_temporal") or 4)
+
+    @property
+    def frame_multiple(self) -> int:
+        """Clips must have 1 + k x this many frames for the round trip to keep their length (1: any the student
+        takes). CogVideoX's encoder reads frames in batches of 8 and its decoder gives 4T frames for an even
+        latent count T (5 frames -> 2 latents -> 8 frames), so it takes 1 + 8k, as CogVideoX's 49-frame clips are."""
+        if type(self.vae).__name__ == "AutoencoderKLCogVideoX":
+            return int(self.vae.config.temporal_compression_ratio) * int(self.vae.num_latent_frames_batch_size)
+        return 1
+
+    @property
     def family(self) -> None:
         """Video students have no TAESD-pair family: they ship as TAEHV files (tinyae.shipping.taehv)."""
         return None
@@ -153,6 +181,17 @@ class VideoTeacher(nn.Module):
         """Latents in the pipeline's space -> (B, 3, F, H, W) in [-1, 1] (float32)."""
         raw = _per_frame(self.latent_space.to_raw, latents.float()).to(self.dtype)
         return self.vae.decode(raw).sample.float()
+
+
+def check_clip_frames(teacher: VideoTeacher, frames: int, time_factor: int, option: str = "data.frames") -> None:
+    """Refuse, before any clip is read, a frame count the student's time factor or the teacher's frame batching
+    cannot take whole (CogVideoX: 1 + 8k, not the 1 + 4k of its latents)."""
+    step = math.lcm(time_factor, teacher.frame_multiple)
+    if frames < 1 or (frames - 1) % step:
+        why = (f"the teacher '{teacher.name}' ({type(teacher.vae).__name__}) encodes 1 + {step}k frames whole"
+               if step != time_factor else f"video VAEs take 1 + {step}k frames")
+        raise ConfigError(f"{option} {frames} does not encode to whole latents: {why} ({1 + step}, {1 + 2 * step}, "
+                          f"{1 + 3 * step}, ...); pick one of those.")
 
 
 def _vae_class(name: str) -> type[nn.Module]:
@@ -175,7 +214,7 @@ def load_video_teacher(name: str, subfolder: str | None = None, dtype: str = "fp
         if Path(source).exists():
             config_path = Path(source) / (subfolder or "") / "config.json"
             if not config_path.is_file():
-                raise TeacherLoadError(f"'{config_path.parent}' is not a diffusers VAE folder (no config.json).")
+                raise TeacherLoadError(no_config_message(config_path.parent))
             class_name = json.loads(config_path.read_text()).get("_class_name")
         else:
             class_name = preset.vae_class if preset else diffusers.AutoencoderKLWan.load_config(
@@ -187,11 +226,16 @@ def load_video_teacher(name: str, subfolder: str | None = None, dtype: str = "fp
 
 
 def is_video_teacher(config: TeacherConfig | str) -> bool:
-    """True when the recipe's teacher (or teacher name) is a video VAE: a video preset, or a folder of one of
-    VIDEO_VAE_CLASSES. A Hub id is a video teacher only through a preset (its config would need the network)."""
+    """True when the recipe's teacher (or teacher name) is a video VAE: a video preset, or a folder or Hub repo whose
+    config.json names one of VIDEO_VAE_CLASSES (a Hub config is fetched once, or read from the Hugging Face cache
+    offline; when neither can be had the teacher is taken for an image VAE, with a warning saying so)."""
     config = TeacherConfig(name=config) if isinstance(config, str) else config
     if config.name in VIDEO_TEACHERS:
         return True
+    if config.name in TEACHERS:
+        return False
+    if looks_like_repo_id(config.name) and not Path(config.name).exists():
+        return _hub_class_name(config.name, config.subfolder, config.revision) in VIDEO_VAE_CLASSES
     config_path = Path(config.name) / (config.subfolder or "") / "config.json"
     if not config_path.is_file():
         return False
@@ -199,6 +243,26 @@ def is_video_teacher(config: TeacherConfig | str) -> bool:
         return json.loads(config_path.read_text()).get("_class_name") in VIDEO_VAE_CLASSES
     except (OSError, ValueError):
         return False
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_class_name(repo_id: str, subfolder: str | None, revision: str | None) -> str | None:
+    """The `_class_name` of a Hub repo's config.json (a few hundred bytes), or None when it cannot be had."""
+    from huggingface_hub import hf_hub_download
+
+    offline = hub_unreachable()
+    try:
+        with quiet_hub():
+            path = hf_hub_download(repo_id, "config.json", subfolder=subfolder, revision=revision,
+                                   local_files_only=offline)
+        return json.loads(Path(path).read_text()).get("_class_name")
+    except Exception:  # huggingface_hub raises many types for offline / unknown / gated; the loader says which
+        if offline:
+            where = f"{repo_id}/{subfolder}" if subfolder else repo_id
+            warnings.warn(f"Cannot read the config.json of '{where}' (offline, and not in the Hugging Face cache), so "
+                          "it is taken for an image VAE; for a video VAE, download it once "
+                          f"(huggingface-cli download {repo_id}) or pass a local folder.", stacklevel=3)
+        return None
 
 
 def load_video_teacher_for(config: TeacherConfig, device: str | torch.device = "cpu") -> VideoTeacher:

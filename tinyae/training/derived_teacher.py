@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from tinyae.config import MAX_BATCH, MAX_RESOLUTION, MIN_RESOLUTION, check_range
 from tinyae.data.images import list_images
 from tinyae.data.source import make_train_loader
 from tinyae.errors import ConfigError
@@ -69,16 +71,32 @@ def grade(images: torch.Tensor, warmth: float = 0.08, contrast: float = 1.25) ->
     return (curved.clamp(0, 1) * 2 - 1)
 
 
+def check_derive_arguments(steps: int, resolution: int, batch_size: int, lr: float, seed: int) -> None:
+    """Refuse, before the donor loads or a crop is drawn, what would record a run that did not happen (steps -3)
+    or allocate more than the machine has (a 100000 px crop)."""
+    check_range("--steps", steps)
+    check_range("--resolution", resolution, low=MIN_RESOLUTION, high=MAX_RESOLUTION, multiple=8,
+                why=" (the donor's latents are 1/8 of it)")
+    check_range("--batch-size", batch_size, high=MAX_BATCH)
+    check_range("--seed", seed, low=0)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr must be a positive finite number, got {lr}.")
+
+
 def derive_teacher(photos: str | Path, out: str | Path, donor: str = "taef2", seed: int = 0, steps: int = 300,
                    resolution: int = 128, batch_size: int = 4, lr: float = 1e-4, warmup: int = 20,
                    overwrite: bool = False) -> dict:
     """Write the derived teacher to `out` and return its record (derived.json)."""
+    check_derive_arguments(steps, resolution, batch_size, lr, seed)
     if Path(out).exists() and not overwrite:
         raise ConfigError(f"'{out}' already exists: pass --overwrite to replace it, or choose another --out.")
     files = list_images(photos)  # refuses a folder without images
     started = (time.perf_counter(), time.process_time())
     torch.manual_seed(seed)
     model = load_donor(donor, "--donor")
+    if resolution % model.downscale:
+        raise ConfigError(f"--resolution must be a multiple of the donor's downscale factor {model.downscale}, got "
+                          f"{resolution}.")
     space = random_space(model.latent_channels, seed)
     transform_space(model, space)
     model.encoder.requires_grad_(False)

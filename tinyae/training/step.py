@@ -31,6 +31,7 @@ from tinyae.models.video_student import VIDEO_MODELS, VideoStudent
 from tinyae.models.video_teacher import (
     VIDEO_TEACHERS,
     VideoTeacher,
+    check_clip_frames,
     is_video_teacher,
     load_video_teacher_for,
     refuse_other_space,
@@ -135,10 +136,7 @@ def build_video_student(recipe: Recipe, teacher: VideoTeacher) -> VideoStudent:
         raise ConfigError(f"student.taehv '{name}' reads {arch.latent_channels} channels at {arch.downscale}x but "
                           f"the teacher '{teacher.name}' writes {teacher.latent_channels} at {teacher.downscale}x; "
                           "pick the layout of the teacher's latents.")
-    if (data.frames - 1) % arch.time_downscale:
-        k = arch.time_downscale
-        raise ConfigError(f"data.frames {data.frames} does not encode to whole latents: video VAEs take 1 + {k}k "
-                          f"frames ({1 + k}, {1 + 2 * k}, {1 + 3 * k}, ...); pick one of those.")
+    check_clip_frames(teacher, data.frames, arch.time_downscale)
     for size in (data.resolution, data.final_resolution):
         if size is not None and size % teacher.size_multiple:
             raise ConfigError(f"Clips of {size} px do not divide into the teacher's latents; set data.resolution "

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderKLWan
 from torch.utils.data import DataLoader
 
+from tinyae.config import MAX_BATCH, MAX_FRAMES, MAX_RESOLUTION, MIN_RESOLUTION, check_range
 from tinyae.data.clips import ClipPolicy, PhotoClips
 from tinyae.data.folder import RandomCrops, StepSampler, split_holdout
 from tinyae.data.images import CropPolicy, list_images, load_eval_images, scan_images
@@ -140,6 +141,19 @@ def _update(vae: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.
     return value
 
 
+def check_teacher_arguments(steps: int, resolution: int, batch_size: int, lr: float, seed: int,
+                            eval_resolutions: Sequence[int] = ()) -> None:
+    """Refuse, before any photo is read or anything allocated, sizes the VAE cannot take or memory cannot hold."""
+    check_range("--steps", steps)
+    for option, values in (("--resolution", [resolution]), ("--eval-resolution", eval_resolutions)):
+        check_range(option, *values, low=MIN_RESOLUTION, high=MAX_RESOLUTION, multiple=8,
+                    why=" (the VAE's latents are 1/8 of it)")
+    check_range("--batch-size", batch_size, high=MAX_BATCH)
+    check_range("--seed", seed, low=0)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr must be a positive finite number, got {lr}.")
+
+
 def train_small_vae(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -173,8 +187,7 @@ def train_small_vae(
     CPU); weights, evaluation and the saved file do not depend on it. `time_codec` adds encode/decode
     timings of a batch of 8 at 128 px to the metrics.
     """
-    if steps < 1 or batch_size < 1 or resolution < 8:
-        raise ConfigError(f"Need steps >= 1, batch_size >= 1 and resolution >= 8; got {steps}, {batch_size}, {resolution}.")
+    check_teacher_arguments(steps, resolution, batch_size, lr, seed, eval_resolutions)
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
     out_dir = Path(out_dir)
@@ -236,6 +249,7 @@ def train_small_vae(
         "train_minutes": train_minutes,
         "resolution": resolution,
         "batch_size": batch_size,
+        "precision": precision,  # bf16 autocast, or fp32 throughout
         "lr": lr,
         "kl_weight": kl_weight,
         "lpips_weight": lpips_weight,
@@ -264,6 +278,15 @@ def train_small_vae(
 # time (so its students take the taew2_1 layout), one residual block per stage and no attention.
 TINY_WAN_ARCH = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
                      temperal_downsample=[False, True, True])
+
+
+def check_video_frames(frames: int, arch: dict | None = None) -> None:
+    """Clips of 1 + 4k frames (the AutoencoderKLWan's time factor), checked before any photo is read."""
+    k = 2 ** sum((arch or {}).get("temperal_downsample", TINY_WAN_ARCH["temperal_downsample"]))
+    check_range("--frames", frames, high=MAX_FRAMES)
+    if (frames - 1) % k:
+        raise ConfigError(f"--frames {frames} does not encode to whole latents: the AutoencoderKLWan takes 1 + {k}k "
+                          f"frames ({1 + k}, {1 + 2 * k}, {1 + 3 * k}, ...); pick one of those.")
 
 
 def build_small_video_vae(seed: int = 0, **overrides):
@@ -318,9 +341,8 @@ def train_small_video_vae(
     posterior mean (see the comment in the loop). Returns the metrics also
     written to `out_dir/training.json` (held-out per-frame PSNR/SSIM, latent statistics, steps, minutes).
     """
-    if steps < 1 or batch_size < 1 or resolution < 8 or frames < 1:
-        raise ConfigError(f"Need steps, batch_size, frames >= 1 and resolution >= 8; got {steps}, {batch_size}, "
-                          f"{frames}, {resolution}.")
+    check_teacher_arguments(steps, resolution, batch_size, lr, seed)
+    check_video_frames(frames, arch)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise ExportError(f"'{out_dir}' {EXISTS}.")

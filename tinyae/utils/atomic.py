@@ -181,6 +181,23 @@ def check_writable(path: str | Path, option: str = "--out") -> None:
                           "that folder writable.") from None
 
 
+def check_writable_file(path: str | Path, option: str = "--out") -> None:
+    """`check_writable` for one file a command writes at the end (its missing folders are then created): a
+    report must not be lost after an hour of work because its folder did not exist or was a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"Cannot write to '{path}': it is a folder; pass a file name to {option} (e.g. "
+                          f"{path / 'report.json'}).")
+    check_writable(path.parent, option)
+
+
+def write_text_file(path: str | Path, text: str) -> None:
+    """Write `text` to `path` all or nothing, creating its missing folders (checked by `check_writable_file`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_file(path, lambda tmp: tmp.write_text(text))
+
+
 # ---------------------------------------------------------------- the writers
 
 

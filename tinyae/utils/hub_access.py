@@ -56,6 +56,20 @@ def not_on_hub_message(repo_id: str, what: str = "", subfolder: str | None = Non
             f"and {pass_it}.")
 
 
+def no_config_message(folder: str | Path) -> str:
+    """Why a local folder is not a VAE, and the flag that fixes the usual case: a pipeline folder, whose VAE is in
+    its vae/ subfolder."""
+    folder = Path(folder)
+    inside = sorted(p.parent.name for p in folder.glob("*/config.json"))
+    if "vae" in inside:
+        hint = "it holds a pipeline's vae/config.json: pass --teacher.subfolder vae"
+    elif inside:
+        hint = f"pass the subfolder holding the VAE, e.g. --teacher.subfolder {inside[0]}"
+    else:
+        hint = "pass a folder saved with save_pretrained, or a pipeline folder with --teacher.subfolder vae"
+    return f"'{folder}' is not a diffusers VAE folder (no config.json); {hint}."
+
+
 def local_path_typo(text: str) -> str | None:
     """For `owner/name` where nothing exists but the folder `owner` does: that folder (a mistyped local path)."""
     path = Path(text)
