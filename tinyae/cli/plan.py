@@ -1,0 +1,49 @@
+"""Before a run: does each phase fit the GPU, and about how long will it take?
+
+    tinyae plan --teacher sdxl --gpu h100                  # the sdxl recipe on an H100-80GB
+    tinyae plan --teacher flux2 --gpu 4090 --batch_size 8  # any distill flag changes the plan
+    tinyae plan --recipe smoke --verify 128 160             # also measure whole steps: planned vs measured
+
+For each phase (the long small-crop phase, the closing one at data.final_resolution): the
+memory per device of the weights with Adam's state and the EMA, the replay buffer, the
+teacher's no-grad encode, the student's step and what the discriminator adds, measured with
+the library's own training step on this CPU at 64 and 96 px and scaled to the phase's size
+and batch; the device's memory (the GPU present, or --gpu's card); and the time per step and
+per phase from MAC counts at an assumed share of the card's throughput. `tinyae distill`
+prints the same table on a GPU and refuses a phase that cannot fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tinyae.cli import distill
+from tinyae.errors import ConfigError
+from tinyae.training.budget import GPUS, SMALL, format_plan, measured_peak, phase_memory, plan_run_memory, refusal
+
+HELP = "memory and time of each phase of a run on a GPU, before it starts (recipe + --section.field overrides)"
+OVERRIDES = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    distill.add_arguments(parser)
+    parser.add_argument("--gpu", choices=sorted(GPUS), help="plan for this card (default: the GPU present)")
+    parser.add_argument("--verify", type=int, nargs="+", default=[], metavar="PX",
+                        help="also measure a whole step at these sizes (batch 2) and print planned vs measured")
+
+
+def run(args: argparse.Namespace, overrides: list[str]) -> None:
+    recipe = distill.recipe(args, overrides)
+    for size in args.verify:
+        if size % 16 or size < SMALL[0]:
+            raise ConfigError(f"--verify {size}: pass sizes of at least {SMALL[0]} px in multiples of 16.")
+    plan = plan_run_memory(recipe, args.gpu, verify=args.verify)
+    print(format_plan(plan))
+    for size, step in plan.checks.items():
+        planned = phase_memory(recipe, plan.report, int(size), 2)["total"]
+        actual = measured_peak(step)
+        print(f"{size} px, batch 2: planned {planned / 2**20:.1f} MB, measured {actual / 2**20:.1f} MB "
+              f"({(planned - actual) / actual:+.1%})")
+    problem = refusal(plan)
+    if problem:
+        print(f"\n{problem}")
