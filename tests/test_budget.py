@@ -15,6 +15,7 @@ from tinyae.training.budget import (
     plan_phases,
     refusal,
 )
+from tinyae.training.loop import phase_plan
 
 # The smoke recipe (the small teacher shipped in weights/) with the smallest student, a closing phase at 96 px.
 OVERRIDES = {"data": {"resolution": 32, "final_resolution": 96}, "train": {"batch_size": 2},
@@ -28,7 +29,7 @@ def recipe():
 
 @pytest.fixture(scope="module")
 def report(recipe):
-    return measured(recipe, "no", verify=[128])  # also one whole step at 128 px, to hold the scaling against
+    return measured(recipe, "no", phase_plan(recipe), verify=[128])  # also one whole step at 128 px, to hold the scaling against
 
 
 def test_the_plan_scaled_from_64_and_96_px_is_within_20_percent_of_a_whole_step_measured_at_128_px(recipe, report):
@@ -52,12 +53,12 @@ def test_a_closing_phase_that_cannot_fit_is_refused_with_the_fixes_in_the_senten
     closing = phase_memory(recipe, report, 96, 2)
     room = (closing["checkpointed"] + closing["total"]) / 2  # checkpointing would fit, the plain step not
     assert phase_memory(recipe, report, 32, 2)["total"] < room
-    plan = plan_phases(recipe, report, "a small card", room / HEADROOM, None)
+    plan = plan_phases(recipe, report, phase_plan(recipe), "a small card", room / HEADROOM, None)
     message = refusal(plan)
     assert message.startswith("The 96 px phase needs about")
     assert "--student.gradient_checkpointing true" in message
     assert "--data.final_resolution" in message
-    assert refusal(plan_phases(recipe, report, "a big card", 2 * closing["total"] / HEADROOM, None)) is None
+    assert refusal(plan_phases(recipe, report, phase_plan(recipe), "a big card", 2 * closing["total"] / HEADROOM, None)) is None
 
 
 def test_a_run_on_a_cpu_is_not_refused_on_gpu_grounds_and_measures_nothing(recipe, monkeypatch):
@@ -65,7 +66,7 @@ def test_a_run_on_a_cpu_is_not_refused_on_gpu_grounds_and_measures_nothing(recip
         device = __import__("torch").device("cpu")
 
     monkeypatch.setattr(budget, "measured", lambda *a, **k: pytest.fail("a CPU run measured a plan"))
-    assert check_phases_fit(recipe, CpuAccelerator()) is None
+    assert check_phases_fit(recipe, phase_plan(recipe), CpuAccelerator()) is None
 
 
 def test_plan_prints_each_phase_with_a_named_gpus_memory_and_time(report, monkeypatch, capsys):
@@ -80,7 +81,8 @@ def test_plan_prints_each_phase_with_a_named_gpus_memory_and_time(report, monkey
 
 def test_doctor_runs_each_phase_and_resumes_bit_identically_on_this_cpu(recipe, report, monkeypatch, capsys):
     monkeypatch.setattr(checkup, "plan_run_memory",
-                        lambda recipe, precision=None: plan_phases(recipe, report, "cpu", 64 * 2**30, None))
+                        lambda recipe, phases, precision=None: plan_phases(recipe, report, phases, "cpu", 64 * 2**30,
+                                                                           None))
     main(["doctor", "--recipe", "smoke", "--data.resolution", "32", "--data.final_resolution", "48",
           "--batch_size", "2", "--student.size", "nano", "--loss.lpips_weight", "0", "--doctor-steps", "2"])
     out = capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Before a run: does each phase fit the GPU, and about how long will it take?
 
-    tinyae plan --teacher sdxl --gpu h100                  # the sdxl recipe on an H100-80GB
+    tinyae plan --teacher sdxl --gpu a100 h100 4090        # the sdxl recipe on three cards
     tinyae plan --teacher flux2 --gpu 4090 --batch_size 8  # any distill flag changes the plan
     tinyae plan --recipe smoke --verify 128 160             # also measure whole steps: planned vs measured
 
@@ -19,7 +19,8 @@ import argparse
 
 from tinyae.cli import distill
 from tinyae.errors import ConfigError
-from tinyae.training.budget import GPUS, SMALL, format_plan, measured_peak, phase_memory, plan_run_memory, refusal
+from tinyae.training.budget import GPUS, SMALL, format_plan, measured, measured_peak, phase_memory, plan_on, refusal
+from tinyae.training.loop import phase_plan
 
 HELP = "memory and time of each phase of a run on a GPU, before it starts (recipe + --section.field overrides)"
 OVERRIDES = True
@@ -27,7 +28,8 @@ OVERRIDES = True
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     distill.add_arguments(parser)
-    parser.add_argument("--gpu", choices=sorted(GPUS), help="plan for this card (default: the GPU present)")
+    parser.add_argument("--gpu", choices=sorted(GPUS), nargs="+", default=[None],
+                        help="plan for these cards, from one measurement (default: the GPU present)")
     parser.add_argument("--verify", type=int, nargs="+", default=[], metavar="PX",
                         help="also measure a whole step at these sizes (batch 2) and print planned vs measured")
 
@@ -37,13 +39,16 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     for size in args.verify:
         if size % 16 or size < SMALL[0]:
             raise ConfigError(f"--verify {size}: pass sizes of at least {SMALL[0]} px in multiples of 16.")
-    plan = plan_run_memory(recipe, args.gpu, verify=args.verify)
-    print(format_plan(plan))
-    for size, step in plan.checks.items():
-        planned = phase_memory(recipe, plan.report, int(size), 2)["total"]
+    phases = phase_plan(recipe)
+    report = measured(recipe, recipe.train.mixed_precision, phases, args.verify)
+    for card in args.gpu:
+        plan = plan_on(recipe, report, phases, card)
+        print(format_plan(plan) + "\n")
+        problem = refusal(plan)
+        if problem:
+            print(f"{problem}\n")
+    for size, step in report.get("checks", {}).items():
+        planned = phase_memory(recipe, report, int(size), 2)["total"]
         actual = measured_peak(step)
         print(f"{size} px, batch 2: planned {planned / 2**20:.1f} MB, measured {actual / 2**20:.1f} MB "
               f"({(planned - actual) / actual:+.1%})")
-    problem = refusal(plan)
-    if problem:
-        print(f"\n{problem}")

@@ -32,12 +32,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from diffusers.training_utils import EMAModel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from tinyae.config import Recipe, recipe_from_dict
 from tinyae.errors import ConfigError, TinyaeError
+from tinyae.evaluation.macs import count_macs, meta_copy
+from tinyae.models.discriminator import build_discriminator
+from tinyae.models.presets import TEACHERS
+from tinyae.models.teacher import build_teacher, load_teacher
+from tinyae.models.video_teacher import is_video_teacher
+from tinyae.training.step import build_parts, build_student, distill_step
+from tinyae.utils.tables import markdown_table
+
+Phases = list[tuple[int, int, int]]  # tinyae.training.loop.phase_plan: [(first_step, end_step, resolution)]
 
 GIB = 2**30
 
@@ -135,10 +148,6 @@ def measure_step(recipe: Recipe, teacher, accelerator, resolution: int, batch: i
 
     One step is taken first, untracked, so Adam's state and the replay buffer exist as in a running job.
     """
-    from diffusers.training_utils import EMAModel
-
-    from tinyae.training.step import build_parts, build_student, distill_step
-
     variant = _variant(recipe, resolution, batch, accelerator.mixed_precision, adv, checkpointing)
     torch.manual_seed(0)
     student = build_student(variant, teacher)
@@ -165,10 +174,6 @@ def measure_step(recipe: Recipe, teacher, accelerator, resolution: int, batch: i
 
 def _counts(recipe: Recipe, teacher, resolution: int) -> dict[str, Any]:
     """Parameter counts and the MACs of one image at `resolution` (on the meta device: no memory, no time)."""
-    from tinyae.evaluation.macs import count_macs, meta_copy
-    from tinyae.models.discriminator import build_discriminator
-    from tinyae.training.step import build_student
-
     variant = _variant(recipe, resolution, 1, "no", True, False)
     student = build_student(variant, teacher)
     c = variant.loss
@@ -197,9 +202,6 @@ def _counts(recipe: Recipe, teacher, resolution: int) -> dict[str, Any]:
 
 def planning_teacher(recipe: Recipe):
     """The recipe's teacher for planning, in fp32: a preset's architecture with random weights, or a local folder."""
-    from tinyae.models.presets import TEACHERS
-    from tinyae.models.teacher import build_teacher, load_teacher
-
     name = recipe.teacher.name
     preset = TEACHERS.get(name)
     if preset is not None and preset.arch:
@@ -214,8 +216,6 @@ def measure(recipe: Recipe, precision: str, resolutions: tuple[int, ...] = SMALL
             verify: list[int] = ()) -> dict:
     """Every figure a plan needs, measured in this process on the CPU (see `measured`); `verify`: also one whole
     step at batch 2 at each of these sizes (`checks`), to hold the plan's scaling against."""
-    from accelerate import Accelerator
-
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     # bf16 has fp16's sizes; accelerate takes fp16 on a CPU for fp32
     accelerator = Accelerator(cpu=True, mixed_precision="bf16" if precision == "fp16" else precision)
@@ -249,18 +249,16 @@ def _child() -> None:
     sys.stdout.write("\n" + json.dumps(report))
 
 
-def measured(recipe: Recipe, precision: str, resolutions: tuple[int, ...] = SMALL, verify: list[int] = ()) -> dict:
+def measured(recipe: Recipe, precision: str, phases: Phases, verify: list[int] = (),
+             resolutions: tuple[int, ...] = SMALL) -> dict:
     """`measure` in a fresh process on the CPU (accelerate's state is one per process; a run on a GPU holds its own)."""
-    from tinyae.training.loop import phase_plan
-
-    phases = [resolution for _, _, resolution in phase_plan(recipe)]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ACCELERATE_", "LOCAL_", "MASTER_", "TORCHELASTIC", "GROUP_"))
            and k not in ("RANK", "WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE")}
     env["CUDA_VISIBLE_DEVICES"] = ""
     env.setdefault("OMP_NUM_THREADS", "1")
     request = {"recipe": recipe.to_dict(), "precision": precision, "resolutions": list(resolutions),
-               "phases": phases, "verify": list(verify)}
+               "phases": [resolution for _, _, resolution in phases], "verify": list(verify)}
     done = subprocess.run([sys.executable, "-c", "from tinyae.training.budget import _child; _child()"],
                           input=json.dumps(request), capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -364,12 +362,11 @@ def phase_memory(recipe: Recipe, report: dict, resolution: int, batch: int, cach
             "per_image": per_image}
 
 
-def plan_phases(recipe: Recipe, report: dict, device: str, available: float, gpu: Gpu | None) -> Plan:
+def plan_phases(recipe: Recipe, report: dict, phases: Phases, device: str, available: float, gpu: Gpu | None
+                ) -> Plan:
     """Each phase's memory from the measured fits, and its time on `gpu` (None: not estimated)."""
-    from tinyae.training.loop import phase_plan
-
     plan = Plan(recipe, device, available, report["precision"], report=report)
-    for index, (first, end, resolution) in enumerate(phase_plan(recipe)):
+    for index, (first, end, resolution) in enumerate(phases):
         batch = recipe.train.batch_size
         cached = bool(recipe.data.cache if index == 0 else recipe.data.final_cache)
         memory = phase_memory(recipe, report, resolution, batch, cached)
@@ -406,8 +403,6 @@ def step_seconds(recipe: Recipe, macs: dict, batch: int, cached: bool, gpu: Gpu 
 
 def format_plan(plan: Plan) -> str:
     """The plan as a table, one row per phase, and what does not fit."""
-    from tinyae.utils.tables import markdown_table
-
     gb = lambda b: f"{b / GIB:.1f}"  # noqa: E731
     rows = []
     for p in plan.phases:
@@ -469,41 +464,36 @@ def present_gpu() -> Gpu | None:
     return Gpu(name, free, known.bf16_tflops if known else 0, known.tf32_tflops if known else 0)
 
 
-def plan_run_memory(recipe: Recipe, gpu: str | None = None, precision: str | None = None,
-                    verify: list[int] = ()) -> Plan:
-    """The plan for `recipe` on a named card (`gpu`, one of GPUS), else the card present, else this host's RAM."""
-    import psutil
-
-    precision = precision or recipe.train.mixed_precision
-    report = measured(recipe, precision, verify=verify)
+def plan_on(recipe: Recipe, report: dict, phases: Phases, gpu: str | None = None) -> Plan:
+    """The plan from `report` on a named card (`gpu`, one of GPUS), else the card present, else this host's RAM."""
     if gpu is not None:
         if gpu not in GPUS:
             raise ConfigError(f"Unknown --gpu '{gpu}'; pass one of {', '.join(GPUS)}.")
         card = GPUS[gpu]
-        return plan_phases(recipe, report, card.name, card.memory, card)
+        return plan_phases(recipe, report, phases, card.name, card.memory, card)
     card = present_gpu()
     if card is not None:
-        plan = plan_phases(recipe, report, card.name, card.memory, card if card.bf16_tflops else None)
-        return plan
-    plan = plan_phases(recipe, report, "host RAM", psutil.virtual_memory().available, None)
+        return plan_phases(recipe, report, phases, card.name, card.memory, card if card.bf16_tflops else None)
+    plan = plan_phases(recipe, report, phases, "host RAM", psutil.virtual_memory().available, None)
     plan.note = "No GPU here: this is the plan for this host's RAM; pass --gpu a100|h100|l4|4090 to plan for a card."
     return plan
 
 
-def check_phases_fit(recipe: Recipe, accelerator, log=print) -> Plan | None:
+def plan_run_memory(recipe: Recipe, phases: Phases, gpu: str | None = None, precision: str | None = None) -> Plan:
+    """Measure (in a child process) and plan `recipe`'s `phases` (see `plan_on`)."""
+    return plan_on(recipe, measured(recipe, precision or recipe.train.mixed_precision, phases), phases, gpu)
+
+
+def check_phases_fit(recipe: Recipe, phases: Phases, accelerator: Accelerator, log=print) -> None:
     """Print the plan and refuse a phase that cannot fit, before any work: on GPUs only (a CPU run is a small
     check whose RAM swaps rather than fails, and measuring costs seconds it would not repay). The main process
     measures; every process gets its verdict."""
-    from accelerate.utils import broadcast_object_list
-
-    from tinyae.models.video_teacher import is_video_teacher
-
     if accelerator.device.type != "cuda" or is_video_teacher(recipe.teacher):
         return None
     verdict: list[Any] = [None, None]
     if accelerator.is_main_process:
         try:
-            plan = plan_run_memory(recipe, precision=accelerator.mixed_precision)
+            plan = plan_run_memory(recipe, phases, precision=accelerator.mixed_precision)
             log(format_plan(plan))
             verdict = [None, refusal(plan)]
         except TinyaeError as exc:  # a teacher it cannot build without a download: the run goes on unplanned

@@ -45,7 +45,7 @@ def checkup(recipe: Recipe, steps: int = 3, with_plan: bool = True) -> dict:
         cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         mixed_precision=train.mixed_precision, gradient_accumulation_steps=train.grad_accum)
     device = accelerator.device
-    plan = plan_run_memory(recipe, precision=accelerator.mixed_precision) if (
+    plan = plan_run_memory(recipe, phase_plan(recipe), precision=accelerator.mixed_precision) if (
         with_plan and accelerator.is_main_process) else None
     teacher = load_run_teacher(recipe, device=device)
     source = make_train_source(recipe, teacher)
