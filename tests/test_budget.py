@@ -29,7 +29,7 @@ def recipe():
 
 @pytest.fixture(scope="module")
 def report(recipe):
-    return measured(recipe, "no", phase_plan(recipe), verify=[128])  # also one whole step at 128 px, to hold the scaling against
+    return measured(recipe, "no", phase_plan(recipe), verify=[128], use_cache=False)  # also one whole step at 128 px, to hold the scaling against
 
 
 def test_the_plan_scaled_from_64_and_96_px_is_within_20_percent_of_a_whole_step_measured_at_128_px(recipe, report):

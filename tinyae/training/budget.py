@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
+import hashlib
 import json
 import os
 import subprocess
@@ -41,13 +42,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from tinyae.config import Recipe, recipe_from_dict
-from tinyae.errors import ConfigError, TinyaeError
+from tinyae.errors import ConfigError, OutputError, TinyaeError
 from tinyae.evaluation.macs import count_macs, meta_copy
 from tinyae.models.discriminator import build_discriminator
 from tinyae.models.presets import TEACHERS
 from tinyae.models.teacher import build_teacher, load_teacher
 from tinyae.models.video_teacher import is_video_teacher
 from tinyae.training.step import build_parts, build_student, distill_step
+from tinyae.utils.atomic import atomic_file
 from tinyae.utils.tables import markdown_table
 
 Phases = list[tuple[int, int, int]]  # tinyae.training.loop.phase_plan: [(first_step, end_step, resolution)]
@@ -249,9 +251,25 @@ def _child() -> None:
     sys.stdout.write("\n" + json.dumps(report))
 
 
+def _cache_file(request: dict) -> Path:
+    """Where a measurement is kept: keyed by what shapes the memory (teacher, student, losses, precision, sizes)
+    and by this module's code and torch's version, so a change to either measures again."""
+    recipe = request["recipe"]
+    key = json.dumps({"recipe": {k: recipe[k] for k in ("teacher", "student", "loss")}, "torch": torch.__version__,
+                      "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+                      **{k: v for k, v in request.items() if k != "recipe"}}, sort_keys=True)
+    root = os.environ.get("TINYAE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tinyae")
+    return Path(root) / "plans" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
 def measured(recipe: Recipe, precision: str, phases: Phases, verify: list[int] = (),
-             resolutions: tuple[int, ...] = SMALL) -> dict:
-    """`measure` in a fresh process on the CPU (accelerate's state is one per process; a run on a GPU holds its own)."""
+             resolutions: tuple[int, ...] = SMALL, use_cache: bool = True) -> dict:
+    """`measure` in a fresh process on the CPU (accelerate's state is one per process; a run on a GPU holds its own).
+
+    Measuring takes a minute or more; the figures are kept (`_cache_file`), so a resume or a second run of the
+    same recipe reads them back.
+    """
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ACCELERATE_", "LOCAL_", "MASTER_", "TORCHELASTIC", "GROUP_"))
            and k not in ("RANK", "WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE")}
@@ -259,13 +277,25 @@ def measured(recipe: Recipe, precision: str, phases: Phases, verify: list[int] =
     env.setdefault("OMP_NUM_THREADS", "1")
     request = {"recipe": recipe.to_dict(), "precision": precision, "resolutions": list(resolutions),
                "phases": [resolution for _, _, resolution in phases], "verify": list(verify)}
+    cache = _cache_file(request) if use_cache else None
+    if cache is not None and cache.is_file():
+        try:
+            return json.loads(cache.read_text())
+        except (OSError, ValueError):
+            pass  # unreadable: measure again
     done = subprocess.run([sys.executable, "-c", "from tinyae.training.budget import _child; _child()"],
                           input=json.dumps(request), capture_output=True, text=True, env=env)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         raise TinyaeError(f"Measuring the run's memory on this CPU failed ({lines[-1] if lines else 'no output'}); "
                           "run `tinyae plan` with the same flags to see the whole error.")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if cache is not None:
+        try:
+            atomic_file(cache, lambda path: path.write_text(json.dumps(report)))
+        except OutputError:
+            pass  # a cache that cannot be written only costs the next run a measurement
+    return report
 
 
 # --- the plan ----------------------------------------------------------------------------------------------------
