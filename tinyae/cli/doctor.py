@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from tinyae.cli import distill
-from tinyae.config import check_positive
+from tinyae.config import Recipe, check_positive
 from tinyae.training.checkup import checkup, format_checkup
 
 HELP = "a few real training steps of each phase on the GPU(s) present: speed, memory, precision, compile, resume"
@@ -27,8 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plan", action="store_true", help="skip the memory plan (saves its CPU measurement)")
 
 
+def recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
+    return distill.recipe(args, overrides)
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
     check_positive("--doctor-steps", args.doctor_steps)
-    report = checkup(distill.recipe(args, overrides), args.doctor_steps, not args.no_plan)
+    report = checkup(recipe(args, overrides), args.doctor_steps, not args.no_plan)
     if report["main"]:
         print(format_checkup(report))

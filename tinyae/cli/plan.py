@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 
 from tinyae.cli import distill
+from tinyae.config import Recipe
 from tinyae.errors import ConfigError
 from tinyae.training.budget import GPUS, SMALL, format_plan, measured, measured_peak, phase_memory, plan_on, refusal
 from tinyae.training.loop import phase_plan
@@ -35,23 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure a whole step at these sizes (batch 2) and print planned vs measured")
 
 
+def recipe(args: argparse.Namespace, overrides: list[str]) -> Recipe:
+    return distill.recipe(args, overrides)
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> None:
-    recipe = distill.recipe(args, overrides)
+    planned = recipe(args, overrides)
     for size in args.verify:
         if size % 16 or size < SMALL[0]:
             raise ConfigError(f"--verify {size}: pass sizes of at least {SMALL[0]} px in multiples of 16.")
-    phases = phase_plan(recipe)
-    report = measured(recipe, recipe.train.mixed_precision, phases, args.verify)
+    phases = phase_plan(planned)
+    report = measured(planned, planned.train.mixed_precision, phases, args.verify)
     for card in args.gpu:
-        plan = plan_on(recipe, report, phases, card)
+        plan = plan_on(planned, report, phases, card)
         print(format_plan(plan) + "\n")
         problem = refusal(plan)
         if problem:
             print(f"{problem}\n")
     # the whole steps were measured with the teacher in fp32, as the fits were: compare like with like
-    as_measured = dataclasses.replace(recipe, teacher=dataclasses.replace(recipe.teacher, dtype="fp32"))
+    as_measured = dataclasses.replace(planned, teacher=dataclasses.replace(planned.teacher, dtype="fp32"))
     for size, step in report.get("checks", {}).items():
-        planned = phase_memory(as_measured, report, int(size), 2)["total"]
+        expected = phase_memory(as_measured, report, int(size), 2)["total"]
         actual = measured_peak(step)
-        print(f"{size} px, batch 2: planned {planned / 2**20:.1f} MB, measured {actual / 2**20:.1f} MB "
-              f"({(planned - actual) / actual:+.1%})")
+        print(f"{size} px, batch 2: planned {expected / 2**20:.1f} MB, measured {actual / 2**20:.1f} MB "
+              f"({(expected - actual) / actual:+.1%})")
