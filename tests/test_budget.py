@@ -4,6 +4,7 @@ step measured at a third size; the refusal of a phase that cannot fit; and the d
 import pytest
 
 from tinyae.cli import main
+from tinyae.cli import plan as plan_command
 from tinyae.config import load_recipe
 from tinyae.training import budget, checkup
 from tinyae.training.budget import (
@@ -70,7 +71,7 @@ def test_a_run_on_a_cpu_is_not_refused_on_gpu_grounds_and_measures_nothing(recip
 
 
 def test_plan_prints_each_phase_with_a_named_gpus_memory_and_time(report, monkeypatch, capsys):
-    monkeypatch.setattr(budget, "measured", lambda *a, **k: report)
+    monkeypatch.setattr(plan_command, "measured", lambda *a, **k: report)
     main(["plan", "--recipe", "smoke", "--data.resolution", "32", "--data.final_resolution", "96",
           "--batch_size", "2", "--student.size", "nano", "--loss.lpips_weight", "0", "--gpu", "h100"])
     out = capsys.readouterr().out
