@@ -25,6 +25,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -490,7 +491,7 @@ def present_gpu() -> Gpu | None:
         return None
     free, _ = torch.cuda.mem_get_info()
     name = torch.cuda.get_device_name()
-    known = next((g for key, g in GPUS.items() if key.upper() in name.upper()), None)
+    known = next((g for key, g in GPUS.items() if re.search(rf"\b{key}\b", name, re.IGNORECASE)), None)  # not L40S
     return Gpu(name, free, known.bf16_tflops if known else 0, known.tf32_tflops if known else 0)
 
 
