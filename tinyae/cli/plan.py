@@ -21,7 +21,8 @@ import dataclasses
 from tinyae.cli import distill
 from tinyae.config import Recipe
 from tinyae.errors import ConfigError
-from tinyae.training.budget import GPUS, SMALL, format_plan, measured, measured_peak, phase_memory, plan_on, refusal
+from tinyae.training.budget import GPUS, SMALL, format_plan, measured, measured_peak, phase_memory, plan_on,
+                                   planned_precision, refusal
 from tinyae.training.loop import phase_plan
 
 HELP = "memory and time of each phase of a run on a GPU, before it starts (recipe + --section.field overrides)"
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         if size % 16 or size < SMALL[0]:
             raise ConfigError(f"--verify {size}: pass sizes of at least {SMALL[0]} px in multiples of 16.")
     phases = phase_plan(planned)
-    report = measured(planned, planned.train.mixed_precision, phases, args.verify)
+    report = measured(planned, planned_precision(planned.train.mixed_precision), phases, args.verify)
     for card in args.gpu:
         plan = plan_on(planned, report, phases, card)
         print(format_plan(plan) + "\n")

@@ -360,7 +360,16 @@ class Plan:
 
 
 def _itemsize(dtype: str) -> int:
-    return {"fp32": 4, "fp16": 2, "bf16": 2}[dtype]
+    """Bytes per element of a teacher dtype; any other setting (a GPU's automatic half precision) plans as 2."""
+    return {"fp32": 4}.get(dtype, 2)
+
+
+def planned_precision(setting: str) -> str:
+    """The precision a plan assumes: the recipe's, else the launcher's (`accelerate launch --mixed_precision`),
+    else bf16, what the README's launch command gives."""
+    if setting in ("no", "fp16", "bf16"):
+        return setting
+    return os.environ.get("ACCELERATE_MIXED_PRECISION") or "bf16"
 
 
 def phase_memory(recipe: Recipe, report: dict, resolution: int, batch: int, cached: bool = False) -> dict:
@@ -512,7 +521,8 @@ def plan_on(recipe: Recipe, report: dict, phases: Phases, gpu: str | None = None
 
 def plan_run_memory(recipe: Recipe, phases: Phases, gpu: str | None = None, precision: str | None = None) -> Plan:
     """Measure (in a child process) and plan `recipe`'s `phases` (see `plan_on`)."""
-    return plan_on(recipe, measured(recipe, precision or recipe.train.mixed_precision, phases), phases, gpu)
+    precision = precision or planned_precision(recipe.train.mixed_precision)
+    return plan_on(recipe, measured(recipe, precision, phases), phases, gpu)
 
 
 def check_phases_fit(recipe: Recipe, phases: Phases, accelerator: Accelerator, log=print) -> None:

@@ -43,7 +43,9 @@ def checkup(recipe: Recipe, steps: int = 3, with_plan: bool = True) -> dict:
     train = recipe.train
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        mixed_precision=train.mixed_precision, gradient_accumulation_steps=train.grad_accum)
+        # auto (newer recipes): None lets accelerate take the launcher's, as distill does
+        mixed_precision=None if train.mixed_precision == "auto" else train.mixed_precision,
+        gradient_accumulation_steps=train.grad_accum)
     device = accelerator.device
     plan = plan_run_memory(recipe, phase_plan(recipe), precision=accelerator.mixed_precision) if (
         with_plan and accelerator.is_main_process) else None
