@@ -21,8 +21,17 @@ import dataclasses
 from tinyae.cli import distill
 from tinyae.config import Recipe
 from tinyae.errors import ConfigError
-from tinyae.training.budget import GPUS, SMALL, format_plan, measured, measured_peak, phase_memory, plan_on,
-                                   planned_precision, refusal
+from tinyae.training.budget import (
+    GPUS,
+    SMALL,
+    format_plan,
+    measured,
+    measured_peak,
+    phase_memory,
+    plan_on,
+    planned_precision,
+    refusal,
+)
 from tinyae.training.loop import phase_plan
 
 HELP = "memory and time of each phase of a run on a GPU, before it starts (recipe + --section.field overrides)"
