@@ -30,7 +30,8 @@ def recipe():
 
 @pytest.fixture(scope="module")
 def report(recipe):
-    return measured(recipe, "no", phase_plan(recipe), verify=[128], use_cache=False)  # also one whole step at 128 px, to hold the scaling against
+    # also one whole step at 128 px, to hold the scaling against
+    return measured(recipe, "no", phase_plan(recipe), verify=[128], use_cache=False)
 
 
 def test_the_plan_scaled_from_64_and_96_px_is_within_20_percent_of_a_whole_step_measured_at_128_px(recipe, report):
@@ -59,7 +60,8 @@ def test_a_closing_phase_that_cannot_fit_is_refused_with_the_fixes_in_the_senten
     assert message.startswith("The 96 px phase needs about")
     assert "--student.gradient_checkpointing true" in message
     assert "--data.final_resolution" in message
-    assert refusal(plan_phases(recipe, report, phase_plan(recipe), "a big card", 2 * closing["total"] / HEADROOM, None)) is None
+    roomy = plan_phases(recipe, report, phase_plan(recipe), "a big card", 2 * closing["total"] / HEADROOM, None)
+    assert refusal(roomy) is None
 
 
 def test_a_run_on_a_cpu_is_not_refused_on_gpu_grounds_and_measures_nothing(recipe, monkeypatch):

@@ -23,7 +23,7 @@ from diffusers.training_utils import EMAModel
 
 from tinyae.config import Recipe
 from tinyae.data.source import crop_policy, make_train_loader, make_train_source
-from tinyae.training.budget import GIB, LiveBytes, live_storages, measured_peak, plan_run_memory
+from tinyae.training.budget import GIB, LiveBytes, live_storages, plan_run_memory
 from tinyae.training.checkpoints import TrainState, load_checkpoint, save_checkpoint
 from tinyae.training.loop import phase_plan
 from tinyae.training.resume import RunPlan
