@@ -22,10 +22,12 @@ from tinyae.cli import (
     check_comfyui_taehv,
     derive_teacher,
     distill,
+    doctor,
     evaluate,
     export,
     inspect_vae,
     lpips,
+    plan,
     push,
     study,
     train_teacher,
@@ -38,7 +40,7 @@ COMMANDS = {
     "distill": distill, "evaluate": evaluate, "bench": bench, "export": export, "push": push,
     "inspect-vae": inspect_vae, "cache-latents": cache_latents, "bench-train": bench_train,
     "train-teacher": train_teacher, "lpips": lpips, "study": study, "bench-video": bench_video,
-    "check-comfyui-taehv": check_comfyui_taehv, "derive-teacher": derive_teacher,
+    "check-comfyui-taehv": check_comfyui_taehv, "derive-teacher": derive_teacher, "plan": plan, "doctor": doctor,
 }
 
 

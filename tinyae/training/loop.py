@@ -41,6 +41,7 @@ from tinyae.models.video_teacher import VIDEO_TEACHERS, VideoTeacher, build_vide
 from tinyae.shipping.export import export_diffusers
 from tinyae.shipping.hub import push_to_hub
 from tinyae.shipping.taehv import export_taehv
+from tinyae.training.budget import check_phases_fit
 from tinyae.training.checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from tinyae.training.health import HEALTH_KEYS, HealthMonitor
 from tinyae.training.launch import GlobalBatch, launcher_precision, speed_up_fixed_shapes, with_precision_used
@@ -149,6 +150,9 @@ def _distill(recipe: Recipe) -> Path:
     logger.info("%s Precision: %s (%s).", global_batch.describe(recipe.optim.lr), accelerator.mixed_precision,
                 "the launcher's" if launcher else "the recipe's" if asked != "auto" else "auto without a launcher")
     speed_up_fixed_shapes(accelerator.device)
+    # On a GPU, each phase's memory and time, printed first; a phase that cannot fit is refused now, not after the
+    # phases before it have spent their hours (tinyae.training.budget; a CPU run is not planned).
+    check_phases_fit(recipe, phase_plan(recipe), accelerator, logger.info)
     set_seed(cfg.seed)
 
     # The frozen teacher and the data it encodes (clips, with a time axis, for a video teacher).
