@@ -18,8 +18,6 @@ import torch
 
 from tinyae.training.throughput import bench_train, format_report
 
-HELP = "training throughput with the teacher on the fly against the teacher cache"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default="sd", help="preset whose architecture to build (sd, sdxl, sd3, flux)")

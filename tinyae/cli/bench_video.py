@@ -20,8 +20,6 @@ import torch
 from tinyae.evaluation.video_bench import format_video_bench, video_bench
 from tinyae.models.video_teacher import VIDEO_TEACHERS
 
-HELP = "video decode time and peak memory of a TAEHV-layout student against the full video VAE"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", choices=list(VIDEO_TEACHERS), default="wan2.1")
