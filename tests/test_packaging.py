@@ -32,6 +32,27 @@ def test_python_m_tinyae_lists_every_subcommand():
     assert all(name in out for name in COMMANDS)
 
 
+def test_the_usage_line_and_import_tinyae_load_neither_torch_nor_any_subcommand():
+    probe = ("import sys, contextlib, io\n"
+             "import tinyae\n"
+             "from tinyae.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+             "    main(['--help'])\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'accelerate')"
+             " or m.startswith('tinyae.cli.')))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_subcommand_imports_its_own_module_only():
+    probe = ("import sys\n"
+             "from tinyae.cli import parse\n"
+             "parse(['export', '--student', 's'])\n"
+             "print(sorted(m for m in sys.modules if m.startswith('tinyae.cli.')))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['tinyae.cli.export']"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")

@@ -37,8 +37,6 @@ from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
 from tinyae.utils.tables import markdown_table
 
-HELP = "encode/decode latency and peak memory of a student against teachers, in one run"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student", default="default", help="student folder/repo id, or 'default' (random weights)")

@@ -21,8 +21,6 @@ from tinyae.config import MAX_BATCH, MAX_RESOLUTION, MIN_RESOLUTION, check_range
 from tinyae.training.throughput import bench_train, format_report
 from tinyae.utils.atomic import check_writable_file, write_text_file
 
-HELP = "training throughput with the teacher on the fly against the teacher cache"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default="sd", help="preset whose architecture to build (sd, sdxl, sd3, flux)")

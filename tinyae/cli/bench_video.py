@@ -22,8 +22,6 @@ from tinyae.evaluation.video_bench import check_video_shape, format_video_bench,
 from tinyae.models.video_teacher import VIDEO_TEACHERS
 from tinyae.utils.atomic import check_writable_file, write_text_file
 
-HELP = "video decode time and peak memory of a TAEHV-layout student against the full video VAE"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", choices=list(VIDEO_TEACHERS), default="wan2.1")

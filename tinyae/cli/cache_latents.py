@@ -20,7 +20,6 @@ from tinyae.data.cache import verify_cache
 from tinyae.data.source import cache_recipe
 from tinyae.models.video_teacher import is_video_teacher
 
-HELP = "build (or resume) a teacher latent cache for a recipe's crops"
 OVERRIDES = True
 
 

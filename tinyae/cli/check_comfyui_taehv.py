@@ -22,8 +22,6 @@ from tinyae.errors import ExportError
 from tinyae.models.video_student import VIDEO_MODELS, load_video_student
 from tinyae.shipping.taehv_check import TOLERANCE, failures, format_results, run_checks
 
-HELP = "load TAEHV exports with ComfyUI's (and taehv.py's) own code and compare their frames with tinyae's"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--comfyui", help="a ComfyUI checkout")

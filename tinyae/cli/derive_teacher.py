@@ -16,8 +16,6 @@ import torch
 from tinyae.config import check_range
 from tinyae.training.derived_teacher import check_derive_arguments, derive_teacher
 
-HELP = "derive a 'fine-tuned VAE' teacher from a published TAE (latent transform + decoder fine-tune)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="folder of training photos (searched recursively)")

@@ -17,7 +17,6 @@ from tinyae.config import Recipe, choose_recipe, load_recipe
 from tinyae.models.video_teacher import is_video_teacher
 from tinyae.training.loop import distill
 
-HELP = "train a student from a teacher VAE (recipe + --section.field overrides)"
 OVERRIDES = True
 
 

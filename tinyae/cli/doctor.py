@@ -17,7 +17,6 @@ from tinyae.cli import distill
 from tinyae.config import Recipe, check_positive
 from tinyae.training.checkup import checkup, format_checkup
 
-HELP = "a few real training steps of each phase on the GPU(s) present: speed, memory, precision, compile, resume"
 OVERRIDES = True
 
 

@@ -42,8 +42,6 @@ from tinyae.models.video_teacher import check_clip_frames, is_video_teacher, loa
 from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
 
-HELP = "PSNR/SSIM/MS-SSIM/LPIPS of a student against its teacher on an image folder (or video clips)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student", required=True,

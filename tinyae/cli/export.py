@@ -28,8 +28,6 @@ from tinyae.models.video_student import VIDEO_MODELS
 from tinyae.shipping.export import TARGETS, checkpoint_student, export_student
 from tinyae.utils.dtypes import EXPORT_DTYPES
 
-HELP = "write a student as an AutoencoderTiny/TinyAutoencoder folder, a TAESD pair (ComfyUI, Forge) and/or ONNX"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)

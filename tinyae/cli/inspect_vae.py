@@ -20,8 +20,6 @@ from tinyae.evaluation.inspection import inspect_vae, load_images, open_vae, sum
 from tinyae.utils.atomic import check_writable
 from tinyae.utils.dtypes import DTYPES
 
-HELP = "recommended scaling/shift (or per-channel) factors, posterior, outliers and locality of a VAE's latents"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", "--teacher", dest="vae", required=True,

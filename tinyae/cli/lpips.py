@@ -13,8 +13,6 @@ import sys
 
 from tinyae.evaluation.lpips import NETS, self_check
 
-HELP = "prefetch the real LPIPS backbones and self-check them"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--net", choices=[*NETS, "all"], default="all")

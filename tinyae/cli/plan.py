@@ -34,7 +34,6 @@ from tinyae.training.budget import (
 )
 from tinyae.training.loop import phase_plan
 
-HELP = "memory and time of each phase of a run on a GPU, before it starts (recipe + --section.field overrides)"
 OVERRIDES = True
 
 

@@ -14,8 +14,6 @@ import argparse
 from tinyae.models.formats import FAMILIES
 from tinyae.shipping.hub import push_to_hub
 
-HELP = "build the Hub upload folder (model card, diffusers files, TAESD pair) and upload it"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student", required=True, help="training output folder or AutoencoderTiny folder")

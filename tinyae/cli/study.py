@@ -23,7 +23,6 @@ from pathlib import Path
 from tinyae.config import MAX_RESOLUTION, MIN_RESOLUTION, Recipe, check_range, load_recipe, parse_overrides
 from tinyae.training.study import REGIMES, RESOLUTIONS, Study, default_photos, read_bench, run_study, write_report
 
-HELP = "train and compare the arms of the recipe study, write docs/quality.md"
 OVERRIDES = True
 
 

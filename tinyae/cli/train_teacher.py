@@ -28,8 +28,6 @@ from tinyae.training.tiny_teacher import (
     train_small_video_vae,
 )
 
-HELP = "train the small offline AutoencoderKL teacher (how weights/tiny-teacher was made)"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="folder of training photos (searched recursively)")
