@@ -345,7 +345,6 @@ def test_a_data_folder_that_cannot_be_read_is_one_sentence(tmp_path, monkeypatch
 def test_images_beside_videos_are_named_as_unused_and_bad_videos_counted(tmp_path, photos, caplog):
     av = pytest.importorskip("av")
     from tests.test_clips import write_video
-
     from tinyae.config import load_recipe
     from tinyae.data.source import make_train_source
 

@@ -13,11 +13,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tinyae.config import TeacherConfig, load_recipe
 from tinyae.data.images import list_images, load_eval_images
 from tinyae.errors import ConfigError, DataError
-from tinyae.models.teacher import load_teacher
-from tinyae.training.checkpoints import list_checkpoints
 from tinyae.evaluation import lpips
 from tinyae.evaluation.lpips import LPIPSWeightsError
+from tinyae.models.teacher import load_teacher
 from tinyae.training import loop
+from tinyae.training.checkpoints import list_checkpoints
 from tinyae.training.loop import RunningMeans, distill
 from tinyae.utils import threads
 

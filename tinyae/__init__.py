@@ -33,17 +33,17 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # what static tools and IDEs see
-    from tinyae.config import Recipe, load_recipe
-    from tinyae.errors import ConfigError, DataError, ExportError, TeacherLoadError, TinyaeError
-    from tinyae.models.formats import load_student
-    from tinyae.models.latent_space import LatentSpace, PatchNormSpace, PerChannelSpace, ScalarSpace
-    from tinyae.models.presets import TEACHERS, TeacherPreset, register_teacher
-    from tinyae.models.student import Student
-    from tinyae.models.teacher import Teacher, build_teacher, load_teacher
-    from tinyae.models.tiny_autoencoder import TinyAutoencoder
-    from tinyae.shipping.export import export_all, export_diffusers, export_taesd
-    from tinyae.shipping.preview import PreviewCallback, load_preview_decoder
-    from tinyae.training.loop import distill
+    from tinyae.config import Recipe, load_recipe  # noqa: F401
+    from tinyae.errors import ConfigError, DataError, ExportError, TeacherLoadError, TinyaeError  # noqa: F401
+    from tinyae.models.formats import load_student  # noqa: F401
+    from tinyae.models.latent_space import LatentSpace, PatchNormSpace, PerChannelSpace, ScalarSpace  # noqa: F401
+    from tinyae.models.presets import TEACHERS, TeacherPreset, register_teacher  # noqa: F401
+    from tinyae.models.student import Student  # noqa: F401
+    from tinyae.models.teacher import Teacher, build_teacher, load_teacher  # noqa: F401
+    from tinyae.models.tiny_autoencoder import TinyAutoencoder  # noqa: F401
+    from tinyae.shipping.export import export_all, export_diffusers, export_taesd  # noqa: F401
+    from tinyae.shipping.preview import PreviewCallback, load_preview_decoder  # noqa: F401
+    from tinyae.training.loop import distill  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -154,7 +154,7 @@ def measure_step(recipe: Recipe, teacher, accelerator, resolution: int, batch: i
     variant = _variant(recipe, resolution, batch, accelerator.mixed_precision, adv, checkpointing)
     torch.manual_seed(0)
     student = build_student(variant, teacher)
-    ema_student = copy.deepcopy(student).requires_grad_(False)  # the loop's EMA copy and shadow weights
+    _ema_student = copy.deepcopy(student).requires_grad_(False)  # the loop's EMA copy and shadow weights
     ema = EMAModel(student.parameters(), decay=0.999)
     parts = build_parts(variant, teacher, student, accelerator)
     images = torch.rand(batch, 3, resolution, resolution) * 2 - 1
