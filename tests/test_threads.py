@@ -3,7 +3,6 @@ adaptive), and an explicit setting wins."""
 
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -56,11 +55,13 @@ def test_adaptive_drops_to_the_free_cpus_and_takes_them_back(monkeypatch):
     monkeypatch.setattr(threads, "affinity_cpus", lambda: 2)
     busy = iter([1.0, 1.0, 0.0])
     monkeypatch.setattr(BusyElsewhere, "sample", lambda self: next(busy))
-    policy = ThreadPolicy("adaptive", recheck_s=0.01, sample_s=0)
+    clock = [100.0]  # the policy's clock, moved by the test: the machine's own pace cannot change the outcome
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    policy = ThreadPolicy("adaptive", recheck_s=10, sample_s=0)
     assert policy.threads == torch.get_num_threads() == 1  # a competitor holds one of the two CPUs
-    time.sleep(0.02)
+    clock[0] += 20
     assert policy.update() == 1
-    time.sleep(0.02)
+    clock[0] += 20
     assert policy.update() == 2 and torch.get_num_threads() == 2  # it ended
     assert policy.update() == 2  # no re-check before recheck_s: `busy` is not read again
     assert policy.used == [1, 2]
