@@ -121,10 +121,15 @@ def live_storages() -> dict[int, int]:
         warnings.simplefilter("ignore")
         objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
     for obj in objects:
-        if obj.device.type != "meta":
+        if obj.device.type == "meta":
+            continue
+        try:
             storage = obj.untyped_storage()
-            if storage.data_ptr():
-                found[storage.data_ptr()] = storage.nbytes()
+            pointer = storage.data_ptr()
+        except (RuntimeError, NotImplementedError):  # tracing tensors left by torch.compile (fake, functional):
+            continue  # they hold no memory of their own
+        if pointer:
+            found[pointer] = storage.nbytes()
     return found
 
 

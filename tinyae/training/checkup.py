@@ -40,6 +40,7 @@ def compiled_graphs() -> int:
 
 def checkup(recipe: Recipe, steps: int = 3, with_plan: bool = True) -> dict:
     """Run the check-up; returns what `format_checkup` prints (only the main process's figures are complete)."""
+    graphs_before = compiled_graphs()  # what this process compiled before the check-up is not its evidence
     recipe = with_precision_used(recipe)  # the launcher's precision, or a refusal, exactly as distill decides
     train = recipe.train
     accelerator = Accelerator(
@@ -115,7 +116,7 @@ def checkup(recipe: Recipe, steps: int = 3, with_plan: bool = True) -> dict:
         same_ranks = bool((sums == sums[0]).all())
     return {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "processes": accelerator.num_processes, "precision": accelerator.mixed_precision,
-            "compiled_graphs": compiled_graphs(), "compile": train.compile, "phases": phases,
+            "compiled_graphs": compiled_graphs() - graphs_before, "compile": train.compile, "phases": phases,
             "resume_identical": max(differences, default=0.0) == 0.0, "resume_max_difference": max(differences),
             "ranks_identical": same_ranks, "main": accelerator.is_main_process}
 
