@@ -34,6 +34,7 @@ from tinyae.models.student import Block, Student
 from tinyae.models.teacher import Teacher
 from tinyae.models.variants import resolve_arch
 from tinyae.models.video_student import MemBlock, TGrow, TPool, VideoStudent, load_video_student
+from tinyae.training.latent_bridge import fit_bridges
 from tinyae.utils.weights import read_weights
 
 logger = logging.getLogger(__name__)
@@ -280,9 +281,25 @@ def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Studen
             logger.warning("The teacher's latents explain only R² %.3f of the donor's through a linear map: the "
                            "decoder starts far from the teacher and the warm start helps it less.", backward.r2)
     boundary = {name.split(" ")[0] for name in mapped}
+    if not same and recipe.student.init_bridge_steps and mapped:
+        boundary |= bridge(recipe, teacher, student, donor, images, teacher_latents, mapped)
     fresh = [name for name in fresh if name not in boundary]
     logger.info("Warm start from '%s' (%d -> %d latent channels, %d crops of %d px): mapped %s; fresh: %s.", init,
                 donor.latent_channels, teacher.latent_channels, len(images), images.shape[-1],
                 ", ".join(mapped) or "nothing", ", ".join(fresh) or "none")
     return student
 
+
+# ---------------------------------------------------------------- the nonlinear bridge (tinyae.training.latent_bridge)
+
+def bridge(recipe: Recipe, teacher: Teacher, student: Student, donor: Student, images: torch.Tensor,
+           teacher_latents: torch.Tensor, mapped: list[str]) -> set[str]:
+    """Refit the folded boundary layers nonlinearly (student.init_bridge_steps > 0); returns the layers refitted."""
+    sides = tuple(side for side in ("encoder", "decoder") if any(name.startswith(side) for name in mapped))
+    decodes = torch.cat([teacher.decode(teacher_latents[i:i + FIT_BATCH].to(teacher.device)).float().cpu()
+                         for i in range(0, len(teacher_latents), FIT_BATCH)]).clamp(-1, 1)
+    fits = fit_bridges(student, donor, images, teacher_latents, _latents(donor.encode, decodes),
+                       recipe.student.init_bridge_steps, recipe.train.seed, sides)
+    logger.info("Latent bridge (%d steps per side on %d crops of %d px): %s.", recipe.student.init_bridge_steps,
+                len(images), images.shape[-1], "; ".join(fit.describe() for fit in fits))
+    return {f"{fit.side}.layers.{i}" for fit in fits for i in range(*fit.layers)}
