@@ -84,6 +84,8 @@ class DataConfig:
     split: str = "train"  # split of a Hugging Face dataset
     shuffle_buffer: int = 1000  # records shuffled in memory when streaming
     eval_path: str | None = None  # folder of held-out images (replaces data.holdout; needed for streams)
+    eval_resolution: int | None = 512  # the run's final evaluation also at this size (where users decode), besides
+    # the training crops: a decoder trained on small crops can fail at 512 px while its own crops look fine
     # video teachers: clips of `frames` frames (1 + 4k: 1 + k latents), from video files every 1 to `max_stride`
     # frames, or panned and zoomed across photos (tinyae.data.clips)
     frames: int = 9
@@ -211,6 +213,8 @@ class Recipe:
             (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
             (self.student.init_ridge >= 0, "student.init_ridge must be >= 0"),
+            (self.data.eval_resolution is None or self.data.eval_resolution >= MIN_RESOLUTION,
+             f"data.eval_resolution must be at least {MIN_RESOLUTION} (or null: the training crop size only)"),
             (self.student.init_bridge_steps >= 0, "student.init_bridge_steps must be >= 0 (0: the linear fold only)"),
             (self.student.init_fit_images >= 1, "student.init_fit_images must be at least 1"),
             (self.student.init_fit_resolution is None or self.student.init_fit_resolution >= MIN_RESOLUTION,

@@ -289,9 +289,12 @@ def finish_run(recipe: Recipe, out: Path, student: AnyStudent, teacher: AnyTeach
     elif source.heldout:
         size = recipe.data.final_resolution or recipe.data.resolution
         images = load_eval_images(source.heldout, size)
-        results = evaluate(student, teacher, images)
-        write_report(results, out / "eval", student=student, teacher=teacher, images=images)
-        metrics |= summary(results)
+        # Also where users decode (data.eval_resolution): what a decoder learned on small crops need not hold there.
+        extra = recipe.data.eval_resolution if recipe.data.eval_resolution not in (None, size) else None
+        sets = [images] + ([load_eval_images(source.heldout, extra)] if extra else [])
+        results = evaluate(student, teacher, sets)
+        write_report(results, out / "eval", student=student, teacher=teacher, images=sets)
+        metrics |= summary(results, size) | ({f"at_{extra}px": summary(results, extra)} if extra else {})
     atomic_file(out / "metrics.json", lambda path: path.write_text(json.dumps(metrics, indent=2)))
     logger.info("Student written to %s; metrics: %s", out / "student", json.dumps(metrics))
     if recipe.train.push_to_hub:

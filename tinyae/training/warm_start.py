@@ -282,7 +282,7 @@ def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Studen
                            "decoder starts far from the teacher and the warm start helps it less.", backward.r2)
     boundary = {name.split(" ")[0] for name in mapped}
     if not same and recipe.student.init_bridge_steps and mapped:
-        boundary |= bridge(recipe, teacher, student, donor, images, teacher_latents, mapped)
+        boundary |= bridge(recipe, teacher, student, donor, images, teacher_latents, donor_latents, mapped)
     fresh = [name for name in fresh if name not in boundary]
     logger.info("Warm start from '%s' (%d -> %d latent channels, %d crops of %d px): mapped %s; fresh: %s.", init,
                 donor.latent_channels, teacher.latent_channels, len(images), images.shape[-1],
@@ -293,13 +293,28 @@ def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Studen
 # ---------------------------------------------------------------- the nonlinear bridge (tinyae.training.latent_bridge)
 
 def bridge(recipe: Recipe, teacher: Teacher, student: Student, donor: Student, images: torch.Tensor,
-           teacher_latents: torch.Tensor, mapped: list[str]) -> set[str]:
+           teacher_latents: torch.Tensor, donor_latents: torch.Tensor, mapped: list[str]) -> set[str]:
     """Refit the folded boundary layers nonlinearly (student.init_bridge_steps > 0); returns the layers refitted."""
     sides = tuple(side for side in ("encoder", "decoder") if any(name.startswith(side) for name in mapped))
     decodes = torch.cat([teacher.decode(teacher_latents[i:i + FIT_BATCH].to(teacher.device)).float().cpu()
                          for i in range(0, len(teacher_latents), FIT_BATCH)]).clamp(-1, 1)
-    fits = fit_bridges(student, donor, images, teacher_latents, _latents(donor.encode, decodes),
-                       recipe.student.init_bridge_steps, recipe.train.seed, sides)
-    logger.info("Latent bridge (%d steps per side on %d crops of %d px): %s.", recipe.student.init_bridge_steps,
-                len(images), images.shape[-1], "; ".join(fit.describe() for fit in fits))
+    targets, reencoded = donor_targets(donor, donor_latents, _latents(donor.encode, decodes), decodes)
+    fits = fit_bridges(student, donor, images, teacher_latents, targets, recipe.student.init_bridge_steps,
+                       recipe.train.seed, sides)
+    logger.info("Latent bridge (%d steps per side on %d crops of %d px; decoder target: the donor's latents of the "
+                "teacher's decode for %d crops, of the crop for the rest): %s.", recipe.student.init_bridge_steps,
+                len(images), images.shape[-1], reencoded, "; ".join(fit.describe() for fit in fits))
     return {f"{fit.side}.layers.{i}" for fit in fits for i in range(*fit.layers)}
+
+
+def donor_targets(donor: Student, of_crops: torch.Tensor, of_decodes: torch.Tensor, decodes: torch.Tensor
+                  ) -> tuple[torch.Tensor, int]:
+    """Per crop, the donor latents that the donor decodes closer to the teacher's decode: those of the crop (exact
+    when the teacher's space is an invertible map of the donor's) or those of the teacher's decode (a function of
+    the teacher's latents when its space holds less than the donor's); returns them and how many were the latter."""
+    def error(latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([((donor.decode(latents[i:i + FIT_BATCH]) - decodes[i:i + FIT_BATCH]) ** 2).mean((1, 2, 3))
+                              for i in range(0, len(latents), FIT_BATCH)])
+    better = error(of_decodes) < error(of_crops)
+    return torch.where(better.view(-1, 1, 1, 1), of_decodes, of_crops), int(better.sum())
