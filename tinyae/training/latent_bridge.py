@@ -13,8 +13,9 @@ holds it unchanged; an adapter kept in front of the donor's layers would be a la
   latents.
 
 Both run at latent resolution only, on latents and features encoded once, so a step costs a fraction of a full
-student step. Steps draw random latent crops of several sizes, because the FLUX.2 layout's GroupNorm branch
-normalises over the whole map and must hold at every image size. Each side starts from the linear fold and ends no
+student step. Steps draw random latent crops of half to all of the cached maps' side, because the FLUX.2 layout's
+GroupNorm branch normalises over the whole map and must hold at other image sizes (much smaller crops cost fit
+quality: R² 0.991 against 0.995 on whole maps). Each side starts from the linear fold and ends no
 worse than it: a fit whose error on the whole maps grew is undone.
 """
 
@@ -33,7 +34,7 @@ from tinyae.models.student import Block, Student
 logger = logging.getLogger(__name__)
 
 BATCH = 8
-MIN_CROP = 4  # latent pixels: the smallest map a step sees (32 px of image at 8x)
+MIN_SHARE = 0.5  # the smallest crop a step sees, as a share of the cached maps' side
 LR = 3e-4  # measured: 1e-3 undid the fit (worse than the fold), 3e-4 beat 1e-4 at twice the steps
 
 
@@ -91,7 +92,7 @@ def _fit(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     size = inputs.shape[-1]
     for _ in range(steps):
-        side = int(torch.randint(min(MIN_CROP, size), size + 1, (1,), generator=generator))
+        side = int(torch.randint(max(1, round(MIN_SHARE * size)), size + 1, (1,), generator=generator))
         picks = torch.randint(0, len(inputs), (BATCH,), generator=generator)
         top = int(torch.randint(0, inputs.shape[-2] - side + 1, (1,), generator=generator))
         left = int(torch.randint(0, size - side + 1, (1,), generator=generator))
