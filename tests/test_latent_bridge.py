@@ -110,7 +110,7 @@ def test_the_bridge_is_logged_with_its_fit_each_side(warped_teacher, photos, cap
 
 def test_a_run_reports_its_final_evaluation_also_at_the_size_users_decode_at(tmp_path):
     out = distill(load_recipe("smoke", {
-        "data": {"resolution": 64, "final_steps": 0, "holdout": 2, "eval_resolution": 128},
+        "data": {"resolution": 64, "final_resolution": None, "final_steps": 0, "holdout": 2, "eval_resolution": 128},
         "loss": {"adv_weight": 0.0},
         "train": {"steps": 2, "batch_size": 2, "output_dir": str(tmp_path / "run"), "log_with": None, "threads": 1}}))
     metrics = json.loads((out / "metrics.json").read_text())
