@@ -74,7 +74,8 @@ def recipe(**student):
 def fold_and_bridge(warped_teacher, photos):
     """The linear fold alone and the fold plus the bridge, fitted on the photos' 96 px crops."""
     fit = load_eval_images(sorted(photos.iterdir()), 96)
-    return build_student(recipe(), warped_teacher, fit), build_student(recipe(init_bridge_steps=300), warped_teacher, fit)
+    return (build_student(recipe(), warped_teacher, fit),
+            build_student(recipe(init_bridge_steps=300), warped_teacher, fit))
 
 
 def decode_psnr(student, teacher, images):

@@ -145,7 +145,8 @@ def _distill(recipe: Recipe) -> Path:
 
     # The student, its EMA copy (what samples, checkpoints and the export use), discriminator, optimizers.
     fit_size = recipe.student.init_fit_resolution or recipe.data.resolution
-    fit_images = source.preview_images(recipe.student.init_fit_images, fit_size) if recipe.student.init and not video else None
+    warm = recipe.student.init and not video
+    fit_images = source.preview_images(recipe.student.init_fit_images, fit_size) if warm else None
     student = build_student(recipe, teacher, fit_images)  # a warm start aligns its donor on these crops
     ema_student = copy.deepcopy(student).to(accelerator.device).requires_grad_(False)
     ema = EMAModel(student.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)

@@ -126,7 +126,7 @@ def build_video_student(recipe: Recipe, teacher: VideoTeacher) -> VideoStudent:
     for size in (data.resolution, data.final_resolution):
         if size is not None and size % teacher.size_multiple:
             raise ConfigError(f"Clips of {size} px do not divide into the teacher's latents; set data.resolution "
-                              f"data.final_resolution and student.init_fit_resolution to multiples of {teacher.size_multiple}.")
+                              f"and data.final_resolution to multiples of {teacher.size_multiple}.")
     student = video_warm_start(recipe, name) if config.init else VideoStudent.published(name)
     if config.mid_grey_init:
         with torch.no_grad():
