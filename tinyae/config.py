@@ -63,6 +63,9 @@ class StudentConfig:
     init: str | None = None  # start from a published TAE: a preset (taef2), folder, TAESD pair or Hub id; any latent
     # space of the teacher's downscale (tinyae.training.warm_start aligns it); the fields above still apply
     init_ridge: float = 1e-3  # ridge of the latent-space fit, relative to the donor latents' mean variance
+    init_bridge_steps: int = 0  # > 0: then refit the donor's latent-resolution layers nonlinearly on cached latents
+    init_fit_images: int = 32  # training images the donor and the teacher encode for the fits (centre crops)
+    init_fit_resolution: int | None = None  # their crop size; None: data.resolution
     mid_grey_init: bool = False  # start the decoder's last bias at mid-grey (TAESD's 0.5 in [0, 1])
     gradient_checkpointing: bool = False
 
@@ -86,6 +89,8 @@ class DataConfig:
     split: str = "train"  # split of a Hugging Face dataset
     shuffle_buffer: int = 1000  # records shuffled in memory when streaming
     eval_path: str | None = None  # folder of held-out images (replaces data.holdout; needed for streams)
+    eval_resolution: int | None = 512  # the run's final evaluation also at this size (where users decode), besides
+    # the training crops: a decoder trained on small crops can fail at 512 px while its own crops look fine
     # video teachers: clips of `frames` frames (1 + 4k: 1 + k latents), from video files every 1 to `max_stride`
     # frames, or panned and zoomed across photos (tinyae.data.clips)
     frames: int = 9
@@ -223,6 +228,12 @@ class Recipe:
             (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 (0: no clipping)"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
             (self.student.init_ridge >= 0, "student.init_ridge must be >= 0"),
+            (self.data.eval_resolution is None or self.data.eval_resolution >= MIN_RESOLUTION,
+             f"data.eval_resolution must be at least {MIN_RESOLUTION} (or null: the training crop size only)"),
+            (self.student.init_bridge_steps >= 0, "student.init_bridge_steps must be >= 0 (0: the linear fold only)"),
+            (self.student.init_fit_images >= 1, "student.init_fit_images must be at least 1"),
+            (self.student.init_fit_resolution is None or self.student.init_fit_resolution >= MIN_RESOLUTION,
+             f"student.init_fit_resolution must be at least {MIN_RESOLUTION}"),
             (self.train.parts != "encoder" or self.loss.adv_weight == 0,
              "train.parts encoder trains no decoder for the discriminator to judge; set loss.adv_weight 0"),
             (self.train.parts == "both" or self.loss.encoder_adv_weight == 0,

@@ -171,7 +171,9 @@ def _distill(recipe: Recipe) -> Path:
     require_lpips(recipe, evaluating=bool(source.heldout))
 
     # The student, its EMA copy (what samples, checkpoints and the export use), discriminator, optimizers.
-    fit_images = source.preview_images(32, recipe.data.resolution) if recipe.student.init and not video else None
+    fit_size = recipe.student.init_fit_resolution or recipe.data.resolution
+    warm = recipe.student.init and not video
+    fit_images = source.preview_images(recipe.student.init_fit_images, fit_size) if warm else None
     student = build_student(recipe, teacher, fit_images)  # a warm start aligns its donor on these crops
     ema_student = copy.deepcopy(student).to(accelerator.device).requires_grad_(False)
     ema = make_ema(student, cfg.ema_decay)
@@ -338,9 +340,12 @@ def finish_run(recipe: Recipe, out: Path, student: AnyStudent, teacher: AnyTeach
     elif source.heldout:
         size = recipe.data.final_resolution or recipe.data.resolution
         images = load_eval_images(source.heldout, size)
-        results = evaluate(student, teacher, images)
-        write_report(results, out / "eval", student=student, teacher=teacher, images=images)
-        metrics |= summary(results)
+        # Also where users decode (data.eval_resolution): what a decoder learned on small crops need not hold there.
+        extra = recipe.data.eval_resolution if recipe.data.eval_resolution not in (None, size) else None
+        sets = [images] + ([load_eval_images(source.heldout, extra)] if extra else [])
+        results = evaluate(student, teacher, sets)
+        write_report(results, out / "eval", student=student, teacher=teacher, images=sets)
+        metrics |= summary(results, size) | ({f"at_{extra}px": summary(results, extra)} if extra else {})
     atomic_file(out / "metrics.json", lambda path: path.write_text(json.dumps(metrics, indent=2)))
     logger.info("Student written to %s; metrics: %s", out / "student", json.dumps(metrics))
     if recipe.train.push_to_hub:

@@ -163,14 +163,16 @@ def build_student(recipe: Recipe, teacher: AnyTeacher, fit_images: torch.Tensor 
     if config.latent_channels not in (None, teacher.latent_channels):
         raise ConfigError(f"student.latent_channels={config.latent_channels} but the teacher has "
                           f"{teacher.latent_channels}; drop the override or pick the matching teacher.")
-    for size in (recipe.data.resolution, recipe.data.final_resolution):
+    for size in (recipe.data.resolution, recipe.data.final_resolution, config.init_fit_resolution):
         if size is not None and size % teacher.size_multiple:
-            raise ConfigError(f"Crops of {size} px do not divide into the teacher's latents; set data.resolution "
-                              f"and data.final_resolution to multiples of {teacher.size_multiple}.")
+            raise ConfigError(f"Crops of {size} px do not divide into the teacher's latents; set data.resolution, "
+                              "data.final_resolution and student.init_fit_resolution to multiples of "
+                              f"{teacher.size_multiple}.")
     if config.init:  # a published TAE, aligned to the teacher's latent space (tinyae.training.warm_start)
         if fit_images is None:
             with tempfile.TemporaryDirectory() as tmp:
-                fit_images = load_eval_images(sorted(sample_photos(tmp).iterdir()), recipe.data.resolution)
+                fit_images = load_eval_images(sorted(sample_photos(tmp).iterdir()),
+                                              config.init_fit_resolution or recipe.data.resolution)
         student = warm_start(recipe, teacher, fit_images)
     else:
         refuse_frozen_fresh(recipe.train.parts, ["encoder", "decoder"], None)

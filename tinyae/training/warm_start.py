@@ -34,6 +34,7 @@ from tinyae.models.student import Block, Student
 from tinyae.models.teacher import Teacher
 from tinyae.models.variants import resolve_arch
 from tinyae.models.video_student import MemBlock, TGrow, TPool, VideoStudent, load_video_student
+from tinyae.training.latent_bridge import fit_bridges
 from tinyae.utils.weights import read_weights, refuse_non_finite
 
 logger = logging.getLogger(__name__)
@@ -308,6 +309,8 @@ def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Studen
             logger.warning("The teacher's latents explain only R² %.3f of the donor's through a linear map: the "
                            "decoder starts far from the teacher and the warm start helps it less.", backward.r2)
     boundary = {name.split(" ")[0] for name in mapped}
+    if not same and recipe.student.init_bridge_steps and mapped:
+        boundary |= bridge(recipe, teacher, student, donor, images, teacher_latents, donor_latents, mapped)
     fresh = [name for name in fresh if name not in boundary]
     refuse_frozen_fresh(recipe.train.parts, fresh, init)
     logger.info("Warm start from '%s' (%d -> %d latent channels, %d crops of %d px): mapped %s; fresh: %s.", init,
@@ -315,3 +318,32 @@ def warm_start(recipe: Recipe, teacher: Teacher, images: torch.Tensor) -> Studen
                 ", ".join(mapped) or "nothing", ", ".join(fresh) or "none")
     return student
 
+
+# ---------------------------------------------------------------- the nonlinear bridge (tinyae.training.latent_bridge)
+
+def bridge(recipe: Recipe, teacher: Teacher, student: Student, donor: Student, images: torch.Tensor,
+           teacher_latents: torch.Tensor, donor_latents: torch.Tensor, mapped: list[str]) -> set[str]:
+    """Refit the folded boundary layers nonlinearly (student.init_bridge_steps > 0); returns the layers refitted."""
+    sides = tuple(side for side in ("encoder", "decoder") if any(name.startswith(side) for name in mapped))
+    decodes = torch.cat([teacher.decode(teacher_latents[i:i + FIT_BATCH].to(teacher.device)).float().cpu()
+                         for i in range(0, len(teacher_latents), FIT_BATCH)]).clamp(-1, 1)
+    targets, reencoded = donor_targets(donor, donor_latents, _latents(donor.encode, decodes), decodes)
+    fits = fit_bridges(student, donor, images, teacher_latents, targets, recipe.student.init_bridge_steps,
+                       recipe.train.seed, sides)
+    logger.info("Latent bridge (%d steps per side on %d crops of %d px; decoder target: the donor's latents of the "
+                "teacher's decode for %d crops, of the crop for the rest): %s.", recipe.student.init_bridge_steps,
+                len(images), images.shape[-1], reencoded, "; ".join(fit.describe() for fit in fits))
+    return {f"{fit.side}.layers.{i}" for fit in fits for i in range(*fit.layers)}
+
+
+def donor_targets(donor: Student, of_crops: torch.Tensor, of_decodes: torch.Tensor, decodes: torch.Tensor
+                  ) -> tuple[torch.Tensor, int]:
+    """Per crop, the donor latents that the donor decodes closer to the teacher's decode: those of the crop (exact
+    when the teacher's space is an invertible map of the donor's) or those of the teacher's decode (a function of
+    the teacher's latents when its space holds less than the donor's); returns them and how many were the latter."""
+    def error(latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([((donor.decode(latents[i:i + FIT_BATCH]) - decodes[i:i + FIT_BATCH]) ** 2).mean((1, 2, 3))
+                              for i in range(0, len(latents), FIT_BATCH)])
+    better = error(of_decodes) < error(of_crops)
+    return torch.where(better.view(-1, 1, 1, 1), of_decodes, of_crops), int(better.sum())
