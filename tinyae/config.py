@@ -89,8 +89,9 @@ class DataConfig:
     split: str = "train"  # split of a Hugging Face dataset
     shuffle_buffer: int = 1000  # records shuffled in memory when streaming
     eval_path: str | None = None  # folder of held-out images (replaces data.holdout; needed for streams)
-    eval_resolution: int | None = 512  # the run's final evaluation also at this size (where users decode), besides
-    # the training crops: a decoder trained on small crops can fail at 512 px while its own crops look fine
+    eval_resolution: int | None = None  # the run's final evaluation also at this size (where users decode), besides
+    # the training crops: a decoder trained on small crops can fail at 512 px while its own crops look fine. The GPU
+    # recipes and `newspace` set 512; off by default because on a CPU it costs a minute at the end of a short run
     # video teachers: clips of `frames` frames (1 + 4k: 1 + k latents), from video files every 1 to `max_stride`
     # frames, or panned and zoomed across photos (tinyae.data.clips)
     frames: int = 9
